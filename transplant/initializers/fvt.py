@@ -1,0 +1,29 @@
+"""Fast Vocabulary Transfer (Gee et al., 2022): the mean of the old decomposition's rows."""
+
+from __future__ import annotations
+
+from ..plan import Row
+from .registry import InitContext
+
+
+class FVTInitializer:
+    """Each new token = mean of the old embeddings of its old-tokenizer pieces.
+
+    Example:
+        >>> rows = FVTInitializer().assign(ctx, todo)  # doctest: +SKIP
+    """
+
+    name = "fvt"
+
+    def assign(self, ctx: InitContext, todo: list[int]) -> dict[int, Row]:
+        out = {}
+        for i in todo:
+            pieces = ctx.alignment.decomposition(i)
+            if pieces:
+                w = 1.0 / len(pieces)
+                # A piece repeated in the decomposition counts once per occurrence.
+                merged: dict[int, float] = {}
+                for j in pieces:
+                    merged[j] = merged.get(j, 0.0) + w
+                out[i] = Row("fvt", tuple(merged), tuple(merged.values()))
+        return out

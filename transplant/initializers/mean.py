@@ -1,0 +1,19 @@
+"""Mean of all old embeddings (the usual `resize_token_embeddings` default)."""
+
+from __future__ import annotations
+
+from ..plan import MEAN, Row
+from .registry import InitContext
+
+
+class MeanInitializer:
+    """Every asked-for token gets the mean old row, recomputed from the matrix a plan is applied to.
+
+    Example:
+        >>> rows = MeanInitializer().assign(ctx, todo)  # doctest: +SKIP
+    """
+
+    name = "mean"
+
+    def assign(self, ctx: InitContext, todo: list[int]) -> dict[int, Row]:
+        return {i: Row("mean", kind=MEAN) for i in todo}

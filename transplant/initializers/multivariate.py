@@ -1,0 +1,19 @@
+"""Hewitt (2021): sample each new row from a normal with the old rows' mean and covariance."""
+
+from __future__ import annotations
+
+from ..plan import NORMAL, Row
+from .registry import InitContext
+
+
+class MultivariateInitializer:
+    """New rows ~ N(mean, cov) of the old embeddings; seeded per row, so plans are reproducible.
+
+    Example:
+        >>> rows = MultivariateInitializer().assign(ctx, todo)  # doctest: +SKIP
+    """
+
+    name = "multivariate"
+
+    def assign(self, ctx: InitContext, todo: list[int]) -> dict[int, Row]:
+        return {i: Row("multivariate", kind=NORMAL) for i in todo}

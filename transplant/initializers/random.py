@@ -1,0 +1,19 @@
+"""Baseline: isotropic normal rows with the old embeddings' scale (what training from scratch sees)."""
+
+from __future__ import annotations
+
+from ..plan import RANDOM, Row
+from .registry import InitContext
+
+
+class RandomInitializer:
+    """New rows ~ N(0, std^2 I), std the old embeddings' overall standard deviation.
+
+    Example:
+        >>> rows = RandomInitializer().assign(ctx, todo)  # doctest: +SKIP
+    """
+
+    name = "random"
+
+    def assign(self, ctx: InitContext, todo: list[int]) -> dict[int, Row]:
+        return {i: Row("random", kind=RANDOM) for i in todo}

@@ -1,0 +1,20 @@
+"""Special tokens: copy the old row of the token with the same content or the same role."""
+
+from __future__ import annotations
+
+from ..plan import Row
+from .registry import InitContext
+
+
+class SpecialInitializer:
+    """`<|im_end|>` -> `<|im_end|>`, or `<end_of_turn>` -> `<|im_end|>` by role; never by raw id.
+
+    Example:
+        >>> rows = SpecialInitializer().assign(ctx, [0, 1, 2])  # doctest: +SKIP
+    """
+
+    name = "special"
+
+    def assign(self, ctx: InitContext, todo: list[int]) -> dict[int, Row]:
+        rows = ctx.alignment.special_rows
+        return {i: Row("special", (rows[i],), (1.0,)) for i in todo if i in rows}

@@ -1,0 +1,66 @@
+"""Compose initializers into a plan: special -> exact -> method -> fallback, recorded per token."""
+
+from __future__ import annotations
+
+import time
+
+from .align import Alignment
+from .initializers import InitContext, get_initializer
+from .plan import MEAN, Plan, Row
+from .vocab import Vocabulary
+
+
+def method_chain(method: str | list[str], fallback: str = "mean") -> list[str]:
+    """The initializers tried in order; `method` may itself be a list (e.g. ["fvt", "mean"])."""
+    steps = ["special", "exact"] + ([method] if isinstance(method, str) else list(method)) + [fallback]
+    chain: list[str] = []
+    for step in steps:
+        if step not in chain:
+            chain.append(step)
+    return chain
+
+
+def build_plan(old: Vocabulary, new: Vocabulary, method: str | list[str] = "fvt", fallback: str = "mean",
+               pad_to_multiple_of: int | None = None, seed: int = 0, options: dict | None = None,
+               alignment: Alignment | None = None) -> Plan:
+    """Plan every row of the new embedding matrix.
+
+    Args:
+        old, new: the source and target vocabularies.
+        method: initializer name (or list) used after exact overlap and special tokens.
+        fallback: initializer for tokens no earlier step could make (must handle every token).
+        pad_to_multiple_of: round the row count up (the extra rows get the mean and are labelled `pad`).
+        seed: seed of statistical rows (multivariate, random).
+
+    Example:
+        >>> plan = build_plan(old_vocab, new_vocab, method="fvt")  # doctest: +SKIP
+        >>> plan.counts()  # doctest: +SKIP
+        {'special': 3, 'exact': 9120, 'fvt': 22880}
+    """
+    started = time.perf_counter()
+    alignment = alignment or Alignment.build(old, new)
+    chain = method_chain(method, fallback)
+    ctx = InitContext(alignment, options or {})
+    rows: dict[int, Row] = {}
+    todo = [i for i, t in enumerate(new.tokens) if t.kind != "unused"]
+    for name in chain:
+        if not todo:
+            break
+        made = get_initializer(name).assign(ctx, todo)
+        rows.update(made)
+        todo = [i for i in todo if i not in made]
+    size = len(new)
+    if pad_to_multiple_of:
+        size = -(-size // pad_to_multiple_of) * pad_to_multiple_of
+    ordered = [rows.get(i) or Row("pad", kind=MEAN) for i in range(size)]
+    meta = {
+        "method": method if isinstance(method, str) else "+".join(method),
+        "chain": chain,
+        "fallback": fallback,
+        "old_family": old.family,
+        "new_family": new.family,
+        "alignment": alignment.stats(),
+        "special_map": {str(k): v for k, v in sorted(alignment.special_map.items())},
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return Plan.from_rows(ordered, len(old), meta, seed)

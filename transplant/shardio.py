@@ -1,0 +1,139 @@
+"""Streaming safetensors shards: rewrite a few tensors of a shard without loading the rest.
+
+`safetensors` reads lazily but writes only from a dict of in-memory tensors, which would put a
+whole shard (several GB for a 7B model) in RAM. The format is simple (8-byte little-endian
+header length, JSON header, raw data), so here we write the header ourselves and stream every
+untouched tensor's bytes from the source file and every replaced tensor chunk by chunk.
+
+Example:
+    >>> header = read_header("model-00001-of-00006.safetensors")  # doctest: +SKIP
+    >>> rewrite_shard(src, dst, {"model.embed_tokens.weight": NewTensor("BF16", [32000, 4096], chunks)})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from .errors import TransplantError
+
+DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
+_COPY_BLOCK = 64 << 20
+
+
+def read_header(path: str | Path) -> tuple[dict, int]:
+    """Return (header dict, byte offset where tensor data starts)."""
+    with open(path, "rb") as fh:
+        raw = fh.read(8)
+        if len(raw) != 8:
+            raise TransplantError(f"{path} is not a safetensors file (too short; re-download or re-save it)")
+        (length,) = struct.unpack("<Q", raw)
+        if length > 100 << 20:
+            raise TransplantError(f"{path} is not a safetensors file (bad header; re-download or re-save it)")
+        try:
+            header = json.loads(fh.read(length))
+        except json.JSONDecodeError:
+            raise TransplantError(f"{path} is not a safetensors file (bad header; re-download or re-save it)") from None
+    return header, 8 + length
+
+
+@dataclass
+class NewTensor:
+    """A tensor to write: its safetensors dtype name, shape, and a producer of its bytes in order."""
+
+    dtype: str
+    shape: list[int]
+    chunks: Callable[[], Iterable[torch.Tensor]]
+
+    @property
+    def nbytes(self) -> int:
+        size = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}[self.dtype]
+        for s in self.shape:
+            size *= s
+        return size
+
+
+def rewrite_shard(src: str | Path, dst: str | Path, replace: dict[str, NewTensor],
+                  drop: Iterable[str] = ()) -> dict[str, int]:
+    """Write `dst` = `src` with the tensors in `replace` swapped and those in `drop` left out.
+
+    Returns the byte size of every tensor written (for the shard index's total_size).
+    """
+    header, data_start = read_header(src)
+    meta = header.pop("__metadata__", None)
+    drop = set(drop)
+    new_header: dict = {}
+    offset = 0
+    plan: list[tuple[str, int, int] | tuple[str, NewTensor]] = []
+    # Keep the source order so untouched tensors are read sequentially.
+    for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+        if name in drop:
+            continue
+        if name in replace:
+            t = replace[name]
+            new_header[name] = {"dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, offset + t.nbytes]}
+            plan.append((name, t))
+            offset += t.nbytes
+        else:
+            begin, end = info["data_offsets"]
+            new_header[name] = {"dtype": info["dtype"], "shape": info["shape"],
+                                "data_offsets": [offset, offset + end - begin]}
+            plan.append((name, data_start + begin, end - begin))
+            offset += end - begin
+    missing = set(replace) - set(new_header)
+    if missing:
+        raise TransplantError(f"tensors {sorted(missing)} not in {src} (internal error: stale shard index)")
+    if meta is not None:
+        new_header["__metadata__"] = meta
+    blob = json.dumps(new_header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the format aligns tensor data to 8 bytes
+    sizes: dict[str, int] = {}
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        fout.write(struct.pack("<Q", len(blob)))
+        fout.write(blob)
+        for item in plan:
+            if isinstance(item[1], NewTensor):
+                name, tensor = item
+                written = 0
+                for chunk in tensor.chunks():
+                    data = chunk.contiguous().view(torch.uint8).numpy()
+                    fout.write(memoryview(data))
+                    written += data.nbytes
+                if written != tensor.nbytes:
+                    raise TransplantError(f"wrote {written} bytes for {name}, expected {tensor.nbytes} (internal error)")
+                sizes[name] = written
+            else:
+                name, start, length = item
+                fin.seek(start)
+                left = length
+                while left:
+                    block = fin.read(min(_COPY_BLOCK, left))
+                    if not block:
+                        raise TransplantError(f"{src} is truncated (re-download or re-save the checkpoint)")
+                    fout.write(block)
+                    left -= len(block)
+                sizes[name] = length
+    return sizes
+
+
+def copy_or_link(src: Path, dst: Path, link: bool) -> None:
+    """Hard-link when asked and possible (same filesystem), else copy the bytes."""
+    if link:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copyfile(src, dst)
+
+
+def tensor_sizes(path: str | Path) -> dict[str, int]:
+    header, _ = read_header(path)
+    return {k: v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"}

@@ -29,7 +29,7 @@ from .errors import TransplantError
 from .evaluate import EvalResult, evaluate_bpb
 from .plan import EmbeddingStats, Plan
 from .planner import build_plan
-from .sources import resolve_model
+from .sources import base_model_id, resolve_model
 from .tokenizer_out import chat_template_decision, write_tokenizer
 from .vocab import TokenizerSource, Vocabulary, load_tokenizer
 
@@ -120,7 +120,8 @@ def transplant(model: str | Path, new_tokenizer: str | Path, out: str | Path | N
         return TransplantResult(plan, None, embeddings)
     template, template_note = chat_template_decision(new_src, old_src, old_vocab, new_vocab)
     card_info = {
-        "base_model": str(model), "method": plan.meta["method"], "old_family": old_vocab.family,
+        "base_model": str(model), "base_model_id": base_model_id(model, folder), "method": plan.meta["method"],
+        "old_family": old_vocab.family,
         "new_family": new_vocab.family, "old_vocab": len(old_vocab), "new_vocab": len(new_vocab),
         "new_tokenizer": str(new_tokenizer), "chat_template": template_note,
     }
@@ -153,7 +154,8 @@ def apply_plan(plan_dir: str | Path, model: str | Path, out: str | Path, *, over
     ids = IdMap({int(k): v for k, v in plan.meta.get("special_map", {}).items()}, new_vocab.roles)
     check_required_roles(layout.config, ids)
     card_info = {
-        "base_model": str(model), "method": plan.meta.get("method", "?"), "old_family": old_vocab.family,
+        "base_model": str(model), "base_model_id": base_model_id(model, folder),
+        "method": plan.meta.get("method", "?"), "old_family": old_vocab.family,
         "new_family": new_vocab.family, "old_vocab": len(old_vocab), "new_vocab": len(new_vocab),
         "new_tokenizer": f"{plan_folder} (re-applied plan)",
         "chat_template": "as in the plan's tokenizer" if new_src.chat_template else "none in the plan's tokenizer",

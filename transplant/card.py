@@ -68,7 +68,7 @@ transplant apply --plan {{ plan_ref }} --model path/to/finetune --out path/to/fi
 def build_card(info: dict) -> ModelCard:
     """Render the card from the facts gathered during a transplant (see `api.transplant`)."""
     data = ModelCardData(
-        base_model=info["base_model"],
+        base_model=info.get("base_model_id"),
         library_name="transformers",
         tags=["tokenizer-transplant", "tokentransplant", f"init-{info['method']}"],
         pipeline_tag="text-generation",

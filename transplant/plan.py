@@ -54,10 +54,11 @@ class EmbeddingStats:
     std: float
 
     @classmethod
-    def of(cls, matrix: torch.Tensor, rows: int, need_cov: bool, chunk: int = 8192) -> "EmbeddingStats":
-        # Accumulate in float64 chunk by chunk: the matrix may be bf16 and larger than we want
-        # to copy to float32 at once.
+    def of(cls, matrix: torch.Tensor, rows: int, need_cov: bool) -> "EmbeddingStats":
+        # Accumulate in float64 chunk by chunk (~32 MB blocks): the matrix may be bf16 and larger
+        # than we want to copy to a wider dtype at once.
         dim = matrix.shape[1]
+        chunk = max(64, (4 << 20) // dim)
         total = torch.zeros(dim, dtype=torch.float64)
         gram = torch.zeros(dim, dim, dtype=torch.float64) if need_cov else None
         sq = 0.0
@@ -130,7 +131,7 @@ class Plan:
         return bool((self.kinds == NORMAL).any())
 
     # -- application ---------------------------------------------------------------------
-    def iter_apply(self, old: torch.Tensor, chunk_rows: int = 4096, stats: EmbeddingStats | None = None,
+    def iter_apply(self, old: torch.Tensor, chunk_rows: int | None = None, stats: EmbeddingStats | None = None,
                    stat_rows: int | None = None) -> Iterator[torch.Tensor]:
         """Yield the new matrix in row chunks, in `old`'s dtype, never holding it whole in float32.
 
@@ -139,6 +140,8 @@ class Plan:
                 old vocabulary (padded rows are ignored for statistics).
             stats: precomputed statistics of `old` (computed here when None).
             stat_rows: how many leading rows of `old` are real tokens (default: plan.old_size).
+            chunk_rows: rows per chunk; by default sized so the gathered float32 pieces of a
+                chunk take about 64 MB whatever the hidden size.
         """
         if old.shape[0] < self.old_size:
             raise TransplantError(
@@ -147,6 +150,9 @@ class Plan:
         if stats is None:
             stats = EmbeddingStats.of(old, stat_rows or self.old_size, self.needs_covariance())
         dim = old.shape[1]
+        if chunk_rows is None:
+            pieces_per_row = max(1.0, len(self.indices) / max(self.new_size, 1))
+            chunk_rows = max(64, int((16 << 20) / (dim * pieces_per_row)))
         overrides = {int(r): k for k, r in enumerate(self.override_rows)}
         for start in range(0, self.new_size, chunk_rows):
             stop = min(self.new_size, start + chunk_rows)

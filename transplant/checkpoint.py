@@ -184,7 +184,12 @@ def write_weights(layout: EmbeddingLayout, plan: Plan, out: Path, link: bool = F
     index = layout.folder / INDEX_NAME
     if index.exists():
         doc = json.loads(index.read_text())
-        doc.setdefault("metadata", {})["total_size"] = sum(sizes.values())
+        meta = doc.setdefault("metadata", {})
+        meta["total_size"] = sum(sizes.values())
+        if isinstance(meta.get("total_parameters"), int):
+            # transformers records unique parameters: a tied head counts once even if stored twice.
+            resized = 1 if layout.tied else len(layout.keys)
+            meta["total_parameters"] += resized * (plan.new_size - layout.rows) * layout.dim
         (out / INDEX_NAME).write_text(json.dumps(doc, indent=2))
 
 

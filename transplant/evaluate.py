@@ -73,8 +73,11 @@ def pack(doc_ids: list[list[int]], ctx: int) -> list[list[int]]:
 
 
 @torch.inference_mode()
-def score(model, encode, start_id: int, texts: list[str], ctx: int = 1024, batch_size: int = 4) -> EvalResult:
-    """Score an in-memory model; `encode(list[str]) -> list[list[int]]` without special tokens."""
+def score(model, encode, start_id: int, texts: list[str], ctx: int = 1024, batch_size: int | None = None) -> EvalResult:
+    """Score an in-memory model; `encode(list[str]) -> list[list[int]]` without special tokens.
+
+    `batch_size` defaults to what keeps the float32 logits near 1 GB (1 for a 262k vocabulary).
+    """
     started = time.perf_counter()
     docs = [d for t in texts for d in split_documents(t)]
     if not docs:
@@ -83,6 +86,9 @@ def score(model, encode, start_id: int, texts: list[str], ctx: int = 1024, batch
     doc_ids = encode(docs)
     n_tokens = sum(len(x) for x in doc_ids)
     chunks = pack(doc_ids, ctx)
+    vocab_rows = model.get_output_embeddings().weight.shape[0]
+    if batch_size is None:
+        batch_size = max(1, int(2.5e8 // ((ctx + 1) * vocab_rows)))
     device = next(model.parameters()).device
     nll = 0.0
     for b in range(0, len(chunks), batch_size):
@@ -94,17 +100,18 @@ def score(model, encode, start_id: int, texts: list[str], ctx: int = 1024, batch
             ids[r, 1:len(c) + 1] = torch.tensor(c, dtype=torch.long)
             mask[r, :len(c) + 1] = 1
         ids, mask = ids.to(device), mask.to(device)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        targets = ids[:, 1:]
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        nll -= float((logp * mask[:, 1:]).sum())
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+        nll += float(torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                                                       ignore_index=-100, reduction="sum"))
+        del logits
     bits = nll / math.log(2)
     return EvalResult(bits / total_bytes, total_bytes / max(n_tokens, 1), bits, total_bytes, n_tokens, len(docs),
                       round(time.perf_counter() - started, 2))
 
 
 def evaluate_bpb(model_dir: str | Path, texts: list[str], tokenizer: str | Path | None = None, ctx: int = 1024,
-                 batch_size: int = 4, dtype: torch.dtype = torch.float32) -> EvalResult:
+                 batch_size: int | None = None, dtype: torch.dtype = torch.float32) -> EvalResult:
     """Load a checkpoint folder (and its tokenizer, or `tokenizer`) and score `texts`."""
     from transformers import AutoModelForCausalLM
 

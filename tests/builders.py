@@ -84,12 +84,37 @@ def shuffled_copy(tok: Tokenizer, seed: int = 0) -> Tokenizer:
 
 
 def with_extra_tokens(tok: Tokenizer, words: list[str]) -> Tokenizer:
-    """A superset: the same vocabulary plus new tokens appended at the end (added as BPE merges-free entries)."""
+    """A superset: the same vocabulary plus new tokens appended at the end (merges-free entries).
+
+    `words` are plain text (a leading space marks a word-initial token) and are spelled in the
+    tokenizer's own alphabet: GPT-2 byte characters for byte-level BPE (`" kingdom"` ->
+    `Ġkingdom`, `"é"` -> `Ã©`), `▁` for SentencePiece style, `##` continuations for WordPiece.
+    BPE never produces merges-free entries, so text that does not already encode to them
+    tokenizes exactly as before. New ids start after every existing id (added tokens included);
+    words already in the vocabulary are skipped.
+    """
+    from transplant.vocab import detect_family, gpt2_byte_alphabet
+
     spec = json.loads(tok.to_str())
-    vocab = spec["model"]["vocab"]
+    family, marker = detect_family(spec)
+    model = spec["model"]
+    vocab = model["vocab"]
+    byte_char = {b: c for c, b in gpt2_byte_alphabet().items()}
+    next_id = max([*vocab.values(), *(a["id"] for a in spec.get("added_tokens") or [])], default=-1) + 1
     for w in words:
-        vocab.setdefault(w, len(vocab))
-    # Specials live in `added_tokens` too; keep their ids.
+        if family == "byte_level":
+            piece = "".join(byte_char[b] for b in w.encode("utf-8"))
+        elif family == "sentencepiece":
+            piece = w.replace(" ", marker)
+        elif family == "wordpiece":
+            prefix = model.get("continuing_subword_prefix") or "##"
+            piece = w[1:] if w.startswith(" ") else prefix + w
+        else:
+            piece = w
+        if piece not in vocab:
+            vocab[piece] = next_id
+            next_id += 1
+    # Specials live in `added_tokens` too; their ids are unchanged.
     return Tokenizer.from_str(json.dumps(spec))
 
 
@@ -131,11 +156,13 @@ def save_model(model, tok: Tokenizer, folder: Path, shard_size: str | None = Non
     return folder
 
 
-def logits_for(folder: Path, text: str, tokenizer_folder: Path | None = None) -> torch.Tensor:
+def logits_for(folder: Path, text: str, tokenizer_folder: Path | None = None,
+               dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token ids, logits) of `text` without special tokens, the model loaded in `dtype`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_folder or folder))
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).eval()
     ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0]

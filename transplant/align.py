@@ -59,8 +59,7 @@ class Alignment:
                 continue
             old_id = old_by_content.get(tok.text)
             if old_id is None:
-                role = self.new.role_of(new_id)
-                old_id = self.old.roles.get(role) if role else None
+                old_id = next((self.old.roles[r] for r in self.new.roles_of(new_id) if r in self.old.roles), None)
             if old_id is not None:
                 self.special_rows[new_id] = old_id
         # Old special ids (as named in config.json / generation_config.json) -> new ids.

@@ -73,10 +73,10 @@ def run(model, new_tok, out, method, fallback, old_tok, pad_to_multiple_of, seed
 
 def _print_eval_table(evaluation: dict) -> None:
     base = evaluation.get("original")
-    click.echo(f"{'model':<14}{'bits/byte':>11}{'bytes/token':>13}{'ratio':>8}")
+    click.echo(f"{'model':<14}{'bits/byte':>11}{'bytes/token':>13}" + (f"{'ratio':>8}" if base else ""))
     for name, r in evaluation.items():
-        ratio = r.bpb / base.bpb if base else float("nan")
-        click.echo(f"{name:<14}{r.bpb:>11.4f}{r.bytes_per_token:>13.2f}{ratio:>8.3f}")
+        ratio = f"{r.bpb / base.bpb:>8.3f}" if base else ""
+        click.echo(f"{name:<14}{r.bpb:>11.4f}{r.bytes_per_token:>13.2f}{ratio}")
 
 
 @cli.command("eval")

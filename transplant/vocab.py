@@ -171,11 +171,12 @@ class Vocabulary:
         """Concatenate the canonical bytes of `ids` (special tokens contribute nothing)."""
         return b"".join(self.tokens[i].text for i in ids if self.tokens[i].kind != SPECIAL)
 
-    def role_of(self, idx: int) -> str | None:
-        for role, rid in self.roles.items():
-            if rid == idx:
-                return role
-        return None
+    def roles_of(self, idx: int) -> list[str]:
+        """Roles of a token, the one its spelling names first: SmolLM2's `<|im_end|>` is both
+        eos and a chat turn end, and as a chat marker it should map to Gemma's `<end_of_turn>`."""
+        content = self.tokens[idx].text.decode("utf-8", "replace")
+        spelled = [role for role, spellings in _ROLE_SPELLINGS.items() if content in spellings]
+        return spelled + [role for role, rid in self.roles.items() if rid == idx and role not in spelled]
 
 
 def _canonical(piece: str, idx: int, added: dict, family: str, marker: str, prefix: str,

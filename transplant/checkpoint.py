@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 
 from .errors import TransplantError
-from .plan import EmbeddingStats, Plan
+from .plan import Plan
 from .shardio import DTYPE_NAMES, NewTensor, copy_or_link, read_header, rewrite_shard, tensor_sizes
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ def _producer(layout: EmbeddingLayout, key: str, plan: Plan, chunk_rows: int | N
     def chunks():
         # Read the old matrix only when this tensor is written, and drop it right after.
         old = read_embedding(layout, key)
-        stats = EmbeddingStats.of(old, plan.old_size, plan.needs_covariance())
+        stats = plan.stats_of(old)
         yield from plan.iter_apply(old, chunk_rows=chunk_rows, stats=stats)
         del old
     return chunks

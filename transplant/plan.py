@@ -54,22 +54,25 @@ class EmbeddingStats:
     std: float
 
     @classmethod
-    def of(cls, matrix: torch.Tensor, rows: int, need_cov: bool) -> "EmbeddingStats":
-        # Accumulate in float64 chunk by chunk (~32 MB blocks): the matrix may be bf16 and larger
-        # than we want to copy to a wider dtype at once.
+    def of(cls, matrix: torch.Tensor, rows: int, need_cov: bool = False, need_std: bool = True) -> "EmbeddingStats":
+        """Statistics of the first `rows` rows; covariance and scale only when asked (they cost)."""
+        # Chunk by chunk (~16 MB of float32 per block): the matrix may be bf16 and larger than we
+        # want to widen at once. Per-block sums in float32, running totals in float64.
         dim = matrix.shape[1]
         chunk = max(64, (4 << 20) // dim)
         total = torch.zeros(dim, dtype=torch.float64)
         gram = torch.zeros(dim, dim, dtype=torch.float64) if need_cov else None
         sq = 0.0
         for start in range(0, rows, chunk):
-            block = matrix[start:min(rows, start + chunk)].to(torch.float64)
-            total += block.sum(0)
-            sq += float((block * block).sum())
+            block = matrix[start:min(rows, start + chunk)].to(torch.float32)
+            total += block.sum(0).to(torch.float64)
+            if need_std:
+                sq += float(torch.linalg.vector_norm(block.to(torch.float64)) ** 2)
             if gram is not None:
+                block = block.to(torch.float64)
                 gram += block.T @ block
         mean = total / rows
-        std = float(np.sqrt(max(sq / (rows * dim) - float((mean * mean).mean()), 1e-12)))
+        std = float(np.sqrt(max(sq / (rows * dim) - float((mean * mean).mean()), 1e-12))) if need_std else 0.0
         chol = None
         if gram is not None:
             cov = gram / rows - torch.outer(mean, mean)
@@ -130,6 +133,13 @@ class Plan:
     def needs_covariance(self) -> bool:
         return bool((self.kinds == NORMAL).any())
 
+    def stats_of(self, matrix: torch.Tensor, rows: int | None = None) -> EmbeddingStats | None:
+        """The statistics this plan's non-linear rows need (None when every row is linear)."""
+        kinds = set(np.unique(self.kinds).tolist()) - {LINEAR, OVERRIDE}
+        if not kinds:
+            return None
+        return EmbeddingStats.of(matrix, rows or self.old_size, need_cov=NORMAL in kinds, need_std=RANDOM in kinds)
+
     # -- application ---------------------------------------------------------------------
     def iter_apply(self, old: torch.Tensor, chunk_rows: int | None = None, stats: EmbeddingStats | None = None,
                    stat_rows: int | None = None) -> Iterator[torch.Tensor]:
@@ -148,7 +158,7 @@ class Plan:
                 f"the embedding matrix has {old.shape[0]} rows but the old tokenizer has {self.old_size} ids "
                 "(use the tokenizer that belongs to this model)")
         if stats is None:
-            stats = EmbeddingStats.of(old, stat_rows or self.old_size, self.needs_covariance())
+            stats = self.stats_of(old, stat_rows)
         dim = old.shape[1]
         if chunk_rows is None:
             pieces_per_row = max(1.0, len(self.indices) / max(self.new_size, 1))
@@ -156,18 +166,23 @@ class Plan:
         overrides = {int(r): k for k, r in enumerate(self.override_rows)}
         for start in range(0, self.new_size, chunk_rows):
             stop = min(self.new_size, start + chunk_rows)
-            out = torch.zeros(stop - start, dim, dtype=torch.float32)
-            lo, hi = int(self.indptr[start]), int(self.indptr[stop])
-            if hi > lo:
-                idx = torch.from_numpy(self.indices[lo:hi])
-                w = torch.from_numpy(self.weights[lo:hi]).unsqueeze(1)
-                counts = torch.from_numpy(np.diff(self.indptr[start:stop + 1]))
-                target = torch.repeat_interleave(torch.arange(stop - start), counts)
-                out.index_add_(0, target, old[idx].to(torch.float32) * w)
+            out = self._mix(old, start, stop)
             kinds = self.kinds[start:stop]
             for local in np.nonzero(kinds != LINEAR)[0]:
                 out[local] = self._stat_row(int(kinds[local]), start + int(local), stats, dim, overrides)
             yield out.to(old.dtype)
+
+    def _mix(self, old: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Linear rows start..stop in float32 (a gather of the old rows they use + index_add)."""
+        out = torch.zeros(stop - start, old.shape[1], dtype=torch.float32)
+        lo, hi = int(self.indptr[start]), int(self.indptr[stop])
+        if hi > lo:
+            idx = torch.from_numpy(self.indices[lo:hi])
+            w = torch.from_numpy(self.weights[lo:hi]).unsqueeze(1)
+            counts = torch.from_numpy(np.diff(self.indptr[start:stop + 1]))
+            target = torch.repeat_interleave(torch.arange(stop - start), counts)
+            out.index_add_(0, target, old[idx].to(torch.float32) * w)
+        return out
 
     def apply(self, old: torch.Tensor, **kwargs) -> torch.Tensor:
         """The whole new matrix (see `iter_apply`)."""

@@ -27,6 +27,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# The shared corpora sit beside the checkout (../shared/corpora).
+CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 sys.path.insert(0, str(HERE.parent))
 
 
@@ -34,7 +36,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--new-tok", type=Path, default=HERE / "work" / "quality_de" / "de-bpe")
-    ap.add_argument("--dev", type=Path, default=Path("/work/shared/corpora/de/dev.txt"))
+    ap.add_argument("--dev", type=Path, default=CORPORA / "de" / "dev.txt")
     ap.add_argument("--eval-bytes", type=int, default=50_000)
     ap.add_argument("--work", type=Path, default=HERE / "work" / "fvt_probe")
     ap.add_argument("--results", type=Path, default=HERE / "results" / "fvt_probe.json")

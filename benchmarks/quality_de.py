@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# The shared corpora sit beside the checkout (../shared/corpora).
+CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
@@ -66,8 +68,8 @@ def train_tokenizer(train_path: Path, vocab_size: int, folder: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--train", type=Path, default=Path("/work/shared/corpora/de/train.txt"))
-    ap.add_argument("--dev", type=Path, default=Path("/work/shared/corpora/de/dev.txt"))
+    ap.add_argument("--train", type=Path, default=CORPORA / "de" / "train.txt")
+    ap.add_argument("--dev", type=Path, default=CORPORA / "de" / "dev.txt")
     ap.add_argument("--vocab-size", type=int, default=32000)
     ap.add_argument("--eval-bytes", type=int, default=50_000)
     ap.add_argument("--ctx", type=int, default=1024)

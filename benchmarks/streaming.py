@@ -42,6 +42,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# The shared corpora sit beside the checkout (../shared/corpora).
+CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
@@ -140,7 +142,7 @@ def main() -> None:
         from quality_de import train_tokenizer
 
         print(f"training the German tokenizer into {args.new_tok}", flush=True)
-        train_tokenizer(Path("/work/shared/corpora/de/train.txt"), 32000, args.new_tok)
+        train_tokenizer(CORPORA / "de" / "train.txt", 32000, args.new_tok)
     from tokenizers import Tokenizer
 
     new_vocab = Tokenizer.from_file(str(args.new_tok / "tokenizer.json")).get_vocab_size(with_added_tokens=True)

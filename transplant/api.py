@@ -181,7 +181,8 @@ def _write_output(folder: Path, layout: EmbeddingLayout, plan: Plan, new_src: To
             notes += [n for n in gen_notes if n not in notes]
             (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         copy_side_files(folder, tmp)
-        write_tokenizer(new_src, new_vocab, tmp, template)
+        text_cfg = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+        write_tokenizer(new_src, new_vocab, tmp, template, text_cfg.get("max_position_embeddings"))
         plan_files = plan.save(tmp)
         for n in notes:
             log.warning(n)

@@ -82,13 +82,14 @@ def test_whitespace_tokens_match_exactly(direction, smollm2, gemma):
         new_id, old_id = new.lookup(ws), old.lookup(ws)
         assert new_id is not None and old_id is not None, ws
         assert alignment.exact.get(new_id) == old_id, ws
-    # Special tokens by role, never by id: the end-of-sequence ids follow each other, and chat
-    # markers start from the other family's chat markers (the role their spelling names).
+    # Special tokens by role, never by id: sequence roles first (SmolLM2's <|im_start|> is its
+    # bos, so it starts from Gemma's <bos>), then the chat role a marker's spelling names.
     assert alignment.special_map[old.roles["eos"]] == new.roles["eos"]
-    assert alignment.special_rows[new.roles["turn_start"]] == old.roles["turn_start"]
-    assert alignment.special_rows[new.roles["turn_end"]] == old.roles["turn_end"]
+    assert alignment.special_rows[new.roles["bos"]] == old.roles["bos"]
+    assert alignment.special_rows[new.roles["eos"]] == old.roles["eos"]
     if new_name == "gemma":
-        assert alignment.special_rows[new.roles["eos"]] == old.roles["eos"]
+        assert alignment.special_rows[new.roles["turn_start"]] == old.roles["turn_start"]
+        assert alignment.special_rows[new.roles["turn_end"]] == old.roles["turn_end"]
     else:
         # Gemma's <end_of_turn> (in its generation_config eos list) maps onto <|im_end|>.
         assert alignment.special_map[old.roles["turn_end"]] == new.roles["turn_end"] == new.roles["eos"]

@@ -214,3 +214,22 @@ def test_detect_family_of_nested_sequences():
     spec = {"normalizer": {"type": "Sequence", "normalizers": [
         {"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}}
     assert detect_family(spec) == ("sentencepiece", "▁")
+
+
+def test_declared_bos_outranks_chat_spelling(toks, tmp_path):
+    # New: <|im_start|> is both the declared bos and (by spelling) a chat turn start. Old has a
+    # distinct bos (<s>) and turn start (<start_of_turn>): the sequence role must win, because the
+    # first position's row is what the model attends to as its sink.
+    sp = B.sentencepiece_bpe()
+    sp.add_special_tokens(["<start_of_turn>"])
+    old_dir = B.save_tokenizer(sp, tmp_path / "old", bos="<s>", eos="</s>")
+    new_dir = B.save_tokenizer(toks["bl"], tmp_path / "new", bos="<|im_start|>", eos="<|im_end|>")
+    old, new = load_tokenizer(old_dir).vocabulary(), load_tokenizer(new_dir).vocabulary()
+    assert old.roles["turn_start"] == sp.token_to_id("<start_of_turn>")
+    alignment = Alignment.build(old, new)
+    assert alignment.special_rows[toks["bl"].token_to_id("<|im_start|>")] == sp.token_to_id("<s>")
+    # Without a declared role, the spelling decides: a new <start_of_turn> starts from the old one.
+    new2 = Vocabulary.from_tokenizer(sp)
+    old2 = load_tokenizer(new_dir).vocabulary()
+    alignment2 = Alignment.build(old2, new2)
+    assert alignment2.special_rows[sp.token_to_id("<start_of_turn>")] == toks["bl"].token_to_id("<|im_start|>")

@@ -113,7 +113,7 @@ def kernels(src: Path, plan_dir: Path) -> dict:
     import torch.nn.functional as F
     from safetensors import safe_open
 
-    from transplant.plan import LINEAR, EmbeddingStats, Plan
+    from transplant.plan import LINEAR, Plan
 
     plan = Plan.load(plan_dir)
     index = json.loads((src / "model.safetensors.index.json").read_text())["weight_map"]
@@ -127,7 +127,7 @@ def kernels(src: Path, plan_dir: Path) -> dict:
 
     res = {"matrix": list(old.shape), "dtype": str(old.dtype), "plan_nnz": int(len(plan.indices)),
            "threads": torch.get_num_threads()}
-    stats, res["stats_current_s"] = timed(lambda: EmbeddingStats.of(old, plan.old_size, plan.needs_covariance()))
+    stats, res["stats_current_s"] = timed(lambda: plan.stats_of(old))
     mean, res["mean_only_sum_dtype_f32_s"] = timed(lambda: old[:plan.old_size].sum(0, dtype=torch.float32) / plan.old_size)
     res["mean_only_max_abs_diff"] = float((mean - stats.mean).abs().max())
     ref, res["iter_apply_current_s"] = timed(lambda: torch.cat(list(plan.iter_apply(old, stats=stats))))

@@ -11,7 +11,6 @@ import math
 
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from test_vocab import MIXED
 

@@ -27,7 +27,7 @@ from .checkpoint import (EmbeddingLayout, check_vocab_fits, copy_side_files, loc
 from .configs import IdMap, check_required_roles, remap_config, remap_generation_config
 from .errors import TransplantError
 from .evaluate import EvalResult, evaluate_bpb
-from .plan import EmbeddingStats, Plan
+from .plan import Plan
 from .planner import build_plan
 from .sources import base_model_id, resolve_model
 from .tokenizer_out import chat_template_decision, write_tokenizer
@@ -251,4 +251,4 @@ def transplant_model(model: torch.nn.Module, old_tokenizer: str | Path, new_toke
     return result
 
 
-__all__ = ["transplant", "apply_plan", "transplant_model", "TransplantResult", "EmbeddingStats"]
+__all__ = ["transplant", "apply_plan", "transplant_model", "TransplantResult"]

@@ -32,7 +32,6 @@ PLAN_WEIGHTS = "transplant_plan.safetensors"
 PLAN_JSON = "transplant_plan.json"
 
 LINEAR, MEAN, NORMAL, RANDOM, OVERRIDE = 0, 1, 2, 3, 4
-KIND_NAMES = {LINEAR: "linear", MEAN: "mean", NORMAL: "multivariate", RANDOM: "random", OVERRIDE: "override"}
 
 
 @dataclass
@@ -129,9 +128,6 @@ class Plan:
         for p in self.provenance:
             out[p] = out.get(p, 0) + 1
         return out
-
-    def needs_covariance(self) -> bool:
-        return bool((self.kinds == NORMAL).any())
 
     def stats_of(self, matrix: torch.Tensor, rows: int | None = None) -> EmbeddingStats | None:
         """The statistics this plan's non-linear rows need (None when every row is linear)."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -160,12 +160,9 @@ class Vocabulary:
         """Id of the (non-special) token standing for exactly these bytes, if any."""
         return self._by_text.get(text)
 
-    @property
+    @cached_property
     def max_token_bytes(self) -> int:
         return max((len(t) for t in self._by_text), default=1)
-
-    def special_ids(self) -> list[int]:
-        return [i for i, t in enumerate(self.tokens) if t.kind == SPECIAL]
 
     def decode_canonical(self, ids: Iterable[int]) -> bytes:
         """Concatenate the canonical bytes of `ids` (special tokens contribute nothing)."""

@@ -71,8 +71,12 @@ def shard_map(folder: Path) -> dict[str, str]:
     return out
 
 
-def _param_names(module: torch.nn.Module, param: torch.nn.Parameter) -> list[str]:
-    return [n for n, p in module.named_parameters(remove_duplicate=False) if p is param]
+def _weight_names(model: torch.nn.Module, module: torch.nn.Module) -> list[str]:
+    """Names of `module.weight`, the module's own name first: a tied head shares its parameter
+    with the input embedding, but a checkpoint that stores it stores it under the head's name."""
+    own = [f"{n}.weight" for n, m in model.named_modules(remove_duplicate=False) if m is module]
+    shared = [n for n, p in model.named_parameters(remove_duplicate=False) if p is module.weight]
+    return own + [n for n in shared if n not in own]
 
 
 def _match_key(names: list[str], keys: dict[str, str], prefix: str) -> str | None:
@@ -119,7 +123,7 @@ def locate_embeddings(folder: Path, trust_remote_code: bool = False) -> Embeddin
     out_mod = model.get_output_embeddings()
     keys = shard_map(folder)
     prefix = getattr(model, "base_model_prefix", "") or ""
-    input_key = _match_key(_param_names(model, inp.weight), keys, prefix)
+    input_key = _match_key(_weight_names(model, inp), keys, prefix)
     if input_key is None:
         raise TransplantError(f"{folder}: input embedding tensor not found in the checkpoint (is the checkpoint complete?)")
     text_cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -128,7 +132,7 @@ def locate_embeddings(folder: Path, trust_remote_code: bool = False) -> Embeddin
     tied = True
     if out_mod is not None and getattr(out_mod, "weight", None) is not None:
         shared = out_mod.weight is inp.weight
-        output_key = _match_key(_param_names(model, out_mod.weight), keys, prefix)
+        output_key = _match_key(_weight_names(model, out_mod), keys, prefix)
         if output_key == input_key:
             output_key = None
         tied = shared or tied_cfg

@@ -38,3 +38,14 @@ def test_transplant_model_replaces_embeddings_and_ids(build_model, tok_dirs, tmp
             assert torch.equal(emb[i].detach(), old_rows[idx[0]])
     out = model.generate(torch.tensor([[1, 40, 41]]), max_new_tokens=3, do_sample=False)
     assert out.shape[1] == 6
+
+
+def test_transplant_accepts_an_in_memory_model_and_leaves_it_untouched(build_model, tok_dirs, tmp_path):
+    src = build_model(tmp_path / "src", kind="llama", tied=False, tok="bl")
+    model = AutoModelForCausalLM.from_pretrained(str(src))
+    before = model.get_input_embeddings().weight.detach().clone()
+    result = transplant(model, str(tok_dirs["sp"]), old_tokenizer=str(src), method="fvt")
+    from_disk = transplant(str(src), str(tok_dirs["sp"]), None, method="fvt")
+    assert torch.equal(result.embeddings["input"], from_disk.embeddings["input"])
+    assert torch.equal(result.embeddings["output"], from_disk.embeddings["output"])
+    assert torch.equal(model.get_input_embeddings().weight, before)

@@ -68,7 +68,7 @@ def _check_output(out: Path, sources: list[Path], overwrite: bool) -> Path:
     return out
 
 
-def transplant(model: str | Path, new_tokenizer: str | Path, out: str | Path | None = None, *,
+def transplant(model: str | Path | torch.nn.Module, new_tokenizer: str | Path, out: str | Path | None = None, *,
                method: str | list[str] = "fvt", fallback: str = "mean", old_tokenizer: str | Path | None = None,
                pad_to_multiple_of: int | None = None, seed: int = 0, overwrite: bool = False, link: bool = False,
                trust_remote_code: bool = False, eval_texts: list[str] | None = None, eval_name: str = "text",
@@ -77,7 +77,8 @@ def transplant(model: str | Path, new_tokenizer: str | Path, out: str | Path | N
 
     Args:
         model: a model folder, a cached hub id, a `.gguf` file or a packaged name
-            (`smollm2-135m-instruct`, `gemma-3-270m`).
+            (`smollm2-135m-instruct`, `gemma-3-270m`); or an in-memory `PreTrainedModel`, with
+            `old_tokenizer` given and `out=None`: the new tensors are returned, the model is untouched.
         new_tokenizer: a `tokenizer.json` or a tokenizer folder.
         out: output folder; None returns the new embedding tensors without writing anything.
         method: initializer after special tokens and exact overlap (see `transplant.initializers.available()`).
@@ -94,6 +95,13 @@ def transplant(model: str | Path, new_tokenizer: str | Path, out: str | Path | N
         >>> r.embeddings["input"].shape  # doctest: +SKIP
         torch.Size([32000, 576])
     """
+    if isinstance(model, torch.nn.Module):
+        # An in-memory model (inside a training script): plan from its tokenizer, return tensors.
+        if old_tokenizer is None or out is not None:
+            raise TransplantError("for an in-memory model pass old_tokenizer= and no out (use save_pretrained "
+                                  "yourself, or transplant_model(...) to replace the embeddings in place)")
+        return transplant_model(model, old_tokenizer, new_tokenizer, method=method, fallback=fallback, seed=seed,
+                                pad_to_multiple_of=pad_to_multiple_of, inplace=False)
     folder = resolve_model(model)
     old_src = load_tokenizer(old_tokenizer or folder)
     new_src = load_tokenizer(new_tokenizer)

@@ -131,3 +131,14 @@ def test_padded_embedding_rows(toks, tok_dirs, tmp_path):
     old = load_file(str(src / "model.safetensors"))["model.embed_tokens.weight"]
     new = load_file(str(out / "model.safetensors"))["model.embed_tokens.weight"]
     torch.testing.assert_close(new[n], old[:n].double().mean(0).float())
+
+
+def test_tied_head_is_named_by_its_own_module_first():
+    # In a materialized tied model the head's parameter *is* the embedding's; a checkpoint that
+    # stores the head stores it as `lm_head.weight`, so that name must be tried first.
+    from transplant.checkpoint import _weight_names
+
+    model = B.tiny_model("llama", 50, tied=True, bos=1, eos=0)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert _weight_names(model, model.get_output_embeddings())[0] == "lm_head.weight"
+    assert _weight_names(model, model.get_input_embeddings())[0] == "model.embed_tokens.weight"

@@ -109,8 +109,9 @@ def locate_embeddings(folder: Path, trust_remote_code: bool = False) -> Embeddin
         raise TransplantError(f"cannot read config of {folder}: {msg}") from None
     try:
         with init_empty_weights():
+            # Heads are not tied on the meta device (transformers 5.24), so tying is read from the
+            # config below as well as from parameter identity.
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-            model.tie_weights()  # not done on the meta device by default; tied heads must share the parameter
     except Exception as exc:
         raise TransplantError(f"cannot build {getattr(config, 'model_type', '?')} as a causal LM: "
                               f"{str(exc).splitlines()[0]} (pass a causal language model)") from None

@@ -168,3 +168,54 @@ def logits_for(folder: Path, text: str, tokenizer_folder: Path | None = None,
         logits = model(input_ids=ids).logits[0]
     # Compare token-by-token in the ids' own order (a shuffled vocabulary permutes columns).
     return ids[0], logits
+
+
+def unigram(vocab_size: int = 400, lang: str = "en") -> Tokenizer:
+    """A T5/XLM-R-style Unigram (Metaspace); specials in T5 order, pad first: <pad> </s> <s> <unk>.
+
+    The pad id is below the eos id on purpose: a pad row that copies eos wins greedy ties."""
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<s>", "<unk>"],
+                                      unk_token="<unk>", show_progress=False)
+    tok.train_from_iterator(lines(lang), trainer)
+    return tok
+
+
+def save_tokenizer_roles(tok: Tokenizer, folder: Path, chat_template: str | None = None, **roles: str) -> Path:
+    """Save with any of bos/eos/pad/unk given as `bos="<s>"`... (tokenizer_config.json roles)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **{f"{k}_token": v for k, v in roles.items() if v})
+    if chat_template:
+        fast.chat_template = chat_template
+    fast.save_pretrained(str(folder))
+    return folder
+
+
+def always_eos_llama(vocab: int, eos: int, bos: int | list[int] | None = None, pad: int | None = None,
+                     hidden: int = 32):
+    """An untied tiny Llama that predicts `eos` after every input (a stand-in for a trained model).
+
+    The layers add nothing to the residual stream (zero output projections), every embedding has
+    a large first coordinate, the final norm keeps only that coordinate, and only the eos row of
+    the head reads it."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      tie_word_embeddings=False, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb.normal_(0, 1.0)
+        emb[:, 0] = 10.0
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.norm.weight.zero_()
+        model.model.norm.weight[0] = 1.0
+        head = model.get_output_embeddings().weight
+        head.normal_(0, 1.0)
+        head[:, 0] = 0.0
+        head[eos, 0] = 5.0
+    return model.eval()

@@ -156,6 +156,12 @@ def test_existing_output_needs_overwrite(llama_bl, tok_dirs, tmp_path):
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert not list(tmp_path.glob(".result.partial-*"))
 
+    # --overwrite replaces only an earlier output (a folder holding a plan), never any folder.
+    proc = run_cli("run", "--model", llama_bl, "--new-tok", tok_dirs["sp"], "--out", out, "--overwrite",
+                   cwd=tmp_path)
+    assert proc.returncode != 0 and "not a tokentransplant output" in proc.stderr
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    (out / "transplant_plan.json").write_text("{}")
     proc = run_cli("run", "--model", llama_bl, "--new-tok", tok_dirs["sp"], "--out", out, "--overwrite",
                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

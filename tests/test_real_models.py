@@ -120,3 +120,47 @@ def test_demo_end_to_end(smollm2, tmp_path):
     assert gen.shape[1] > enc.input_ids.shape[1]
     assert isinstance(tok.decode(gen[0, enc.input_ids.shape[1]:]), str)
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in (out / "README.md").read_text()
+
+
+def _nats_per_token(folder, text, add_special_tokens=True):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    ids = tok(text, add_special_tokens=add_special_tokens, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return float(model(input_ids=ids, labels=ids).loss), ids[0].tolist(), tok
+
+
+def test_gemma_onto_smollm2_tokenizer_encodes_with_the_start_token_gemma_saw(smollm2, gemma, tmp_path):
+    """Gemma always saw <bos> first; a plain tokenizer(text) on the output must add its mapped
+    counterpart (measured before the fix: 4.95 nats/token without it, 3.75 with it, on 3 kB)."""
+    from transplant import transplant
+    from transplant.evaluate import take_bytes
+    from transplant.demo import DATA
+
+    out = tmp_path / "gemma-smol"
+    result = transplant(gemma[0], smollm2[0], out)
+    text = take_bytes((DATA / "bible_en.txt").read_text(), 3000)[:2000]
+    with_default, ids, tok = _nats_per_token(out, text)
+    without, _, _ = _nats_per_token(out, text, add_special_tokens=False)
+    assert ids[0] == tok.bos_token_id == result.special_ids.bos
+    assert with_default < without - 0.3, (with_default, without)
+
+
+def test_smollm2_onto_gemma_tokenizer_keeps_its_chat_format(smollm2, gemma, tmp_path):
+    from transformers import AutoTokenizer
+
+    from transplant import transplant
+
+    out = tmp_path / "smol-gemma"
+    result = transplant(smollm2[0], gemma[0], out)
+    tok = AutoTokenizer.from_pretrained(str(out))
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert "<start_of_turn>user\nWhat is the capital of France?<end_of_turn>\n<start_of_turn>assistant\n" in text
+    vocab = gemma[2]
+    assert vocab.roles["turn_end"] in result.special_ids.eos and vocab.roles["eos"] in result.special_ids.eos
+    # SmolLM2 never saw a start token: the output adds none, although Gemma's tokenizer would.
+    assert tok("Hello")["input_ids"] == tok("Hello", add_special_tokens=False)["input_ids"]

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .vocab import ADDED, BYTE, NORMAL, SPECIAL, UNUSED, Vocabulary
+from .progress import bar
+from .vocab import ADDED, BYTE, CORE_ROLES, NORMAL, SPECIAL, UNUSED, Vocabulary
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Alignment:
     exact: dict[int, int] = field(default_factory=dict)
     special_map: dict[int, int] = field(default_factory=dict)
     special_rows: dict[int, int] = field(default_factory=dict)
+    never_win: set[int] = field(default_factory=set)
     decompositions: dict[int, list[int]] = field(default_factory=dict)
 
     @classmethod
@@ -53,25 +55,53 @@ class Alignment:
 
     # -- special tokens ------------------------------------------------------------------
     def _match_specials(self) -> None:
+        """Each new special token takes the row of the old token with the same content, else of
+        the old token with the same role (declared roles first, then the chat role its spelling
+        names). Two distinct new tokens share an old row only through distinct roles that one old
+        token played (GPT-2's `<|endoftext|>` was bos and eos). A pad token gets a row that can
+        never win the argmax (the mean, inside the hull of the other rows) unless the old model
+        had a pad token of its own: a copy of eos would be picked instead of eos (lower id)."""
         old_by_content = {t.text: i for i, t in enumerate(self.old.tokens) if t.kind == SPECIAL}
-        for new_id, tok in enumerate(self.new.tokens):
-            if tok.kind != SPECIAL:
-                continue
-            old_id = old_by_content.get(tok.text)
-            if old_id is None:
-                old_id = next((self.old.roles[r] for r in self.new.roles_of(new_id) if r in self.old.roles), None)
+        new_specials = [i for i, t in enumerate(self.new.tokens) if t.kind == SPECIAL]
+        claimed: set[int] = set()
+        for new_id in new_specials:
+            old_id = old_by_content.get(self.new.tokens[new_id].text)
             if old_id is not None:
                 self.special_rows[new_id] = old_id
-        # Old special ids (as named in config.json / generation_config.json) -> new ids.
+                claimed.add(old_id)
+        used: set[tuple[int, str]] = set()
+        new_core = {idx: role for role, idx in self.new.roles.items() if role in CORE_ROLES}
+        # Tokens with a declared role choose first, so `<s>` takes bos before a spelled look-alike.
+        for new_id in sorted((i for i in new_specials if i not in self.special_rows),
+                             key=lambda i: (i not in new_core, i)):
+            roles = self.new.roles_of(new_id)
+            if roles and roles[0] == "pad":
+                old_pad = self.old.roles.get("pad")
+                if old_pad is not None and old_pad not in claimed and self.old.roles_of(old_pad) == ["pad"]:
+                    self.special_rows[new_id] = old_pad
+                else:
+                    self.never_win.add(new_id)
+                continue
+            for role in roles:
+                old_id = self.old.roles.get(role)
+                if old_id is None or old_id in claimed or (old_id, role) in used:
+                    continue
+                self.special_rows[new_id] = old_id
+                used.add((old_id, role))
+                break
+        # Old special ids -> new ids (recorded in the plan): by content, else by the old token's
+        # own roles in order (so a bos=eos token maps to the new bos, as the first role it plays).
         new_by_content = {t.text: i for i, t in enumerate(self.new.tokens) if t.kind == SPECIAL}
         for old_id, tok in enumerate(self.old.tokens):
             if tok.kind != SPECIAL:
                 continue
             if tok.text in new_by_content:
                 self.special_map[old_id] = new_by_content[tok.text]
-        for role, old_id in self.old.roles.items():
-            if old_id not in self.special_map and role in self.new.roles:
-                self.special_map[old_id] = self.new.roles[role]
+                continue
+            for role in self.old.roles_of(old_id):
+                if role in self.new.roles:
+                    self.special_map[old_id] = self.new.roles[role]
+                    break
 
     # -- decomposition -------------------------------------------------------------------
     def _decompose(self, new_ids: list[int]) -> None:
@@ -83,16 +113,21 @@ class Alignment:
             except UnicodeDecodeError:
                 pass
         encodings = self.old.tokenizer.encode_batch(texts, add_special_tokens=False) if texts else []
+        # One step per new token: verified here, or segmented below.
+        pbar = bar(total=len(new_ids), desc="aligning", unit="tok", unit_scale=True)
         for i, enc in zip(valid, encodings):
             ids = list(enc.ids)
             if ids and self.old.decode_canonical(ids) == self.new.tokens[i].text and all(
                     self.old.tokens[j].kind != SPECIAL for j in ids):
                 self.decompositions[i] = ids
+                pbar.update()
         for i in new_ids:
             if i not in self.decompositions:
                 seg = shortest_segmentation(self.new.tokens[i].text, self.old)
                 if seg is not None:
                     self.decompositions[i] = seg
+                pbar.update()
+        pbar.close()
 
     def stats(self) -> dict[str, int]:
         kinds = [t.kind for t in self.new.tokens]

@@ -1,6 +1,9 @@
 """The Python API: `transplant()` (plan + write a checkpoint), `apply_plan()` (re-apply a saved
 plan to a fine-tune), `transplant_model()` (in memory, inside a training script).
 
+All three share one path: `prepare()` builds the vocabularies, the alignment, the plan and the
+special-token decisions (`specials.SpecialIds`); the writers only write what it decided.
+
 Example:
     >>> from transplant import transplant
     >>> result = transplant("smollm2-135m-instruct", "de-tokenizer/tokenizer.json", "out/", method="fvt")  # doctest: +SKIP
@@ -12,28 +15,30 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .align import Alignment
-from .card import build_card
-from .checkpoint import (EmbeddingLayout, check_vocab_fits, copy_side_files, locate_embeddings, read_embedding,
-                         write_weights)
-from .configs import IdMap, check_required_roles, remap_config, remap_generation_config
+from .card import build_card, source_card_metadata
+from .checkpoint import EmbeddingLayout, check_vocab_fits, copy_side_files, locate_embeddings, read_embedding, write_weights
+from .configs import check_required_roles, remap_config, remap_generation_config
 from .errors import TransplantError
 from .evaluate import EvalResult, evaluate_bpb
+from .outdir import check_output_path, staged_output
 from .plan import Plan
 from .planner import build_plan
 from .sources import base_model_id, resolve_model
-from .tokenizer_out import chat_template_decision, write_tokenizer
-from .vocab import TokenizerSource, Vocabulary, load_tokenizer
+from .specials import (SpecialIds, added_by_encode, choose_chat_template, map_added, old_role_ids,
+                       resolve_special_ids)
+from .tokenizer_out import is_lossless, write_tokenizer
+from .validate import validate_output
+from .vocab import ADDED, SPECIAL, TokenizerSource, Vocabulary, load_tokenizer
 
 log = logging.getLogger(__name__)
+
+ENCODE_CHOICES = ("source", "target")
 
 
 @dataclass
@@ -45,6 +50,7 @@ class TransplantResult:
     embeddings: dict[str, torch.Tensor] | None = None
     notes: list[str] = field(default_factory=list)
     evaluation: dict[str, EvalResult] | None = None
+    special_ids: SpecialIds | None = None
 
 
 def vocab_fingerprint(vocab: Vocabulary) -> str:
@@ -55,24 +61,125 @@ def vocab_fingerprint(vocab: Vocabulary) -> str:
     return h.hexdigest()[:16]
 
 
-def _check_output(out: Path, sources: list[Path], overwrite: bool) -> Path:
-    out = out.resolve()
-    for src in sources:
-        src = src.resolve()
-        if out == src or src in out.parents:
-            raise TransplantError(f"output folder {out} is inside the input folder {src} (choose an output elsewhere)")
-        if out in src.parents:
-            raise TransplantError(f"output folder {out} contains the input {src} (choose an output elsewhere)")
-    if out.exists() and not overwrite:
-        raise TransplantError(f"output folder {out} already exists (pass --overwrite to replace it)")
-    return out
+@dataclass
+class Prepared:
+    """Everything decided before writing: plan, special ids, what encode adds, chat template."""
+
+    plan: Plan
+    old_vocab: Vocabulary
+    new_vocab: Vocabulary
+    ids: SpecialIds
+    prefix: list[int]
+    suffix: list[int]
+    template: str | None
+    notes: list[str]
+    card: dict
+    missing_markers: set[str] = field(default_factory=set)
+
+
+def _encode_convention(old_src: TokenizerSource, new_src: TokenizerSource, plan: Plan, old_vocab: Vocabulary,
+                       new_vocab: Vocabulary, ids: SpecialIds, old_roles: dict, encode_like: str
+                       ) -> tuple[list[int], list[int], list[str], str]:
+    """(prefix, suffix, notes, card line) for what a plain `tokenizer(text)` adds."""
+    notes: list[str] = []
+    tgt_prefix, tgt_suffix = added_by_encode(new_src)
+
+    def names(seq: list[int], vocab: Vocabulary) -> str:
+        return " ".join(vocab.tokens[i].text.decode("utf-8", "replace") for i in seq) or "nothing"
+
+    if encode_like == "target":
+        prefix, suffix = tgt_prefix, tgt_suffix
+        line = f"the target tokenizer's own: adds {names(prefix, new_vocab)} before and {names(suffix, new_vocab)} after"
+    else:
+        src_prefix, src_suffix = added_by_encode(old_src)
+        prefix, dropped_p = map_added(src_prefix, old_vocab, new_vocab, plan, ids, old_roles)
+        suffix, dropped_s = map_added(src_suffix, old_vocab, new_vocab, plan, ids, old_roles)
+        if dropped_p or dropped_s:
+            notes.append(f"the source tokenizer adds {', '.join(dropped_p + dropped_s)} to every encode but the new "
+                         "tokenizer has no token of that role; encodes go without it")
+        line = (f"the source model's convention: adds {names(prefix, new_vocab)} before the text and "
+                f"{names(suffix, new_vocab)} after (source: {names(src_prefix, old_vocab)} / "
+                f"{names(src_suffix, old_vocab)})")
+        if (tgt_prefix, tgt_suffix) != (prefix, suffix):
+            line += (f"; the target tokenizer alone would add {names(tgt_prefix, new_vocab)} / "
+                     f"{names(tgt_suffix, new_vocab)} (use encode_like='target' / --encode-like target for that)")
+    if suffix and any(i in ids.eos for i in suffix):
+        notes.append(f"every encode ends with {names(suffix, new_vocab)} (end of sequence): prompts look finished "
+                     "to the model, so generation may stop at once (pass add_special_tokens=False for prompts)")
+    return prefix, suffix, notes, line
+
+
+def prepare(old_src: TokenizerSource, new_src: TokenizerSource, old_config: dict, old_generation: dict | None,
+            method: str | list[str] = "fvt", fallback: str = "mean", pad_to_multiple_of: int | None = None,
+            seed: int = 0, options: dict | None = None, encode_like: str = "source",
+            plan: Plan | None = None) -> Prepared:
+    """The one planning path: plan (or a loaded one), special ids, encode convention, template.
+
+    Args:
+        old_src, new_src: the source and target tokenizers.
+        old_config, old_generation: the source model's config.json / generation_config.json dicts.
+        plan: an existing plan (re-application); built from the vocabularies when None.
+        encode_like: what `tokenizer(text)` adds: the source model's convention ("source") or
+            the target tokenizer's own ("target").
+    """
+    if encode_like not in ENCODE_CHOICES:
+        raise TransplantError(f"encode_like must be one of {', '.join(ENCODE_CHOICES)}, not {encode_like!r}")
+    old_vocab, new_vocab = old_src.vocabulary(), new_src.vocabulary()
+    if plan is None:
+        alignment = Alignment.build(old_vocab, new_vocab)
+        plan = build_plan(old_vocab, new_vocab, method, fallback, pad_to_multiple_of, seed, options, alignment)
+        plan.meta.update({"old_fingerprint": vocab_fingerprint(old_vocab),
+                          "new_fingerprint": vocab_fingerprint(new_vocab), "new_roles": new_vocab.roles})
+    ids = resolve_special_ids(plan, old_vocab, new_vocab, old_config, old_generation)
+    check_required_roles(old_config, ids)
+    old_roles = old_role_ids(old_vocab, old_config, old_generation)
+    prefix, suffix, notes, encode_line = _encode_convention(old_src, new_src, plan, old_vocab, new_vocab, ids,
+                                                            old_roles, encode_like)
+    template, template_note = choose_chat_template(old_src, new_src, old_vocab, new_vocab)
+    if not is_lossless(new_src.tokenizer):
+        notes.append("the new tokenizer is lossy (decode(encode(text)) != text, e.g. it drops newlines or "
+                     "spaces): generated text loses them and bits per byte are not comparable with the source")
+    notes = list(ids.notes) + notes
+    card = {"chat_template": template_note, "encode_convention": encode_line, "old_family": old_vocab.family,
+            "new_family": new_vocab.family, "old_vocab": len(old_vocab), "new_vocab": len(new_vocab),
+            "method": plan.meta.get("method", "?")}
+    new_contents = {t.text for t in new_vocab.tokens if t.kind in (SPECIAL, ADDED)}
+    missing = {t.text.decode("utf-8", "replace") for t in old_vocab.tokens
+               if t.kind == SPECIAL and t.text and t.text not in new_contents}
+    return Prepared(plan, old_vocab, new_vocab, ids, prefix, suffix, template, notes, card, missing)
+
+
+def _generation_config(folder: Path) -> dict | None:
+    path = folder / "generation_config.json"
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TransplantError(f"malformed {path}: {str(exc).splitlines()[0]} (fix or delete the file)") from None
+    if not isinstance(doc, dict):
+        raise TransplantError(f"malformed {path}: not a JSON object (fix or delete the file)")
+    return doc
+
+
+def _input_paths(*items: Path | TokenizerSource | None) -> list[Path]:
+    paths: list[Path] = []
+    for item in items:
+        if item is None:
+            continue
+        if isinstance(item, TokenizerSource):
+            paths += [item.path] + ([item.folder] if item.folder else [])
+        else:
+            paths.append(Path(item))
+    return paths
 
 
 def transplant(model: str | Path | torch.nn.Module, new_tokenizer: str | Path, out: str | Path | None = None, *,
                method: str | list[str] = "fvt", fallback: str = "mean", old_tokenizer: str | Path | None = None,
                pad_to_multiple_of: int | None = None, seed: int = 0, overwrite: bool = False, link: bool = False,
                trust_remote_code: bool = False, eval_texts: list[str] | None = None, eval_name: str = "text",
-               eval_ctx: int = 1024, options: dict | None = None) -> TransplantResult:
+               eval_ctx: int = 1024, options: dict | None = None, encode_like: str = "source",
+               language: list[str] | None = None, input_paths: list[str | Path] | None = None) -> TransplantResult:
     """Move a checkpoint onto `new_tokenizer`.
 
     Args:
@@ -86,6 +193,10 @@ def transplant(model: str | Path | torch.nn.Module, new_tokenizer: str | Path, o
         pad_to_multiple_of: round the embedding rows up (e.g. 64 for tensor cores).
         link: hard-link untouched shards instead of copying them.
         eval_texts: if given, score the original and the new model on them (model card + result).
+        encode_like: "source" (default) makes `tokenizer(text)` add what the source model always saw
+            (e.g. Gemma's start token) in the new tokens; "target" keeps the target tokenizer's own.
+        language: language codes for the model card.
+        input_paths: further files the run reads (e.g. evaluation texts); never inside `out`.
 
     Returns:
         TransplantResult with the plan, the output folder (or the embeddings when `out` is None).
@@ -101,46 +212,44 @@ def transplant(model: str | Path | torch.nn.Module, new_tokenizer: str | Path, o
             raise TransplantError("for an in-memory model pass old_tokenizer= and no out (use save_pretrained "
                                   "yourself, or transplant_model(...) to replace the embeddings in place)")
         return transplant_model(model, old_tokenizer, new_tokenizer, method=method, fallback=fallback, seed=seed,
-                                pad_to_multiple_of=pad_to_multiple_of, inplace=False)
+                                pad_to_multiple_of=pad_to_multiple_of, inplace=False, options=options)
     folder = resolve_model(model)
     old_src = load_tokenizer(old_tokenizer or folder)
     new_src = load_tokenizer(new_tokenizer)
     if out is not None:
-        inputs = [folder] + ([new_src.folder] if new_src.folder else [])
-        out = _check_output(Path(out), inputs, overwrite)
+        inputs = _input_paths(folder, old_src, new_src, *(Path(p) for p in input_paths or []))
+        out = check_output_path(Path(out), inputs, overwrite)
     layout = locate_embeddings(folder, trust_remote_code)
-    old_vocab, new_vocab = old_src.vocabulary(), new_src.vocabulary()
-    check_vocab_fits(layout, len(old_vocab))
-    alignment = Alignment.build(old_vocab, new_vocab)
-    ids = IdMap(alignment.special_map, new_vocab.roles)
-    check_required_roles(layout.config, ids)
-    plan = build_plan(old_vocab, new_vocab, method, fallback, pad_to_multiple_of, seed, options, alignment)
-    plan.meta.update({
-        "base_model": str(model), "new_tokenizer": str(new_tokenizer),
-        "old_fingerprint": vocab_fingerprint(old_vocab), "new_fingerprint": vocab_fingerprint(new_vocab),
-        "new_roles": new_vocab.roles, "tied": layout.tied,
-    })
+    check_vocab_fits(layout, len(old_src.vocabulary()))
+    prep = prepare(old_src, new_src, layout.config, _generation_config(folder), method, fallback,
+                   pad_to_multiple_of, seed, options, encode_like)
+    plan = prep.plan
+    plan.record_base(layout.rows, layout.dim)
+    plan.meta.update({"base_model": str(model), "new_tokenizer": str(new_tokenizer), "tied": layout.tied,
+                      "encode_like": encode_like})
     log.info("plan: %s", plan.counts())
     if out is None:
         embeddings = {"input": plan.apply(read_embedding(layout, layout.input_key))}
         if layout.output_key:
             embeddings["output"] = plan.apply(read_embedding(layout, layout.output_key))
-        return TransplantResult(plan, None, embeddings)
-    template, template_note = chat_template_decision(new_src, old_src, old_vocab, new_vocab)
-    card_info = {
-        "base_model": str(model), "base_model_id": base_model_id(model, folder), "method": plan.meta["method"],
-        "old_family": old_vocab.family,
-        "new_family": new_vocab.family, "old_vocab": len(old_vocab), "new_vocab": len(new_vocab),
-        "new_tokenizer": str(new_tokenizer), "chat_template": template_note,
-    }
-    return _write_output(folder, layout, plan, new_src, new_vocab, ids, template, out, link, card_info,
-                         eval_texts, eval_name, eval_ctx)
+        return TransplantResult(plan, None, embeddings, prep.notes, special_ids=prep.ids)
+    source_meta = source_card_metadata(folder, model)
+    card_info = dict(prep.card, base_model=str(model), new_tokenizer=str(new_tokenizer), **source_meta)
+    card_info["base_model_id"] = source_meta.get("base_model_id") or base_model_id(model, folder)
+    if language:
+        card_info["language"] = list(language)
+    return _write_output(folder, layout, prep, new_src, out, overwrite, link, card_info, eval_texts, eval_name,
+                         eval_ctx, trust_remote_code)
 
 
 def apply_plan(plan_dir: str | Path, model: str | Path, out: str | Path, *, overwrite: bool = False,
                link: bool = False, trust_remote_code: bool = False, eval_texts: list[str] | None = None,
-               eval_name: str = "text", eval_ctx: int = 1024) -> TransplantResult:
+               eval_name: str = "text", eval_ctx: int = 1024,
+               input_paths: list[str | Path] | None = None) -> TransplantResult:
     """Re-apply a saved plan (a `transplant run` output folder) to another checkpoint of the same base.
+
+    The plan folder's tokenizer already carries the encode convention and chat template chosen
+    when the plan was made; they are kept as they are.
 
     Example:
         >>> apply_plan("smollm2-de/", "my-smollm2-finetune/", "my-finetune-de/")  # doctest: +SKIP
@@ -149,81 +258,87 @@ def apply_plan(plan_dir: str | Path, model: str | Path, out: str | Path, *, over
     plan = Plan.load(plan_dir)
     plan_folder = plan_dir if plan_dir.is_dir() else plan_dir.parent
     folder = resolve_model(model)
-    out = _check_output(Path(out), [folder, plan_folder], overwrite)
+    out = check_output_path(Path(out), _input_paths(folder, plan_folder, *(Path(p) for p in input_paths or [])),
+                            overwrite)
     new_src = load_tokenizer(plan_folder)
     old_src = load_tokenizer(folder)
     layout = locate_embeddings(folder, trust_remote_code)
     old_vocab, new_vocab = old_src.vocabulary(), new_src.vocabulary()
-    want = plan.meta.get("old_fingerprint")
-    if want and vocab_fingerprint(old_vocab) != want:
-        raise TransplantError(f"{folder} uses a different tokenizer than the plan was made for "
-                              "(apply plans only to checkpoints of the same base model; recompute with `transplant run`)")
+    plan.check_target(layout.rows, layout.dim, vocab_fingerprint(old_vocab), vocab_fingerprint(new_vocab), folder,
+                      plan_folder)
     check_vocab_fits(layout, plan.old_size)
-    ids = IdMap({int(k): v for k, v in plan.meta.get("special_map", {}).items()}, new_vocab.roles)
-    check_required_roles(layout.config, ids)
-    card_info = {
-        "base_model": str(model), "base_model_id": base_model_id(model, folder),
-        "method": plan.meta.get("method", "?"), "old_family": old_vocab.family,
-        "new_family": new_vocab.family, "old_vocab": len(old_vocab), "new_vocab": len(new_vocab),
-        "new_tokenizer": f"{plan_folder} (re-applied plan)",
-        "chat_template": "as in the plan's tokenizer" if new_src.chat_template else "none in the plan's tokenizer",
-    }
-    return _write_output(folder, layout, plan, new_src, new_vocab, ids, new_src.chat_template, out, link, card_info,
-                         eval_texts, eval_name, eval_ctx)
+    prep = prepare(old_src, new_src, layout.config, _generation_config(folder), plan=plan, encode_like="target")
+    prep.template = new_src.chat_template
+    source_meta = source_card_metadata(folder, model)
+    card_info = dict(prep.card, base_model=str(model), new_tokenizer=f"{plan_folder.name} (re-applied plan)",
+                     **source_meta)
+    card_info["base_model_id"] = (source_meta.get("base_model_id") or base_model_id(model, folder)
+                                  or plan.meta.get("base_model_id"))
+    card_info["chat_template"] = ("as in the plan's tokenizer" if new_src.chat_template
+                                  else "none in the plan's tokenizer")
+    return _write_output(folder, layout, prep, new_src, out, overwrite, link, card_info, eval_texts, eval_name,
+                         eval_ctx, trust_remote_code)
 
 
-def _write_output(folder: Path, layout: EmbeddingLayout, plan: Plan, new_src: TokenizerSource,
-                  new_vocab: Vocabulary, ids: IdMap, template: str | None, out: Path, link: bool, card_info: dict,
-                  eval_texts: list[str] | None, eval_name: str, eval_ctx: int) -> TransplantResult:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Everything goes to a hidden sibling folder first and is renamed into place at the end, so
-    # a failure or a kill never leaves a partial checkpoint under the requested name.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+def _write_output(folder: Path, layout: EmbeddingLayout, prep: Prepared, new_src: TokenizerSource, out: Path,
+                  overwrite: bool, link: bool, card_info: dict, eval_texts: list[str] | None, eval_name: str,
+                  eval_ctx: int, trust_remote_code: bool) -> TransplantResult:
+    plan = prep.plan
+    plan.meta["base_model_id"] = card_info.get("base_model_id")
+    # Everything goes to a hidden sibling folder, checked, then renamed into place (outdir.py):
+    # a failure, Ctrl-C or SIGTERM never leaves a partial checkpoint or touches an existing one.
+    with staged_output(out, overwrite) as stage:
+        tmp = stage.path
         write_weights(layout, plan, tmp, link=link)
-        config, notes = remap_config(layout.config, ids, plan.new_size)
+        config, notes = remap_config(layout.config, prep.ids, plan.new_size)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        gen_path = folder / "generation_config.json"
-        if gen_path.exists():
-            gen, gen_notes = remap_generation_config(json.loads(gen_path.read_text()), ids)
-            notes += [n for n in gen_notes if n not in notes]
-            (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+        gen, gen_notes = remap_generation_config(_generation_config(folder), prep.ids)
+        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         copy_side_files(folder, tmp)
         text_cfg = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
-        write_tokenizer(new_src, new_vocab, tmp, template, text_cfg.get("max_position_embeddings"))
+        tok_notes = write_tokenizer(new_src, prep.new_vocab, tmp, prep.template, prep.ids, prep.prefix, prep.suffix,
+                                    text_cfg.get("max_position_embeddings"))
+        notes = list(dict.fromkeys(prep.notes + notes + gen_notes + tok_notes))
         plan_files = plan.save(tmp)
+        validate_output(tmp, plan, prep.ids, prep.prefix, prep.template, prep.missing_markers)
         for n in notes:
             log.warning(n)
         evaluation = None
         if eval_texts:
-            evaluation = {"original": evaluate_bpb(folder, eval_texts, ctx=eval_ctx),
-                          "transplanted": evaluate_bpb(tmp, eval_texts, ctx=eval_ctx)}
-        counts = plan.counts()
+            evaluation = {"original": evaluate_bpb(folder, eval_texts, ctx=eval_ctx,
+                                                   trust_remote_code=trust_remote_code),
+                          "transplanted": evaluate_bpb(tmp, eval_texts, ctx=eval_ctx,
+                                                       trust_remote_code=trust_remote_code)}
         card_info.update({
             "old_rows": layout.rows, "new_rows": plan.new_size, "chain": " → ".join(plan.meta.get("chain", [])),
-            "counts": counts, "notes": notes, "plan_files": ", ".join(f"`{f}`" for f in plan_files),
+            "counts": plan.counts(), "notes": notes, "plan_files": ", ".join(f"`{f}`" for f in plan_files),
             "plan_ref": str(out), "head_note": "" if layout.tied else " and LM head",
             "eval_text": eval_name, "eval_bytes": evaluation["original"].bytes if evaluation else 0,
             "evaluation": [{"name": k, "bpb": f"{v.bpb:.4f}", "bpt": f"{v.bytes_per_token:.2f}"}
                            for k, v in evaluation.items()] if evaluation else None,
+            "special_ids": _describe_ids(prep.ids, prep.new_vocab),
         })
         build_card(card_info).save(str(tmp / "README.md"))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return TransplantResult(plan, out, None, notes, evaluation)
+    return TransplantResult(plan, out, None, notes, evaluation, prep.ids)
+
+
+def _describe_ids(ids: SpecialIds, vocab: Vocabulary) -> str:
+    def name(i: int | None) -> str:
+        return "none" if i is None else f"`{vocab.tokens[i].text.decode('utf-8', 'replace')}` ({i})"
+
+    return (f"bos {name(ids.bos)}, eos {', '.join(name(i) for i in ids.eos) or 'none'}, pad {name(ids.pad)}, "
+            f"unk {name(ids.unk)}")
 
 
 def transplant_model(model: torch.nn.Module, old_tokenizer: str | Path, new_tokenizer: str | Path, *,
                      method: str | list[str] = "fvt", fallback: str = "mean", seed: int = 0,
-                     pad_to_multiple_of: int | None = None, inplace: bool = True) -> TransplantResult:
+                     pad_to_multiple_of: int | None = None, inplace: bool = True, options: dict | None = None,
+                     encode_like: str = "source") -> TransplantResult:
     """Transplant an in-memory `PreTrainedModel` (e.g. inside a fine-tuning script).
 
-    With `inplace=True` the model's embeddings (and untied head) are replaced and its config's
-    vocab size and special ids updated; the new tensors are returned either way.
+    With `inplace=True` the model's embeddings (and untied head) are replaced and its config's and
+    generation config's vocab size and special ids updated (same rules as a written checkpoint);
+    the new tensors are returned either way.
 
     Example:
         >>> result = transplant_model(model, "old-tok/", "new-tok/tokenizer.json")  # doctest: +SKIP
@@ -231,32 +346,49 @@ def transplant_model(model: torch.nn.Module, old_tokenizer: str | Path, new_toke
         True
     """
     old_src, new_src = load_tokenizer(old_tokenizer), load_tokenizer(new_tokenizer)
-    old_vocab, new_vocab = old_src.vocabulary(), new_src.vocabulary()
     inp = model.get_input_embeddings().weight
-    if len(old_vocab) > inp.shape[0]:
-        raise TransplantError(f"old tokenizer has {len(old_vocab)} ids but the model only {inp.shape[0]} rows "
+    old_rows = len(old_src.vocabulary())
+    if old_rows > inp.shape[0]:
+        raise TransplantError(f"old tokenizer has {old_rows} ids but the model only {inp.shape[0]} rows "
                               "(pass the tokenizer that belongs to this model)")
-    alignment = Alignment.build(old_vocab, new_vocab)
-    plan = build_plan(old_vocab, new_vocab, method, fallback, pad_to_multiple_of, seed, alignment=alignment)
+    gen_cfg = getattr(model, "generation_config", None)
+    prep = prepare(old_src, new_src, model.config.to_dict(), gen_cfg.to_dict() if gen_cfg is not None else None,
+                   method, fallback, pad_to_multiple_of, seed, options, encode_like)
+    plan = prep.plan
     out_mod = model.get_output_embeddings()
     tied = out_mod is None or out_mod.weight is inp
     with torch.no_grad():
         new_in = plan.apply(inp.detach().cpu())
         new_out = None if tied else plan.apply(out_mod.weight.detach().cpu())
-    result = TransplantResult(plan, None, {"input": new_in, **({"output": new_out} if new_out is not None else {})})
+        bias = getattr(out_mod, "bias", None) if out_mod is not None else None
+        # A per-token head bias (Phi) follows its tokens like the rows do.
+        new_bias = (plan.apply(bias.detach().cpu().unsqueeze(1)).squeeze(1)
+                    if isinstance(bias, torch.Tensor) and bias.dim() == 1 else None)
+    result = TransplantResult(plan, None, {"input": new_in, **({"output": new_out} if new_out is not None else {})},
+                              prep.notes, special_ids=prep.ids)
     if inplace:
-        ids = IdMap(alignment.special_map, new_vocab.roles)
         model.resize_token_embeddings(plan.new_size)
         with torch.no_grad():
             model.get_input_embeddings().weight.copy_(new_in)
             if new_out is not None:
                 model.get_output_embeddings().weight.copy_(new_out)
-        cfg, notes = remap_config(model.config.to_dict(), ids, plan.new_size)
-        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            if key in cfg:
-                setattr(model.config, key, cfg[key])
-        result.notes = notes
+            if new_bias is not None:
+                model.get_output_embeddings().bias.copy_(new_bias)
+        cfg, notes = remap_config(model.config.to_dict(), prep.ids, plan.new_size)
+        text_cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+            section = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
+            if key in section:
+                setattr(text_cfg, key, section[key])
+        if gen_cfg is not None:
+            gen, gen_notes = remap_generation_config(gen_cfg.to_dict(), prep.ids)
+            for key in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id",
+                        "forced_bos_token_id", "forced_eos_token_id"):
+                if key in gen:
+                    setattr(gen_cfg, key, gen[key])
+            notes += gen_notes
+        result.notes = list(dict.fromkeys(prep.notes + notes))
     return result
 
 
-__all__ = ["transplant", "apply_plan", "transplant_model", "TransplantResult"]
+__all__ = ["transplant", "apply_plan", "transplant_model", "prepare", "TransplantResult"]

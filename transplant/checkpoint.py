@@ -24,6 +24,7 @@ from safetensors import safe_open
 
 from .errors import TransplantError
 from .plan import Plan
+from .progress import bar
 from .shardio import DTYPE_NAMES, NewTensor, copy_or_link, read_header, rewrite_shard, tensor_sizes
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,12 @@ class EmbeddingLayout:
     dtype: torch.dtype
     config: dict = field(default_factory=dict)
     model_type: str = ""
+    bias_key: str | None = None  # a per-token LM-head bias (Phi), remapped like the rows
+
+    @property
+    def row_keys(self) -> list[str]:
+        """Every vocabulary-indexed tensor: the matrices and a head bias."""
+        return self.keys + ([self.bias_key] if self.bias_key else [])
 
     @property
     def keys(self) -> list[str]:
@@ -57,13 +64,31 @@ class EmbeddingLayout:
 
 
 def shard_map(folder: Path) -> dict[str, str]:
-    """Checkpoint tensor name -> shard file name (from the index, else from the shard headers)."""
+    """Checkpoint tensor name -> shard file name (from the index, else from the shard headers).
+
+    Every shard's header is validated against its file size here, before anything is read or
+    copied, so a truncated or corrupt download fails up front with one clear message.
+    """
     index = folder / INDEX_NAME
     if index.exists():
         try:
-            return dict(json.loads(index.read_text())["weight_map"])
-        except (json.JSONDecodeError, KeyError):
-            raise TransplantError(f"malformed {index} (re-save the checkpoint)") from None
+            weight_map = json.loads(index.read_bytes().decode("utf-8"))["weight_map"]
+        except (ValueError, KeyError, TypeError):
+            raise TransplantError(f"malformed {index}: no weight_map (re-save the checkpoint)") from None
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and v and Path(v).name == v for k, v in weight_map.items()):
+            raise TransplantError(f"malformed {index}: weight_map must map tensor names to shard file names "
+                                  "(re-save the checkpoint)")
+        headers = {}
+        for shard in sorted(set(weight_map.values())):
+            if not (folder / shard).is_file():
+                raise TransplantError(f"shard {shard} named in {index} is missing (re-download the checkpoint)")
+            headers[shard] = read_header(folder / shard)[0]
+        for name, shard in weight_map.items():
+            if name not in headers[shard]:
+                raise TransplantError(f"{index} lists {name} in {shard}, which does not hold it "
+                                      "(stale index; re-save the checkpoint)")
+        return dict(weight_map)
     out: dict[str, str] = {}
     for shard in sorted(folder.glob("*.safetensors")):
         header, _ = read_header(shard)
@@ -79,16 +104,84 @@ def _weight_names(model: torch.nn.Module, module: torch.nn.Module) -> list[str]:
     return own + [n for n in shared if n not in own]
 
 
-def _match_key(names: list[str], keys: dict[str, str], prefix: str) -> str | None:
+def _checkpoint_renamer(model: torch.nn.Module):
+    """Checkpoint key -> the model parameter `from_pretrained` loads it into (None: not a plain rename).
+
+    Uses transformers' own key conversion (`conversion_mapping.get_model_conversion_mapping`, the
+    per-architecture `WeightRenaming`s such as GPT-NeoX's `embed_out.` -> `lm_head.`, the legacy
+    renamings, and the base-model-prefix add/strip), applied exactly as
+    `core_model_loading.convert_and_load_state_dict_in_model` does. A key taken by a
+    `WeightConverter` (merged, split or transformed on load) maps to None: its tensor is not the
+    parameter's matrix row for row. Returns None when this transformers has no such machinery.
+    """
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+    except ImportError:
+        return None
+    try:
+        transforms = get_model_conversion_mapping(model) or []
+    except Exception as exc:  # a model transformers cannot map: fall back to name guessing
+        log.debug("no checkpoint conversion mapping for %s: %s", type(model).__name__, exc)
+        transforms = []
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    meta_sd = model.state_dict()  # meta tensors: names only, nothing allocated
+    prefix = getattr(model, "base_model_prefix", "") or ""
+
+    def rename(key: str) -> str | None:
+        try:
+            renamed, pattern = rename_source_key(key, renamings, converters, prefix, meta_sd)
+            if renamed not in meta_sd and key in meta_sd:
+                # As in from_pretrained: the key should not have been renamed (only re-prefixed).
+                renamed, pattern = rename_source_key(key, [], [], prefix, meta_sd)
+        except Exception as exc:  # signature drift across transformers 5.x: guess names instead
+            log.debug("cannot convert checkpoint key %s: %s", key, exc)
+            return None
+        return None if pattern is not None else renamed
+
+    return rename
+
+
+def _converted_names(model: torch.nn.Module, keys: dict[str, str]) -> dict[str, str]:
+    """Checkpoint key -> model parameter name, for the keys that load into a parameter of `model`."""
+    rename = _checkpoint_renamer(model)
+    if rename is None:
+        return {}
+    params = model.state_dict()
+    out = {}
+    for key in keys:
+        name = rename(key)
+        if name is not None and name in params:
+            out[key] = name
+    return out
+
+
+def _match_key(names: list[str], keys: dict[str, str], prefix: str,
+               converted: dict[str, str] | None = None) -> str | None:
+    """The checkpoint key holding the parameter called one of `names` (in order of preference).
+
+    First the keys transformers itself loads into that parameter (`converted`, see
+    `_converted_names`); then, for checkpoints whose names transformers does not map, the name
+    as is, with the base-model prefix added or stripped, and finally a unique suffix. Keys that
+    transformers loads into some *other* parameter are never guessed.
+    """
+    converted = converted or {}
+    for name in names:
+        hits = sorted(k for k, n in converted.items() if n == name)
+        if hits:
+            # Several keys loading into one parameter: prefer the one spelled like the parameter.
+            return name if name in hits else hits[0]
+    free = {k: v for k, v in keys.items() if k not in converted}
     for name in names:
         for cand in (name, f"{prefix}.{name}" if prefix else name,
                      name[len(prefix) + 1:] if prefix and name.startswith(prefix + ".") else name):
-            if cand in keys:
+            if cand in free:
                 return cand
     # Checkpoints saved under an older layout may carry another prefix; accept a unique suffix.
     for name in names:
         tail = ".".join(name.split(".")[-2:])
-        hits = [k for k in keys if k.endswith("." + tail) or k == tail]
+        hits = [k for k in free if k.endswith("." + tail) or k == tail]
         if len(hits) == 1:
             return hits[0]
     return None
@@ -124,19 +217,28 @@ def locate_embeddings(folder: Path, trust_remote_code: bool = False) -> Embeddin
     out_mod = model.get_output_embeddings()
     keys = shard_map(folder)
     prefix = getattr(model, "base_model_prefix", "") or ""
-    input_key = _match_key(_weight_names(model, inp), keys, prefix)
+    # Checkpoint names are resolved the way from_pretrained resolves them (e.g. a GPT-NeoX head
+    # saved as `embed_out.weight` loads into `lm_head.weight`), not by per-architecture tables.
+    converted = _converted_names(model, keys)
+    input_key = _match_key(_weight_names(model, inp), keys, prefix, converted)
     if input_key is None:
         raise TransplantError(f"{folder}: input embedding tensor not found in the checkpoint (is the checkpoint complete?)")
     text_cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
     tied_cfg = bool(getattr(text_cfg, "tie_word_embeddings", getattr(config, "tie_word_embeddings", False)))
     output_key = None
+    bias_key = None
     tied = True
     if out_mod is not None and getattr(out_mod, "weight", None) is not None:
         shared = out_mod.weight is inp.weight
-        output_key = _match_key(_weight_names(model, out_mod), keys, prefix)
+        output_key = _match_key(_weight_names(model, out_mod), keys, prefix, converted)
         if output_key == input_key:
             output_key = None
         tied = shared or tied_cfg
+        bias = getattr(out_mod, "bias", None)
+        if isinstance(bias, torch.nn.Parameter) and bias.dim() == 1:
+            # A per-token head bias must follow its rows, or new ids get the old ids' biases.
+            own = [f"{n}.bias" for n, m in model.named_modules(remove_duplicate=False) if m is out_mod]
+            bias_key = _match_key(own, keys, prefix, converted)
         if output_key is None and not tied:
             raise TransplantError(f"{folder}: untied LM head not found in the checkpoint (is the checkpoint complete?)")
     with safe_open(str(folder / keys[input_key]), framework="pt") as fh:
@@ -145,7 +247,7 @@ def locate_embeddings(folder: Path, trust_remote_code: bool = False) -> Embeddin
         dtype = _dtype_of(sl.get_dtype())
     raw_config = json.loads((folder / "config.json").read_text())
     return EmbeddingLayout(folder, input_key, output_key, tied, keys, rows, dim, dtype, raw_config,
-                           getattr(config, "model_type", ""))
+                           getattr(config, "model_type", ""), bias_key)
 
 
 def _dtype_of(name: str) -> torch.dtype:
@@ -173,19 +275,40 @@ def write_weights(layout: EmbeddingLayout, plan: Plan, out: Path, link: bool = F
     """Write all weight shards (and the index) of the transplanted model into `out`."""
     dtype_name = DTYPE_NAMES[layout.dtype]
     by_shard: dict[str, list[str]] = {}
-    for key in layout.keys:
+    for key in layout.row_keys:
         by_shard.setdefault(layout.shard_of[key], []).append(key)
     shards = sorted(set(layout.shard_of.values()))
     sizes: dict[str, int] = {}
+    # Progress in tensor bytes: whole shards when copied, chunk by chunk for the new embeddings.
+    old_sizes = {shard: tensor_sizes(layout.folder / shard) for shard in shards}
+    shapes = {key: [plan.new_size] if key == layout.bias_key else [plan.new_size, layout.dim]
+              for key in layout.row_keys}
+    total = sum(sum(v.values()) for v in old_sizes.values()) + sum(
+        NewTensor(dtype_name, shapes[key], list).nbytes - old_sizes[layout.shard_of[key]].get(key, 0)
+        for key in layout.row_keys)
+    pbar = bar(total=total, desc="writing", unit="B", unit_scale=True, unit_divisor=1024)
+
+    def counted(produce):
+        def chunks():
+            for chunk in produce():
+                yield chunk
+                pbar.update(chunk.numel() * chunk.element_size())
+        return chunks
+
     for shard in shards:
         src, dst = layout.folder / shard, out / shard
         if shard not in by_shard:
             copy_or_link(src, dst, link)
-            sizes.update(tensor_sizes(src))
+            sizes.update(old_sizes[shard])
+            pbar.update(sum(old_sizes[shard].values()))
             continue
-        replace = {key: NewTensor(dtype_name, [plan.new_size, layout.dim], _producer(layout, key, plan, chunk_rows))
+        replace = {key: NewTensor(_bias_dtype(layout, key) if key == layout.bias_key else dtype_name, shapes[key],
+                                  counted(_producer(layout, key, plan, chunk_rows)))
                    for key in by_shard[shard]}
-        sizes.update(rewrite_shard(src, dst, replace))
+        written = rewrite_shard(src, dst, replace)
+        sizes.update(written)
+        pbar.update(sum(v for k, v in written.items() if k not in replace))
+    pbar.close()
     index = layout.folder / INDEX_NAME
     if index.exists():
         doc = json.loads(index.read_text())
@@ -195,13 +318,23 @@ def write_weights(layout: EmbeddingLayout, plan: Plan, out: Path, link: bool = F
             # transformers records unique parameters: a tied head counts once even if stored twice.
             resized = 1 if layout.tied else len(layout.keys)
             meta["total_parameters"] += resized * (plan.new_size - layout.rows) * layout.dim
+            if layout.bias_key:
+                meta["total_parameters"] += plan.new_size - layout.rows
         (out / INDEX_NAME).write_text(json.dumps(doc, indent=2))
+
+
+def _bias_dtype(layout: EmbeddingLayout, key: str) -> str:
+    with safe_open(str(layout.folder / layout.shard_of[key]), framework="pt") as fh:
+        return fh.get_slice(key).get_dtype()
 
 
 def _producer(layout: EmbeddingLayout, key: str, plan: Plan, chunk_rows: int | None):
     def chunks():
         # Read the old matrix only when this tensor is written, and drop it right after.
         old = read_embedding(layout, key)
+        if old.dim() == 1:  # a head bias: each token's bias is a one-column row
+            yield from (c.reshape(-1) for c in plan.iter_apply(old.unsqueeze(1), chunk_rows=chunk_rows))
+            return
         stats = plan.stats_of(old)
         yield from plan.iter_apply(old, chunk_rows=chunk_rows, stats=stats)
         del old

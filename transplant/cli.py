@@ -35,9 +35,16 @@ def _read_texts(paths: tuple[str, ...], max_bytes: int | None) -> list[str]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log progress.")
-def cli(verbose: bool) -> None:
+@click.option("-q", "--quiet", is_flag=True,
+              help="No progress bars or stage messages (progress bars alone: HF_HUB_DISABLE_PROGRESS_BARS=1).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     """Move a pretrained Hugging Face language model onto a new tokenizer."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if quiet:
+        from .progress import set_quiet
+
+        ctx.call_on_close(set_quiet(True))
 
 
 @cli.command()
@@ -47,71 +54,105 @@ def cli(verbose: bool) -> None:
 @click.option("--method", default="fvt", show_default=True, help="Initializer after exact overlap (see `transplant methods`).")
 @click.option("--fallback", default="mean", show_default=True, help="Initializer for tokens the method cannot make.")
 @click.option("--old-tok", default=None, help="Source tokenizer, if not the one in the model folder.")
-@click.option("--pad-to-multiple-of", type=int, default=None, help="Round embedding rows up to a multiple.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--pad-to-multiple-of", type=click.IntRange(min=1), default=None, help="Round embedding rows up to a multiple.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the sampled rows (multivariate, random); the same seed gives the same checkpoint.")
 @click.option("--link", is_flag=True, help="Hard-link untouched shards instead of copying.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the model folder.")
 @click.option("--eval-text", multiple=True, help="Score original and new model on this text (model card).")
-@click.option("--eval-bytes", type=int, default=50_000, show_default=True, help="Score the leading whole documents up to this many bytes.")
-@click.option("--ctx", type=int, default=1024, show_default=True, help="Evaluation context length.")
+@click.option("--eval-bytes", type=click.IntRange(min=1), default=50_000, show_default=True, help="Score the leading whole documents up to this many bytes.")
+@click.option("--ctx", type=click.IntRange(min=1), default=1024, show_default=True, help="Evaluation context length.")
+@click.option("--language", "languages", multiple=True, metavar="CODE",
+              help="Language of the model card's metadata, e.g. de (repeatable; default: the source card's).")
 def run(model, new_tok, out, method, fallback, old_tok, pad_to_multiple_of, seed, link, overwrite,
-        trust_remote_code, eval_text, eval_bytes, ctx) -> None:
+        trust_remote_code, eval_text, eval_bytes, ctx, languages) -> None:
     """Transplant MODEL onto NEW_TOK and write a checkpoint to OUT."""
     from .api import transplant
+    from .planner import check_methods
 
+    methods = method.split("+") if "+" in method else method
+    check_methods(methods, fallback)  # before anything is loaded
     texts = _read_texts(eval_text, eval_bytes) if eval_text else None
-    result = transplant(model, new_tok, out, method=[m for m in method.split("+")] if "+" in method else method,
+    result = transplant(model, new_tok, out, method=methods,
                         fallback=fallback, old_tokenizer=old_tok, pad_to_multiple_of=pad_to_multiple_of, seed=seed,
                         overwrite=overwrite, link=link, trust_remote_code=trust_remote_code, eval_texts=texts,
-                        eval_name=", ".join(eval_text), eval_ctx=ctx)
+                        eval_name=", ".join(Path(t).name for t in eval_text), eval_ctx=ctx,
+                        **({"language": list(languages)} if languages else {}))
     counts = ", ".join(f"{k} {v}" for k, v in sorted(result.plan.counts().items(), key=lambda kv: -kv[1]))
     click.echo(f"wrote {result.output_dir} ({result.plan.new_size} rows: {counts})")
     if result.evaluation:
         _print_eval_table(result.evaluation)
 
 
-def _print_eval_table(evaluation: dict) -> None:
-    base = evaluation.get("original")
-    click.echo(f"{'model':<14}{'bits/byte':>11}{'bytes/token':>13}" + (f"{'ratio':>8}" if base else ""))
+def _print_eval_table(evaluation: dict, base: str | None = "original") -> None:
+    """One row per model; with `base` (a key of `evaluation`) a ratio column of bits per byte against it."""
+    ref = evaluation.get(base) if base else None
+    width = max([14] + [len(name) + 2 for name in evaluation])
+    click.echo(f"{'model':<{width}}{'bits/byte':>11}{'bytes/token':>13}" + (f"{'ratio':>8}" if ref else ""))
     for name, r in evaluation.items():
-        ratio = f"{r.bpb / base.bpb:>8.3f}" if base else ""
-        click.echo(f"{name:<14}{r.bpb:>11.4f}{r.bytes_per_token:>13.2f}{ratio}")
+        ratio = f"{r.bpb / ref.bpb:>8.3f}" if ref else ""
+        click.echo(f"{name:<{width}}{r.bpb:>11.4f}{r.bytes_per_token:>13.2f}{ratio}")
+
+
+def _model_label(spec: str) -> str:
+    """How a model argument is named in tables: a local folder by its name, anything else as given."""
+    path = Path(spec)
+    if path.exists():
+        return path.resolve().name if path.is_dir() else path.name
+    return spec
 
 
 @cli.command("eval")
 @click.option("--model", required=True, help="Model folder (or any model argument `run` accepts).")
 @click.option("--tokenizer", default=None, help="Tokenizer to use (default: the model's own).")
 @click.option("--text", "texts", multiple=True, required=True, help="UTF-8 text file(s); documents separated by blank lines.")
-@click.option("--max-bytes", type=int, default=None, help="Score only the leading whole documents up to this many bytes.")
-@click.option("--ctx", type=int, default=1024, show_default=True)
-@click.option("--compare", default=None, help="Also score this model (with its own tokenizer) and print the ratio.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def eval_cmd(model, tokenizer, texts, max_bytes, ctx, compare, as_json) -> None:
+@click.option("--max-bytes", type=click.IntRange(min=1), default=None, help="Score only the leading whole documents up to this many bytes.")
+@click.option("--ctx", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Context length in tokens: documents are packed into chunks of at most this many tokens.")
+@click.option("--compare", default=None,
+              help="Also score this model (with its own tokenizer) and print MODEL's ratio of bits per byte to it.")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Allow custom model code (config.json auto_map) from the model folders; refused otherwise.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print JSON: {"model": {...}, "compare": {...}, "ratio": ...}, each result with its "name".')
+def eval_cmd(model, tokenizer, texts, max_bytes, ctx, compare, trust_remote_code, as_json) -> None:
     """Bits per byte and bytes per token of MODEL on TEXT."""
-    from .evaluate import evaluate_bpb
+    from .evaluate import evaluate_bpb, refuse_custom_code
+    from .sources import resolve_model
 
     data = _read_texts(texts, max_bytes)
+    # Refuse custom code in either model before spending minutes scoring the other.
+    for spec in [s for s in (compare, model) if s]:
+        refuse_custom_code(resolve_model(spec), trust_remote_code)
+    name = _model_label(model)
+    other = _model_label(compare) if compare else None
+    if other is not None and other == name:
+        name, other = (model, compare) if model != compare else (f"{name} (model)", f"{other} (compare)")
     results = {}
     if compare:
-        results["original"] = evaluate_bpb(compare, data, ctx=ctx)
-    results["model"] = evaluate_bpb(model, data, tokenizer=tokenizer, ctx=ctx)
+        results["compare"] = evaluate_bpb(compare, data, ctx=ctx, trust_remote_code=trust_remote_code, label=other)
+    results["model"] = evaluate_bpb(model, data, tokenizer=tokenizer, ctx=ctx, trust_remote_code=trust_remote_code,
+                                    label=name)
     if as_json:
-        doc = {k: v.as_dict() for k, v in results.items()}
+        doc = {"model": {"name": name, **results["model"].as_dict()}}
         if compare:
-            doc["ratio"] = results["model"].bpb / results["original"].bpb
+            doc["compare"] = {"name": other, **results["compare"].as_dict()}
+            doc["ratio"] = results["model"].bpb / results["compare"].bpb
         click.echo(json.dumps(doc, indent=2))
+    elif compare:
+        _print_eval_table({other: results["compare"], name: results["model"]}, base=other)
     else:
-        _print_eval_table(results if compare else {"model": results["model"]})
+        _print_eval_table({name: results["model"]}, base=None)
 
 
 @cli.command()
 @click.option("--plan", "plan_dir", required=True, help="Output folder of an earlier `transplant run` (holds the plan).")
 @click.option("--model", required=True, help="Another checkpoint of the same base model (e.g. a fine-tune).")
-@click.option("--out", required=True, type=click.Path())
-@click.option("--link", is_flag=True)
-@click.option("--overwrite", is_flag=True)
-@click.option("--trust-remote-code", is_flag=True)
+@click.option("--out", required=True, type=click.Path(), help="Output folder (written atomically).")
+@click.option("--link", is_flag=True, help="Hard-link untouched shards instead of copying.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the model folder.")
 def apply(plan_dir, model, out, link, overwrite, trust_remote_code) -> None:
     """Re-apply a saved plan to MODEL."""
     from .api import apply_plan
@@ -121,15 +162,17 @@ def apply(plan_dir, model, out, link, overwrite, trust_remote_code) -> None:
 
 
 @cli.command()
-@click.option("--out", default="smollm2-es", show_default=True, type=click.Path())
-@click.option("--method", default="fvt", show_default=True)
-@click.option("--vocab-size", default=8192, show_default=True)
-@click.option("--overwrite", is_flag=True)
+@click.option("--out", default=None, type=click.Path(),
+              help="Output folder [default: smollm2-es-METHOD in the tokentransplant cache, replaced on each run].")
+@click.option("--method", default="fvt", show_default=True, help="Initializer after exact overlap (see `transplant methods`).")
+@click.option("--vocab-size", type=click.IntRange(min=1), default=8192, show_default=True,
+              help="Size of the Spanish tokenizer to train (trained once per size, then cached).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out folder (the default folder is always replaced).")
 def demo(out, method, vocab_size, overwrite) -> None:
     """SmolLM2-135M-Instruct onto a Spanish tokenizer; prints before/after bits per byte."""
     from .demo import run_demo
 
-    click.echo("SmolLM2-135M-Instruct -> Spanish byte-level BPE (Reina-Valera 1909 sample); first run converts the GGUF")
+    click.echo("SmolLM2-135M-Instruct -> Spanish byte-level BPE (Reina-Valera 1909 sample)")
     info = run_demo(out, method=method, vocab_size=vocab_size, overwrite=overwrite)
     result = info["result"]
     click.echo(f"held-out text: {info['held_out_bytes']} bytes; tokenizer: {info['tokenizer']}")
@@ -137,28 +180,106 @@ def demo(out, method, vocab_size, overwrite) -> None:
     click.echo(f"transplanted checkpoint: {result.output_dir}")
 
 
+def method_descriptions() -> dict[str, str]:
+    """Registered initializer -> one-line description (its `description`, else its docstring's first line)."""
+    from .initializers import available, get_initializer
+
+    out = {}
+    for name in available():
+        try:
+            init = get_initializer(name)
+        except TransplantError as exc:  # an optional dependency is missing
+            out[name] = f"(unavailable: {exc})"
+            continue
+        text = getattr(init, "description", None) or (type(init).__doc__ or "").strip().splitlines()[0:1]
+        out[name] = text if isinstance(text, str) else (text[0] if text else "")
+    return out
+
+
 @cli.command()
 def methods() -> None:
-    """List the registered initializers."""
-    from .initializers import available
+    """List the initializers, each with a one-line description."""
+    descriptions = method_descriptions()
+    fixed = ("special", "exact")
+    width = max(len(n) for n in descriptions) + 2
+    for name in [*fixed, *[n for n in descriptions if n not in fixed]]:
+        if name in descriptions:
+            note = " (always applied first)" if name in fixed else ""
+            click.echo(f"{name:<{width}}{descriptions[name]}{note}")
+    click.echo("\nUse with `transplant run --method NAME` (chain several with +, e.g. fvt+multivariate) "
+               "and `--fallback NAME`.")
 
-    click.echo("\n".join(available()))
+
+_NoArgsIsHelp = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+class _Interrupted(BaseException):
+    """Ctrl-C, raised by our SIGINT handler instead of KeyboardInterrupt: click would print a bare
+    newline for a KeyboardInterrupt; `main` prints one line instead."""
+
+
+def _on_sigint(signum, frame) -> None:
+    raise _Interrupted()
+
+
+def _close_progress_bars() -> bool:
+    """Close the progress bars still open (an interrupted loop); True if there were any."""
+    std = sys.modules.get("tqdm.std")
+    bars = list(getattr(getattr(std, "tqdm", None), "_instances", None) or [])
+    for pbar in bars:
+        try:
+            pbar.close()
+        except Exception:
+            pass
+    return bool(bars)
 
 
 def main() -> None:
+    """Entry point: every failure is one `error: <problem> (<fix>)` line on stderr and a non-zero exit."""
+    import signal
+
     try:
-        cli.main(standalone_mode=False)
+        previous = signal.signal(signal.SIGINT, _on_sigint)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        cli.main(prog_name="transplant", standalone_mode=False)
     except TransplantError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {_one_line(exc)}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except (_Interrupted, KeyboardInterrupt, click.exceptions.Abort):
+        # Start a new line after the terminal's "^C" or an unfinished progress bar; outputs are
+        # written atomically, so none is left.
+        lead = "\n" if sys.stderr.isatty() or _close_progress_bars() else ""
+        click.echo(f"{lead}error: interrupted (no output was written)", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
+    except _NoArgsIsHelp as exc:  # bare `transplant` (click >= 8.2): the help, not an error
+        click.echo(exc.ctx.get_help())
+    except click.UsageError as exc:
+        # click would print usage + hint + error on three lines; keep to one.
+        where = exc.ctx.command_path if exc.ctx is not None else "transplant"
+        click.echo(f"error: {_one_line(exc.format_message())} (see `{where} --help`)", err=True)
         sys.exit(exc.exit_code)
-    except (OSError, MemoryError) as exc:
-        click.echo(f"error: {exc}", err=True)
+    except click.ClickException as exc:
+        click.echo(f"error: {_one_line(exc.format_message())}", err=True)
+        sys.exit(exc.exit_code)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] in ("transplant", "hypernet"):
+            raise  # our own code is broken: that is a bug to see in full, not a missing package
+        from .sources import missing_package
+
+        click.echo(f"error: {missing_package(exc)}", err=True)
         sys.exit(1)
+    except (OSError, MemoryError) as exc:
+        click.echo(f"error: {_one_line(exc)}", err=True)
+        sys.exit(1)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

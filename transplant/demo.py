@@ -4,14 +4,19 @@ The Spanish tokenizer is trained on the public-domain Reina-Valera 1909 sample s
 `transplant/data/bible_es.txt`; the last chapters are held out for scoring.
 
 Example:
-    >>> run_demo("smollm2-es")  # doctest: +SKIP
+    >>> info = run_demo()  # writes to ~/.cache/tokentransplant/demo/smollm2-es-fvt  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from .evaluate import split_documents
+from .progress import stage
 
 DATA = Path(__file__).parent / "data"
 DEMO_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -30,7 +35,10 @@ def demo_split(held_out_bytes: int = 40_000) -> tuple[list[str], str]:
 
 
 def train_byte_level_bpe(lines: list[str], vocab_size: int, folder: Path) -> Path:
-    """Train a GPT-2-style byte-level BPE and save it as a transformers tokenizer folder."""
+    """Train a GPT-2-style byte-level BPE and save it as a transformers tokenizer folder.
+
+    The folder is written under a temporary name and renamed into place, so it exists only complete.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -42,19 +50,75 @@ def train_byte_level_bpe(lines: list[str], vocab_size: int, folder: Path) -> Pat
     tok.train_from_iterator(lines, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
                                    unk_token="<|endoftext|>", pad_token="<|im_end|>")
-    folder.mkdir(parents=True, exist_ok=True)
-    fast.save_pretrained(str(folder))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    try:
+        fast.save_pretrained(str(tmp))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return folder
 
 
-def run_demo(out: str | Path = "smollm2-es", method: str = "fvt", vocab_size: int = 8192, overwrite: bool = False,
-             eval_bytes: int = 40_000, ctx: int = 1024) -> dict:
-    """Train the Spanish tokenizer, transplant, score before/after; return the numbers."""
-    from .api import transplant
+def demo_tokenizer_dir(train_lines: list[str], vocab_size: int) -> Path:
+    """Cache folder of the demo tokenizer, keyed by its training data and settings."""
     from .sources import cache_dir
 
+    key = hashlib.sha256("\n".join([str(vocab_size), *DEMO_SPECIALS, *train_lines]).encode()).hexdigest()[:12]
+    return cache_dir() / "demo" / f"es-bpe-{vocab_size}-{key}"
+
+
+def default_out(method: str) -> Path:
+    """Where the demo writes its checkpoint unless told otherwise: our cache, not the current folder."""
+    from .sources import cache_dir
+
+    return cache_dir() / "demo" / f"smollm2-es-{method}"
+
+
+def _tokenizer_complete(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+
+
+def run_demo(out: str | Path | None = None, method: str = "fvt", vocab_size: int = 8192, overwrite: bool = False,
+             eval_bytes: int = 40_000, ctx: int = 1024) -> dict:
+    """Train (or reuse) the Spanish tokenizer, transplant, score before/after; return the numbers.
+
+    `out=None` writes to `default_out(method)` in the tokentransplant cache, replacing an earlier
+    demo output there (that folder is ours). An `out` given explicitly that already exists is
+    refused at once, before any work, unless `overwrite=True`. Stage messages go to stderr
+    (silenced by `transplant --quiet`, see `transplant.progress`).
+    """
+    from .api import transplant
+    from .errors import TransplantError
+    from .planner import check_methods
+    from .sources import PACKAGED, cache_dir, packaged_gguf, resolve_model
+
+    if out is None:
+        out, overwrite = default_out(method), True
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise TransplantError(f"output folder {out.resolve()} already exists (pass --overwrite to replace it)")
+    methods = method.split("+") if "+" in method else method
+    check_methods(methods)  # an unknown method fails before any work
+    model = "smollm2-135m-instruct"
+    gguf = packaged_gguf(model) if model in PACKAGED else None  # fails now if its package is missing
     train_lines, held_out = demo_split(eval_bytes)
-    tok_dir = train_byte_level_bpe(train_lines, vocab_size, cache_dir() / "demo" / f"es-bpe-{vocab_size}")
-    result = transplant("smollm2-135m-instruct", tok_dir, out, method=method, overwrite=overwrite,
+    tok_dir = demo_tokenizer_dir(train_lines, vocab_size)
+    if _tokenizer_complete(tok_dir):
+        stage(f"using the cached Spanish tokenizer ({vocab_size} tokens): {tok_dir}")
+    else:
+        stage(f"training a Spanish byte-level BPE tokenizer ({vocab_size} tokens) -> {tok_dir}")
+        train_byte_level_bpe(train_lines, vocab_size, tok_dir)
+    if gguf is not None and not any((cache_dir() / "models").glob(f"{gguf.stem}-*/config.json")):
+        stage(f"converting {gguf.name} to safetensors (once; cached in {cache_dir() / 'models'})")
+    resolve_model(model)
+    held_bytes = len(held_out.encode("utf-8"))
+    stage(f"transplanting SmolLM2-135M-Instruct onto the new tokenizer ({method}) -> {out}")
+    stage(f"then scoring the original and the transplanted model on {held_bytes:,} held-out bytes "
+          "(1-2 min in all on 2 CPU cores)")
+    result = transplant(model, tok_dir, out, method=methods, overwrite=overwrite,
                         eval_texts=[held_out], eval_name="Reina-Valera 1909, held-out chapters", eval_ctx=ctx)
-    return {"result": result, "tokenizer": tok_dir, "held_out_bytes": len(held_out.encode("utf-8"))}
+    return {"result": result, "tokenizer": tok_dir, "held_out_bytes": held_bytes}

@@ -15,7 +15,9 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from pathlib import Path
 import torch
 
 from .errors import TransplantError
+from .progress import bar
 
 
 @dataclass
@@ -73,10 +76,12 @@ def pack(doc_ids: list[list[int]], ctx: int) -> list[list[int]]:
 
 
 @torch.inference_mode()
-def score(model, encode, start_id: int, texts: list[str], ctx: int = 1024, batch_size: int | None = None) -> EvalResult:
+def score(model, encode, start_id: int, texts: list[str], ctx: int = 1024, batch_size: int | None = None,
+          desc: str = "scoring") -> EvalResult:
     """Score an in-memory model; `encode(list[str]) -> list[list[int]]` without special tokens.
 
     `batch_size` defaults to what keeps the float32 logits near 1 GB (1 for a 262k vocabulary).
+    A progress bar over the batches (counted in tokens) is labelled `desc` (see `transplant.progress`).
     """
     started = time.perf_counter()
     docs = [d for t in texts for d in split_documents(t)]
@@ -96,6 +101,7 @@ def score(model, encode, start_id: int, texts: list[str], ctx: int = 1024, batch
         batch_size = max(1, int(2.5e8 // ((ctx + 1) * vocab_rows)))
     device = next(model.parameters()).device
     nll = 0.0
+    pbar = bar(total=sum(len(c) for c in chunks), desc=desc, unit="tok", unit_scale=True)
     for b in range(0, len(chunks), batch_size):
         batch = chunks[b:b + batch_size]
         width = max(len(c) for c in batch) + 1
@@ -110,27 +116,66 @@ def score(model, encode, start_id: int, texts: list[str], ctx: int = 1024, batch
         nll += float(torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
                                                        ignore_index=-100, reduction="sum"))
         del logits
+        pbar.update(sum(len(c) for c in batch))
+    pbar.close()
     bits = nll / math.log(2)
     return EvalResult(bits / total_bytes, total_bytes / max(n_tokens, 1), bits, total_bytes, n_tokens, len(docs),
                       round(time.perf_counter() - started, 2))
 
 
+def refuse_custom_code(folder: Path, trust_remote_code: bool = False) -> None:
+    """Refuse a model folder that ships its own code (`auto_map` in config.json) unless trusted.
+
+    Checked here, before transformers is called, so no "run the custom code? [y/N]" prompt (or
+    an EOFError without a terminal) is ever reached.
+    """
+    if trust_remote_code:
+        return
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # transformers reports a missing or malformed config itself
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    if auto_map:
+        ref = next(iter(auto_map.values())) if isinstance(auto_map, dict) else auto_map
+        ref = ref[0] if isinstance(ref, (list, tuple)) and ref else ref
+        raise TransplantError(f"{folder} needs custom code to load (config.json auto_map -> {ref}); "
+                              "pass --trust-remote-code if you trust it")
+
+
+def _label(folder: Path) -> str:
+    """A readable name for a model folder: an unfinished output `.name.partial-xyz` reads `name`, a
+    cached GGUF conversion `name-<16 hex>` reads `name`."""
+    name = folder.name
+    if name.startswith(".") and ".partial-" in name:
+        name = name[1:].split(".partial-")[0]
+    name = re.sub(r"-[0-9a-f]{16}$", "", name)
+    return name or str(folder)
+
+
 def evaluate_bpb(model_dir: str | Path, texts: list[str], tokenizer: str | Path | None = None, ctx: int = 1024,
-                 batch_size: int | None = None, dtype: torch.dtype = torch.float32) -> EvalResult:
-    """Load a checkpoint folder (and its tokenizer, or `tokenizer`) and score `texts`."""
+                 batch_size: int | None = None, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
+                 label: str | None = None) -> EvalResult:
+    """Load a checkpoint folder (and its tokenizer, or `tokenizer`) and score `texts`.
+
+    A folder whose config.json asks for custom code (`auto_map`) is refused unless
+    `trust_remote_code=True`. `label` names the progress bar ("scoring <label>"; default: the folder's name).
+    """
     from transformers import AutoModelForCausalLM
 
     from .sources import resolve_model
     from .vocab import load_tokenizer
 
     folder = resolve_model(model_dir)
+    refuse_custom_code(folder, trust_remote_code)
     src = load_tokenizer(tokenizer or folder)
     vocab = src.vocabulary()
     start = vocab.roles.get("bos", vocab.roles.get("eos"))
     if start is None:
         raise TransplantError(f"tokenizer {src.path} has neither bos nor eos; cannot start a chunk "
                               "(add a special start token)")
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, trust_remote_code=trust_remote_code)
     model.eval()
     rows = model.get_input_embeddings().weight.shape[0]
     if len(vocab) > rows:
@@ -140,4 +185,5 @@ def evaluate_bpb(model_dir: str | Path, texts: list[str], tokenizer: str | Path 
     def encode(docs: list[str]) -> list[list[int]]:
         return [e.ids for e in src.tokenizer.encode_batch(docs, add_special_tokens=False)]
 
-    return score(model, encode, start, texts, ctx=ctx, batch_size=batch_size)
+    return score(model, encode, start, texts, ctx=ctx, batch_size=batch_size,
+                 desc=f"scoring {label or _label(folder)}")

@@ -27,6 +27,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from .errors import TransplantError
+from .shardio import validate_shard
 
 PLAN_WEIGHTS = "transplant_plan.safetensors"
 PLAN_JSON = "transplant_plan.json"
@@ -209,24 +210,160 @@ class Plan:
         if self.override_values is not None:
             arrays["override_values"] = self.override_values
         save_file(arrays, str(folder / PLAN_WEIGHTS))
-        doc = {"format": "tokentransplant-plan/1", "old_size": self.old_size, "new_size": self.new_size,
+        doc = {"format": PLAN_FORMAT, "old_size": self.old_size, "new_size": self.new_size,
                "seed": self.seed, "counts": self.counts(), "meta": self.meta, "provenance": self.provenance}
         (folder / PLAN_JSON).write_text(json.dumps(doc, indent=1, ensure_ascii=False))
         return [PLAN_WEIGHTS, PLAN_JSON]
 
     @classmethod
     def load(cls, folder: str | Path) -> "Plan":
+        """Read a saved plan and validate it whole (see `validate`) before anything uses it."""
         folder = Path(folder)
         if folder.is_file():
             folder = folder.parent
         wpath, jpath = folder / PLAN_WEIGHTS, folder / PLAN_JSON
         if not wpath.exists() or not jpath.exists():
             raise TransplantError(f"no plan in {folder} (expected {PLAN_WEIGHTS} and {PLAN_JSON} from `transplant run`)")
+        bad = _Invalid(jpath)
         try:
-            doc = json.loads(jpath.read_text())
+            doc = json.loads(jpath.read_bytes().decode("utf-8"))
+        except (ValueError, RecursionError) as exc:
+            raise bad(f"not UTF-8 JSON ({_first_line(exc)})") from None
+        try:
+            validate_shard(wpath)
             arrays = load_file(str(wpath))
-        except Exception as exc:
-            raise TransplantError(f"unreadable plan in {folder}: {exc} (recompute it with `transplant run`)") from None
-        return cls(doc["old_size"], arrays["indptr"], arrays["indices"], arrays["weights"], arrays["kinds"],
-                   doc["provenance"], doc.get("meta", {}), doc.get("seed", 0),
-                   arrays.get("override_rows", np.zeros(0, dtype=np.int64)), arrays.get("override_values"))
+        except TransplantError as exc:
+            raise _Invalid(wpath)(str(exc).rsplit(" (", 1)[0].replace(f"{wpath} ", "file ")) from None
+        except Exception as exc:  # safetensors raises its own error types
+            raise _Invalid(wpath)(f"unreadable ({_first_line(exc)})") from None
+        if not isinstance(doc, dict):
+            raise bad("not a JSON object")
+        if doc.get("format") != PLAN_FORMAT:
+            raise TransplantError(f"plan {jpath} has format {doc.get('format')!r}, this version reads only "
+                                  f"{PLAN_FORMAT!r} (recompute the plan with this version's `transplant run`)")
+        for key in ("old_size", "new_size", "provenance", "meta"):
+            if key not in doc:
+                raise bad(f"no {key!r} entry")
+        for name in ("indptr", "indices", "weights", "kinds", "override_rows"):
+            if name not in arrays:
+                raise _Invalid(wpath)(f"no {name!r} array")
+        plan = cls(doc["old_size"], arrays["indptr"], arrays["indices"], arrays["weights"], arrays["kinds"],
+                   doc["provenance"], doc["meta"], doc.get("seed", 0), arrays["override_rows"],
+                   arrays.get("override_values"))
+        if doc["new_size"] != plan.new_size:
+            raise bad(f"new_size {doc['new_size']!r} but {plan.new_size} rows in {PLAN_WEIGHTS}")
+        plan.validate(source=str(folder))
+        return plan
+
+    def validate(self, source: str = "the plan") -> None:
+        """Check the whole plan before it is used; raise TransplantError naming the first problem.
+
+        Checks dtypes and shapes of the arrays, the CSR structure (indptr starts at 0, never
+        decreases, ends at len(indices)), old ids in [0, old_size), finite weights, known row
+        kinds, overrides (one dense row per OVERRIDE row), one provenance label per row, both
+        vocabulary fingerprints, the special-token map and the base embedding shape. Integer
+        and float arrays are normalised to the dtypes `apply` uses.
+        """
+        bad = _Invalid(source)
+        if not _is_int(self.old_size) or self.old_size < 1:
+            raise bad(f"bad old_size {self.old_size!r}")
+        arrays = {"indptr": self.indptr, "indices": self.indices, "weights": self.weights, "kinds": self.kinds,
+                  "override_rows": self.override_rows}
+        for name, arr in arrays.items():
+            if not isinstance(arr, np.ndarray) or arr.ndim != 1:
+                raise bad(f"array {name!r} is not one-dimensional")
+            if arr.dtype.kind not in ("f" if name == "weights" else "iu"):
+                raise bad(f"array {name!r} has dtype {arr.dtype}")
+        # Signed 64-bit before any arithmetic (an unsigned indptr would hide a decrease).
+        self.indptr, self.indices = self.indptr.astype(np.int64, copy=False), self.indices.astype(np.int64, copy=False)
+        self.override_rows = self.override_rows.astype(np.int64, copy=False)
+        self.weights = self.weights.astype(np.float32, copy=False)
+        rows = len(self.kinds)
+        if rows < 1:
+            raise bad("no rows")
+        unknown = set(np.unique(self.kinds).tolist()) - set(KIND_NAMES)
+        if unknown:
+            raise bad(f"unknown row kinds {sorted(unknown)}")
+        self.kinds = self.kinds.astype(np.int8, copy=False)
+        if len(self.indptr) != rows + 1:
+            raise bad(f"indptr has {len(self.indptr)} entries for {rows} rows (needs {rows + 1})")
+        if int(self.indptr[0]) != 0 or int(self.indptr[-1]) != len(self.indices) or np.any(np.diff(self.indptr) < 0):
+            raise bad("indptr is not a row index (must start at 0, never decrease, end at len(indices))")
+        if len(self.weights) != len(self.indices):
+            raise bad(f"{len(self.weights)} weights for {len(self.indices)} indices")
+        if len(self.indices) and (int(self.indices.min()) < 0 or int(self.indices.max()) >= self.old_size):
+            raise bad(f"indices outside the old vocabulary 0..{self.old_size - 1}")
+        if not np.all(np.isfinite(self.weights)):
+            raise bad("non-finite weights")
+        if not isinstance(self.provenance, list) or not all(isinstance(p, str) for p in self.provenance):
+            raise bad("provenance is not a list of labels")
+        if len(self.provenance) != rows:
+            raise bad(f"{len(self.provenance)} provenance labels for {rows} rows")
+        if not _is_int(self.seed):
+            raise bad(f"bad seed {self.seed!r}")
+        if not isinstance(self.meta, dict):
+            raise bad("meta is not an object")
+        meta = self.meta
+        for key in ("old_fingerprint", "new_fingerprint"):
+            if not isinstance(meta.get(key), str) or not meta[key]:
+                raise bad(f"no tokenizer fingerprint meta.{key}")
+        dim, old_rows = meta.get("dim"), meta.get("old_rows")
+        if not _is_int(dim) or dim < 1 or not _is_int(old_rows) or old_rows < self.old_size:
+            raise bad("no base embedding shape (meta.old_rows >= old_size and meta.dim)")
+        given = self.override_rows
+        wanted = np.nonzero(self.kinds == OVERRIDE)[0]
+        if len(np.unique(given)) != len(given) or set(given.tolist()) != set(wanted.tolist()):
+            raise bad("override_rows do not match the rows of kind override")
+        values = self.override_values
+        if len(given):
+            if (not isinstance(values, np.ndarray) or values.dtype.kind != "f"
+                    or values.shape != (len(given), dim)):
+                raise bad(f"override_values is not a float array of shape ({len(given)}, {dim})")
+            if not np.all(np.isfinite(values)):
+                raise bad("non-finite override_values")
+        special = meta.get("special_map", {})
+        if not isinstance(special, dict) or not all(
+                isinstance(k, str) and k.isascii() and k.isdigit() and int(k) < self.old_size
+                and _is_int(v) and 0 <= v < rows for k, v in special.items()):
+            raise bad("bad special_map (must map old special ids to new row ids)")
+
+    def record_base(self, rows: int, dim: int) -> None:
+        """Record the shape of the base model's embedding (checked when the plan is re-applied)."""
+        self.meta["old_rows"], self.meta["dim"] = int(rows), int(dim)
+
+    def check_target(self, rows: int, dim: int, old_fingerprint: str, new_fingerprint: str, model, plan_folder) -> None:
+        """Refuse a model or a tokenizer this (validated) plan was not made for."""
+        if old_fingerprint != self.meta["old_fingerprint"]:
+            raise TransplantError(f"{model} uses a different tokenizer than the plan was made for (apply plans only "
+                                  "to checkpoints of the same base model; recompute with `transplant run`)")
+        if new_fingerprint != self.meta["new_fingerprint"]:
+            raise TransplantError(f"the tokenizer in {plan_folder} is not the one the plan was made for (restore the "
+                                  "plan folder's tokenizer files, or recompute with `transplant run`)")
+        if (rows, dim) != (self.meta["old_rows"], self.meta["dim"]):
+            raise TransplantError(
+                f"{model} has a {rows}x{dim} embedding but the plan was made for a "
+                f"{self.meta['old_rows']}x{self.meta['dim']} one (apply plans only to checkpoints of the same base "
+                "model; recompute with `transplant run`)")
+
+
+PLAN_FORMAT = "tokentransplant-plan/1"
+KIND_NAMES = {LINEAR: "linear", MEAN: "mean", NORMAL: "multivariate", RANDOM: "random", OVERRIDE: "override"}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class _Invalid:
+    """Builds the one-line error for a plan that fails validation: `corrupt plan SOURCE: PROBLEM (fix)`."""
+
+    def __init__(self, source) -> None:
+        self.source = source
+
+    def __call__(self, problem: str) -> TransplantError:
+        return TransplantError(f"corrupt plan {self.source}: {problem} (recompute it with `transplant run`)")

@@ -5,9 +5,40 @@ from __future__ import annotations
 import time
 
 from .align import Alignment
-from .initializers import InitContext, get_initializer
+from .errors import TransplantError
+from .initializers import InitContext, available, get_initializer
 from .plan import MEAN, Plan, Row
+from .progress import bar
 from .vocab import Vocabulary
+
+
+FIXED_STEPS = ("special", "exact")
+
+
+def check_methods(method: str | list[str], fallback: str = "mean") -> None:
+    """Refuse unknown methods, the fixed chain steps as methods, and a fallback that cannot fill every row."""
+    steps = [method] if isinstance(method, str) else list(method)
+    for step in steps + [fallback]:
+        if step in FIXED_STEPS:
+            choices = ", ".join(n for n in available() if n not in FIXED_STEPS)
+            raise TransplantError(f"{step!r} is not a method: special tokens and exact matches are always made first "
+                                  f"(choose one of: {choices})")
+        get_initializer(step)  # unknown names fail here
+    if not getattr(get_initializer(fallback), "complete", False):
+        raise TransplantError(f"fallback {fallback!r} cannot make every token "
+                              f"(choose one of: {', '.join(_complete_methods())})")
+
+
+def _complete_methods() -> list[str]:
+    """Initializers that make every token they are asked for (importing each; only on the error path)."""
+    names = []
+    for name in available():
+        try:
+            if name not in FIXED_STEPS and getattr(get_initializer(name), "complete", False):
+                names.append(name)
+        except TransplantError:  # an initializer whose optional package is missing
+            pass
+    return names
 
 
 def method_chain(method: str | list[str], fallback: str = "mean") -> list[str]:
@@ -38,12 +69,13 @@ def build_plan(old: Vocabulary, new: Vocabulary, method: str | list[str] = "fvt"
         {'special': 3, 'exact': 9120, 'fvt': 22880}
     """
     started = time.perf_counter()
+    check_methods(method, fallback)
     alignment = alignment or Alignment.build(old, new)
     chain = method_chain(method, fallback)
     ctx = InitContext(alignment, options or {})
     rows: dict[int, Row] = {}
     todo = [i for i, t in enumerate(new.tokens) if t.kind != "unused"]
-    for name in chain:
+    for name in bar(chain, desc="planning", unit="step"):
         if not todo:
             break
         made = get_initializer(name).assign(ctx, todo)

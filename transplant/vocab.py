@@ -273,11 +273,18 @@ def load_tokenizer(spec: str | Path) -> TokenizerSource:
         cfg_path = folder / "tokenizer_config.json"
         if cfg_path.exists():
             try:
-                config = json.loads(cfg_path.read_text())
-            except json.JSONDecodeError as exc:
+                config = json.loads(cfg_path.read_bytes().decode("utf-8"))
+            except UnicodeDecodeError:
+                raise TransplantError(f"malformed {cfg_path}: not UTF-8 text (fix or delete the file)") from None
+            except (ValueError, RecursionError) as exc:
                 raise TransplantError(f"malformed {cfg_path}: {exc} (fix or delete the file)") from None
+            if not isinstance(config, dict):
+                raise TransplantError(f"malformed {cfg_path}: not a JSON object (fix or delete the file)")
         chat_template = config.get("chat_template")
         jinja = folder / "chat_template.jinja"
         if chat_template is None and jinja.exists():
-            chat_template = jinja.read_text()
+            try:
+                chat_template = jinja.read_bytes().decode("utf-8")
+            except UnicodeDecodeError:
+                raise TransplantError(f"malformed {jinja}: not UTF-8 text (fix or delete the file)") from None
     return TokenizerSource(tokenizer, path, folder, config, chat_template)

@@ -15,6 +15,7 @@ class ExactInitializer:
     """
 
     name = "exact"
+    description = "tokens with the same bytes in both vocabularies keep their old row"
 
     def assign(self, ctx: InitContext, todo: list[int]) -> dict[int, Row]:
         exact, old, new = ctx.alignment.exact, ctx.alignment.old, ctx.alignment.new

@@ -14,6 +14,7 @@ class FVTInitializer:
     """
 
     name = "fvt"
+    description = "Fast Vocabulary Transfer: mean of the old rows of the token's old-tokenizer pieces"
 
     def assign(self, ctx: InitContext, todo: list[int]) -> dict[int, Row]:
         out = {}

@@ -14,6 +14,8 @@ class MeanInitializer:
     """
 
     name = "mean"
+    description = "mean of all old rows (what resize_token_embeddings does)"
+    complete = True  # makes every token it is asked for: may serve as --fallback
 
     def assign(self, ctx: InitContext, todo: list[int]) -> dict[int, Row]:
         return {i: Row("mean", kind=MEAN) for i in todo}

@@ -14,6 +14,8 @@ class MultivariateInitializer:
     """
 
     name = "multivariate"
+    description = "sampled from a normal with the old rows' mean and covariance (Hewitt 2021)"
+    complete = True  # makes every token it is asked for: may serve as --fallback
 
     def assign(self, ctx: InitContext, todo: list[int]) -> dict[int, Row]:
         return {i: Row("multivariate", kind=NORMAL) for i in todo}

@@ -14,6 +14,8 @@ class RandomInitializer:
     """
 
     name = "random"
+    description = "baseline: isotropic normal noise at the old rows' scale"
+    complete = True  # makes every token it is asked for: may serve as --fallback
 
     def assign(self, ctx: InitContext, todo: list[int]) -> dict[int, Row]:
         return {i: Row("random", kind=RANDOM) for i in todo}

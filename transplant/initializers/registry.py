@@ -50,4 +50,12 @@ def get_initializer(name: str) -> Initializer:
     if name not in _REGISTRY:
         raise TransplantError(f"unknown method {name!r} (choose one of: {', '.join(available())})")
     module, cls = _REGISTRY[name].split(":")
-    return getattr(import_module(f"{__package__}.{module}"), cls)()
+    try:
+        found = import_module(f"{__package__}.{module}")
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").startswith(__package__):
+            raise
+        from ..sources import missing_package
+
+        raise TransplantError(missing_package(exc, f"method {name!r}")) from None
+    return getattr(found, cls)()

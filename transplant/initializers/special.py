@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..plan import Row
+from ..plan import MEAN, Row
 from .registry import InitContext
 
 
@@ -14,7 +14,11 @@ class SpecialInitializer:
     """
 
     name = "special"
+    description = "special tokens: the old row of the same token, else of the token with the same role (bos, eos, chat turns)"
 
     def assign(self, ctx: InitContext, todo: list[int]) -> dict[int, Row]:
         rows = ctx.alignment.special_rows
-        return {i: Row("special", (rows[i],), (1.0,)) for i in todo if i in rows}
+        made = {i: Row("special", (rows[i],), (1.0,)) for i in todo if i in rows}
+        # A pad without a pad of its own in the old model: the mean row, which never wins the argmax.
+        made.update({i: Row("special", kind=MEAN) for i in todo if i in ctx.alignment.never_win})
+        return made

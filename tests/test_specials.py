@@ -216,3 +216,19 @@ def test_chat_template_refused_only_when_no_role_matches(toks, tok_dirs, tmp_pat
     assert not AutoTokenizer.from_pretrained(str(tmp_path / "out")).chat_template
     assert "NOT carried over" in (tmp_path / "out" / "README.md").read_text()
     assert result.output_dir is not None
+
+
+def test_eval_says_when_bits_per_byte_are_not_comparable(sources, targets, tmp_path):
+    from click.testing import CliRunner
+
+    from transplant.cli import cli
+
+    transplant(sources["llama_style"], targets["wordpiece"], tmp_path / "wp")
+    text = tmp_path / "t.txt"
+    text.write_text("In the beginning God created the heaven and the earth.\n\nAnd the earth was without form.\n")
+    res = CliRunner().invoke(cli, ["-q", "eval", "--model", str(tmp_path / "wp"), "--text", str(text)])
+    assert res.exit_code == 0, res.output
+    assert "not comparable" in res.output
+    transplant(sources["llama_style"], targets["byte_level"], tmp_path / "bl")
+    res = CliRunner().invoke(cli, ["-q", "eval", "--model", str(tmp_path / "bl"), "--text", str(text)])
+    assert res.exit_code == 0 and "not comparable" not in res.output, res.output

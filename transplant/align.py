@@ -99,7 +99,7 @@ class Alignment:
                 self.special_map[old_id] = new_by_content[tok.text]
                 continue
             for role in self.old.roles_of(old_id):
-                if role in self.new.roles:
+                if self.old.roles.get(role) == old_id and role in self.new.roles:
                     self.special_map[old_id] = self.new.roles[role]
                     break
 

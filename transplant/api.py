@@ -306,9 +306,9 @@ def _write_output(folder: Path, layout: EmbeddingLayout, prep: Prepared, new_src
         evaluation = None
         if eval_texts:
             evaluation = {"original": evaluate_bpb(folder, eval_texts, ctx=eval_ctx,
-                                                   trust_remote_code=trust_remote_code),
+                                                   trust_remote_code=trust_remote_code, label="original"),
                           "transplanted": evaluate_bpb(tmp, eval_texts, ctx=eval_ctx,
-                                                       trust_remote_code=trust_remote_code)}
+                                                       trust_remote_code=trust_remote_code, label="transplanted")}
         card_info.update({
             "old_rows": layout.rows, "new_rows": plan.new_size, "chain": " → ".join(plan.meta.get("chain", [])),
             "counts": plan.counts(), "notes": notes, "plan_files": ", ".join(f"`{f}`" for f in plan_files),

@@ -192,6 +192,10 @@ def locate_embeddings(folder: Path, trust_remote_code: bool = False) -> Embeddin
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from .evaluate import refuse_custom_code
+
+    refuse_custom_code(folder, trust_remote_code)  # before transformers could prompt or run anything
+
     try:
         config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
     except ValueError as exc:

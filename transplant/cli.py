@@ -63,10 +63,13 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
 @click.option("--eval-text", multiple=True, help="Score original and new model on this text (model card).")
 @click.option("--eval-bytes", type=click.IntRange(min=1), default=50_000, show_default=True, help="Score the leading whole documents up to this many bytes.")
 @click.option("--ctx", type=click.IntRange(min=1), default=1024, show_default=True, help="Evaluation context length.")
+@click.option("--encode-like", type=click.Choice(["source", "target"]), default="source", show_default=True,
+              help="What a plain tokenizer(text) adds: the source model's convention (e.g. Gemma's start token), "
+                   "re-expressed in the new tokens, or the target tokenizer's own.")
 @click.option("--language", "languages", multiple=True, metavar="CODE",
               help="Language of the model card's metadata, e.g. de (repeatable; default: the source card's).")
 def run(model, new_tok, out, method, fallback, old_tok, pad_to_multiple_of, seed, link, overwrite,
-        trust_remote_code, eval_text, eval_bytes, ctx, languages) -> None:
+        trust_remote_code, eval_text, eval_bytes, ctx, encode_like, languages) -> None:
     """Transplant MODEL onto NEW_TOK and write a checkpoint to OUT."""
     from .api import transplant
     from .planner import check_methods
@@ -78,6 +81,7 @@ def run(model, new_tok, out, method, fallback, old_tok, pad_to_multiple_of, seed
                         fallback=fallback, old_tokenizer=old_tok, pad_to_multiple_of=pad_to_multiple_of, seed=seed,
                         overwrite=overwrite, link=link, trust_remote_code=trust_remote_code, eval_texts=texts,
                         eval_name=", ".join(Path(t).name for t in eval_text), eval_ctx=ctx,
+                        encode_like=encode_like, input_paths=list(eval_text),
                         **({"language": list(languages)} if languages else {}))
     counts = ", ".join(f"{k} {v}" for k, v in sorted(result.plan.counts().items(), key=lambda kv: -kv[1]))
     click.echo(f"wrote {result.output_dir} ({result.plan.new_size} rows: {counts})")
@@ -93,6 +97,10 @@ def _print_eval_table(evaluation: dict, base: str | None = "original") -> None:
     for name, r in evaluation.items():
         ratio = f"{r.bpb / ref.bpb:>8.3f}" if ref else ""
         click.echo(f"{name:<{width}}{r.bpb:>11.4f}{r.bytes_per_token:>13.2f}{ratio}")
+    for name, r in evaluation.items():
+        if not getattr(r, "lossless", True):
+            click.echo(f"warning: {name}'s tokenizer does not reproduce the text (decode(encode(text)) != text): "
+                       "its bits per byte are not comparable with another tokenizer's", err=True)
 
 
 def _model_label(spec: str) -> str:

@@ -120,5 +120,6 @@ def run_demo(out: str | Path | None = None, method: str = "fvt", vocab_size: int
     stage(f"then scoring the original and the transplanted model on {held_bytes:,} held-out bytes "
           "(1-2 min in all on 2 CPU cores)")
     result = transplant(model, tok_dir, out, method=methods, overwrite=overwrite,
-                        eval_texts=[held_out], eval_name="Reina-Valera 1909, held-out chapters", eval_ctx=ctx)
+                        eval_texts=[held_out], eval_name="Reina-Valera 1909, held-out chapters", eval_ctx=ctx,
+                        language=["es"])
     return {"result": result, "tokenizer": tok_dir, "held_out_bytes": held_bytes}

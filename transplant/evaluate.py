@@ -37,6 +37,10 @@ class EvalResult:
     tokens: int
     documents: int
     seconds: float
+    # False when the tokenizer does not reproduce the scored text (decode(encode(doc)) != doc,
+    # e.g. WordPiece drops newlines): it was charged for bytes it never predicted, so its bits
+    # per byte are not comparable with another tokenizer's.
+    lossless: bool = True
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -185,5 +189,10 @@ def evaluate_bpb(model_dir: str | Path, texts: list[str], tokenizer: str | Path 
     def encode(docs: list[str]) -> list[list[int]]:
         return [e.ids for e in src.tokenizer.encode_batch(docs, add_special_tokens=False)]
 
-    return score(model, encode, start, texts, ctx=ctx, batch_size=batch_size,
-                 desc=f"scoring {label or _label(folder)}")
+    result = score(model, encode, start, texts, ctx=ctx, batch_size=batch_size,
+                   desc=f"scoring {label or _label(folder)}")
+    docs = [d for t in texts for d in split_documents(t)]
+    decoded = [src.tokenizer.decode(e.ids, skip_special_tokens=False)
+               for e in src.tokenizer.encode_batch(docs, add_special_tokens=False)]
+    result.lossless = all(a == b for a, b in zip(decoded, docs))
+    return result

@@ -20,5 +20,5 @@ class SpecialInitializer:
         rows = ctx.alignment.special_rows
         made = {i: Row("special", (rows[i],), (1.0,)) for i in todo if i in rows}
         # A pad without a pad of its own in the old model: the mean row, which never wins the argmax.
-        made.update({i: Row("special", kind=MEAN) for i in todo if i in ctx.alignment.never_win})
+        made.update({i: Row("special-mean", kind=MEAN) for i in todo if i in ctx.alignment.never_win})
         return made

@@ -12,6 +12,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import gc
 import hashlib
 import json
 import logging
@@ -51,6 +53,22 @@ class TransplantResult:
     notes: list[str] = field(default_factory=list)
     evaluation: dict[str, EvalResult] | None = None
     special_ids: SpecialIds | None = None
+
+
+def _gc_paused(fn):
+    """Run `fn` with the cyclic garbage collector paused: building two vocabularies allocates
+    millions of small objects, and rescanning them cost ~3.5 s of a 20 s run (nothing here
+    makes reference cycles worth collecting mid-run; peak memory measured the same)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if was_enabled:
+                gc.enable()
+    return wrapper
 
 
 def vocab_fingerprint(vocab: Vocabulary) -> str:
@@ -100,6 +118,10 @@ def _encode_convention(old_src: TokenizerSource, new_src: TokenizerSource, plan:
         line = (f"the source model's convention: adds {names(prefix, new_vocab)} before the text and "
                 f"{names(suffix, new_vocab)} after (source: {names(src_prefix, old_vocab)} / "
                 f"{names(src_suffix, old_vocab)})")
+        if (tgt_prefix, tgt_suffix) != (prefix, suffix) and (tgt_prefix or tgt_suffix):
+            notes.append(f"the target tokenizer adds {names(tgt_prefix, new_vocab)} before and "
+                         f"{names(tgt_suffix, new_vocab)} after every encode; replaced by the source model's "
+                         "convention (--encode-like target keeps it)")
         if (tgt_prefix, tgt_suffix) != (prefix, suffix):
             line += (f"; the target tokenizer alone would add {names(tgt_prefix, new_vocab)} / "
                      f"{names(tgt_suffix, new_vocab)} (use encode_like='target' / --encode-like target for that)")
@@ -174,6 +196,7 @@ def _input_paths(*items: Path | TokenizerSource | None) -> list[Path]:
     return paths
 
 
+@_gc_paused
 def transplant(model: str | Path | torch.nn.Module, new_tokenizer: str | Path, out: str | Path | None = None, *,
                method: str | list[str] = "fvt", fallback: str = "mean", old_tokenizer: str | Path | None = None,
                pad_to_multiple_of: int | None = None, seed: int = 0, overwrite: bool = False, link: bool = False,
@@ -242,6 +265,7 @@ def transplant(model: str | Path | torch.nn.Module, new_tokenizer: str | Path, o
                          eval_ctx, trust_remote_code)
 
 
+@_gc_paused
 def apply_plan(plan_dir: str | Path, model: str | Path, out: str | Path, *, overwrite: bool = False,
                link: bool = False, trust_remote_code: bool = False, eval_texts: list[str] | None = None,
                eval_name: str = "text", eval_ctx: int = 1024,

@@ -153,7 +153,11 @@ def added_by_encode(src: TokenizerSource) -> tuple[list[int], list[int]]:
     tokenizer get it from `AutoTokenizer` (which applies tokenizer_config flags such as
     `add_bos_token`), else from the raw `tokenizers` post-processor."""
     plain_ids = full_ids = None
-    if src.folder is not None:
+    # Only a specific tokenizer class or add_*_token flags can make transformers encode differently
+    # from tokenizer.json's own post-processor (loading AutoTokenizer costs ~0.3 s per tokenizer).
+    generic = src.config.get("tokenizer_class") in (None, "TokenizersBackend", "PreTrainedTokenizerFast")
+    flags = any(k in src.config for k in ("add_bos_token", "add_eos_token"))
+    if src.folder is not None and (flags or not generic):
         try:
             from transformers import AutoTokenizer
 

@@ -55,20 +55,26 @@ def _template(prefix: list[str], suffix: list[str], vocab: dict[str, int]) -> di
 
 
 def with_added_tokens(tokenizer: Tokenizer, prefix: list[int], suffix: list[int]) -> Tokenizer:
-    """A copy whose post-processor adds exactly `prefix` ... `suffix` (keeping e.g. ByteLevel offsets)."""
-    spec = json.loads(tokenizer.to_str())
-    id_to_token = {i: t for t, i in tokenizer.get_vocab(with_added_tokens=True).items()}
-    current = spec.get("post_processor")
+    """A copy whose post-processor adds exactly `prefix` ... `suffix` (keeping e.g. ByteLevel offsets).
+
+    Only the post-processor is rebuilt (a 262k vocabulary is never round-tripped through Python JSON).
+    """
+    copy = Tokenizer.from_str(tokenizer.to_str())
+    current = json.loads(tokenizer.post_processor.__getstate__()) if tokenizer.post_processor else None
     parts = current.get("processors", []) if isinstance(current, dict) and current.get("type") == "Sequence" else (
         [current] if isinstance(current, dict) else [])
     kept = [p for p in parts if p.get("type") not in _ADDS_SPECIALS]
-    template = _template([id_to_token[i] for i in prefix], [id_to_token[i] for i in suffix],
-                         tokenizer.get_vocab(with_added_tokens=True))
-    if template is not None:
-        kept.append(template)
-    spec["post_processor"] = None if not kept else (kept[0] if len(kept) == 1 else {"type": "Sequence",
-                                                                                    "processors": kept})
-    return Tokenizer.from_str(json.dumps(spec))
+    names = [tokenizer.id_to_token(i) for i in prefix], [tokenizer.id_to_token(i) for i in suffix]
+    template = _template(names[0], names[1], {t: i for t, i in zip(names[0] + names[1], prefix + suffix)})
+    pieces = kept + ([template] if template is not None else [])
+    if pieces == parts:
+        return copy
+    # Rebuild the processor objects from their (small) JSON through a vocabulary-free tokenizer.
+    spec = {"version": "1.0", "model": {"type": "WordLevel", "vocab": {}, "unk_token": "[UNK]"},
+            "post_processor": None if not pieces else (
+                pieces[0] if len(pieces) == 1 else {"type": "Sequence", "processors": pieces})}
+    copy.post_processor = Tokenizer.from_str(json.dumps(spec)).post_processor
+    return copy
 
 
 def write_tokenizer(new: TokenizerSource, new_vocab: Vocabulary, out: Path, chat_template: str | None,

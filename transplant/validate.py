@@ -53,10 +53,9 @@ def validate_output(folder: Path, plan: Plan, ids: SpecialIds, prefix: list[int]
     config = _section(json.loads((folder / "config.json").read_text()))
     gen = json.loads((folder / "generation_config.json").read_text())
     tok_cfg = json.loads((folder / "tokenizer_config.json").read_text())
-    vocab = json.loads((folder / "tokenizer.json").read_text())
     from tokenizers import Tokenizer
 
-    raw = Tokenizer.from_str(json.dumps(vocab))
+    raw = Tokenizer.from_file(str(folder / "tokenizer.json"))
     rows = plan.new_size
 
     def tok_id(role: str) -> int | None:

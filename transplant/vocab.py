@@ -238,7 +238,11 @@ class TokenizerSource:
     chat_template: str | None
 
     def vocabulary(self) -> Vocabulary:
-        return Vocabulary.from_tokenizer(self.tokenizer, self.config)
+        """The canonical vocabulary (built once: 0.5-1 s for a 49k-262k vocabulary)."""
+        cached = self.__dict__.get("_vocabulary")
+        if cached is None:
+            cached = self.__dict__["_vocabulary"] = Vocabulary.from_tokenizer(self.tokenizer, self.config)
+        return cached
 
 
 def load_tokenizer(spec: str | Path) -> TokenizerSource:

@@ -28,6 +28,7 @@ from .checkpoint import EmbeddingLayout, check_vocab_fits, copy_side_files, loca
 from .configs import check_required_roles, remap_config, remap_generation_config
 from .errors import TransplantError
 from .evaluate import EvalResult, evaluate_bpb
+from .initializers import format_options
 from .outdir import check_output_path, staged_output
 from .plan import Plan
 from .planner import build_plan
@@ -164,7 +165,8 @@ def prepare(old_src: TokenizerSource, new_src: TokenizerSource, old_config: dict
     notes = list(ids.notes) + notes
     card = {"chat_template": template_note, "encode_convention": encode_line, "old_family": old_vocab.family,
             "new_family": new_vocab.family, "old_vocab": len(old_vocab), "new_vocab": len(new_vocab),
-            "method": plan.meta.get("method", "?")}
+            "method": plan.meta.get("method", "?"),
+            "options": format_options(plan.meta.get("options") or {})}
     new_contents = {t.text for t in new_vocab.tokens if t.kind in (SPECIAL, ADDED)}
     missing = {t.text.decode("utf-8", "replace") for t in old_vocab.tokens
                if t.kind == SPECIAL and t.text and t.text not in new_contents}

@@ -40,7 +40,9 @@ Target tokenizer: `{{ new_tokenizer }}`.
 ## How each new token was initialized
 
 Method chain: {{ chain }} (each token takes the first step that can make it).
-
+{% if options %}
+Options: {{ options }}.
+{% endif %}
 | provenance | tokens | share |
 |---|---:|---:|
 {% for name, count, share in counts -%}

@@ -68,25 +68,54 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
                    "re-expressed in the new tokens, or the target tokenizer's own.")
 @click.option("--language", "languages", multiple=True, metavar="CODE",
               help="Language of the model card's metadata, e.g. de (repeatable; default: the source card's).")
+@click.option("--set", "settings", multiple=True, metavar="METHOD.OPTION=VALUE",
+              help="Set an option of a method in the chain, e.g. --set knn.k=20 (repeatable; "
+                   "`transplant methods` lists each method's options).")
 def run(model, new_tok, out, method, fallback, old_tok, pad_to_multiple_of, seed, link, overwrite,
-        trust_remote_code, eval_text, eval_bytes, ctx, encode_like, languages) -> None:
+        trust_remote_code, eval_text, eval_bytes, ctx, encode_like, languages, settings) -> None:
     """Transplant MODEL onto NEW_TOK and write a checkpoint to OUT."""
     from .api import transplant
-    from .planner import check_methods
+    from .initializers import resolve_options
+    from .planner import check_methods, method_chain
 
     methods = method.split("+") if "+" in method else method
     check_methods(methods, fallback)  # before anything is loaded
+    options = parse_settings(settings)
+    resolve_options(method_chain(methods, fallback), options)  # bad options fail before anything is loaded
     texts = _read_texts(eval_text, eval_bytes) if eval_text else None
     result = transplant(model, new_tok, out, method=methods,
                         fallback=fallback, old_tokenizer=old_tok, pad_to_multiple_of=pad_to_multiple_of, seed=seed,
                         overwrite=overwrite, link=link, trust_remote_code=trust_remote_code, eval_texts=texts,
                         eval_name=", ".join(Path(t).name for t in eval_text), eval_ctx=ctx,
-                        encode_like=encode_like, input_paths=list(eval_text),
+                        encode_like=encode_like, input_paths=list(eval_text), options=options or None,
                         **({"language": list(languages)} if languages else {}))
     counts = ", ".join(f"{k} {v}" for k, v in sorted(result.plan.counts().items(), key=lambda kv: -kv[1]))
     click.echo(f"wrote {result.output_dir} ({result.plan.new_size} rows: {counts})")
     if result.evaluation:
         _print_eval_table(result.evaluation)
+
+
+def parse_settings(settings: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """`--set` values (`METHOD.OPTION=VALUE`) as `{"METHOD.OPTION": "VALUE"}`; values stay strings.
+
+    Raises:
+        TransplantError: a setting without `=` or without a METHOD.OPTION key, or one set twice.
+
+    Example:
+        >>> parse_settings(["knn.k=20", "knn.temperature=0.5"])
+        {'knn.k': '20', 'knn.temperature': '0.5'}
+    """
+    out: dict[str, str] = {}
+    for item in settings:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        method, dot, option = key.partition(".")
+        if not eq or not (method and dot and option):
+            raise TransplantError(f"malformed --set {item!r} (expected METHOD.OPTION=VALUE, e.g. --set knn.k=20)")
+        if key in out:
+            raise TransplantError(f"option {key} is set twice (--set {key}={out[key]} and --set {item}; keep one)")
+        out[key] = value
+    return out
 
 
 def _print_eval_table(evaluation: dict, base: str | None = "original") -> None:
@@ -204,9 +233,20 @@ def method_descriptions() -> dict[str, str]:
     return out
 
 
+def method_options(name: str) -> list[str]:
+    """`NAME (TYPE, default VALUE): HELP` for each option of method `name` (none when unavailable)."""
+    from .initializers import declared_options
+
+    try:
+        declared = declared_options(name)
+    except TransplantError:  # an optional dependency is missing: already said in its description
+        return []
+    return [f"{key} ({opt.describe()})" + (f": {opt.help}" if opt.help else "") for key, opt in declared.items()]
+
+
 @cli.command()
 def methods() -> None:
-    """List the initializers, each with a one-line description."""
+    """List the initializers, each with a one-line description and its options."""
     descriptions = method_descriptions()
     fixed = ("special", "exact")
     width = max(len(n) for n in descriptions) + 2
@@ -214,8 +254,10 @@ def methods() -> None:
         if name in descriptions:
             note = " (always applied first)" if name in fixed else ""
             click.echo(f"{name:<{width}}{descriptions[name]}{note}")
-    click.echo("\nUse with `transplant run --method NAME` (chain several with +, e.g. fvt+multivariate) "
-               "and `--fallback NAME`.")
+            for line in method_options(name):
+                click.echo(f"{'':<{width}}  {name}.{line}")
+    click.echo("\nUse with `transplant run --method NAME` (chain several with +, e.g. fvt+multivariate), "
+               "`--fallback NAME` and `--set METHOD.OPTION=VALUE` for an option.")
 
 
 _NoArgsIsHelp = getattr(click.exceptions, "NoArgsIsHelpError", ())

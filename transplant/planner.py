@@ -6,7 +6,7 @@ import time
 
 from .align import Alignment
 from .errors import TransplantError
-from .initializers import InitContext, available, get_initializer
+from .initializers import InitContext, available, get_initializer, resolve_options
 from .plan import MEAN, Plan, Row
 from .progress import bar
 from .vocab import Vocabulary
@@ -62,6 +62,8 @@ def build_plan(old: Vocabulary, new: Vocabulary, method: str | list[str] = "fvt"
         fallback: initializer for tokens no earlier step could make (must handle every token).
         pad_to_multiple_of: round the row count up (the extra rows get the mean and are labelled `pad`).
         seed: seed of statistical rows (multivariate, random).
+        options: `METHOD.OPTION` settings, e.g. `{"knn.k": "20"}` (see `initializers.resolve_options`);
+            recorded, typed and with defaults, in `plan.meta["options"]`.
 
     Example:
         >>> plan = build_plan(old_vocab, new_vocab, method="fvt")  # doctest: +SKIP
@@ -72,7 +74,8 @@ def build_plan(old: Vocabulary, new: Vocabulary, method: str | list[str] = "fvt"
     check_methods(method, fallback)
     alignment = alignment or Alignment.build(old, new)
     chain = method_chain(method, fallback)
-    ctx = InitContext(alignment, options or {})
+    resolved = resolve_options(chain, options)
+    ctx = InitContext(alignment, resolved)
     rows: dict[int, Row] = {}
     todo = [i for i, t in enumerate(new.tokens) if t.kind != "unused"]
     for name in bar(chain, desc="planning", unit="step"):
@@ -89,6 +92,7 @@ def build_plan(old: Vocabulary, new: Vocabulary, method: str | list[str] = "fvt"
         "method": method if isinstance(method, str) else "+".join(method),
         "chain": chain,
         "fallback": fallback,
+        "options": resolved,
         "old_family": old.family,
         "new_family": new.family,
         "alignment": alignment.stats(),

@@ -1,5 +1,7 @@
 """Embedding initializers: each file one method, registered by name in `registry.py`."""
 
-from .registry import InitContext, Initializer, available, get_initializer
+from .registry import (BaseInitializer, InitContext, Initializer, Option, available, declared_options,
+                       format_options, get_initializer, resolve_options)
 
-__all__ = ["InitContext", "Initializer", "available", "get_initializer"]
+__all__ = ["BaseInitializer", "InitContext", "Initializer", "Option", "available", "declared_options",
+           "format_options", "get_initializer", "resolve_options"]

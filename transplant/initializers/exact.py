@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from ..plan import Row
 from ..vocab import BYTE
-from .registry import InitContext
+from .registry import BaseInitializer, InitContext
 
 
-class ExactInitializer:
+class ExactInitializer(BaseInitializer):
     """Copy the old row of the token with identical canonical bytes (word-initial space included).
 
     Example:

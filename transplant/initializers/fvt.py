@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from ..plan import Row
-from .registry import InitContext
+from .registry import BaseInitializer, InitContext
 
 
-class FVTInitializer:
+class FVTInitializer(BaseInitializer):
     """Each new token = mean of the old embeddings of its old-tokenizer pieces.
 
     Example:

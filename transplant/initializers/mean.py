@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from ..plan import MEAN, Row
-from .registry import InitContext
+from .registry import BaseInitializer, InitContext
 
 
-class MeanInitializer:
+class MeanInitializer(BaseInitializer):
     """Every asked-for token gets the mean old row, recomputed from the matrix a plan is applied to.
 
     Example:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from ..plan import NORMAL, Row
-from .registry import InitContext
+from .registry import BaseInitializer, InitContext
 
 
-class MultivariateInitializer:
+class MultivariateInitializer(BaseInitializer):
     """New rows ~ N(mean, cov) of the old embeddings; seeded per row, so plans are reproducible.
 
     Example:

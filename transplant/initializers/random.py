@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from ..plan import RANDOM, Row
-from .registry import InitContext
+from .registry import BaseInitializer, InitContext
 
 
-class RandomInitializer:
+class RandomInitializer(BaseInitializer):
     """New rows ~ N(0, std^2 I), std the old embeddings' overall standard deviation.
 
     Example:

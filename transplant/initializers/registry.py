@@ -1,6 +1,8 @@
 """Initializers by name, imported lazily so heavy optional dependencies load only when used.
 
-Adding an initializer is one new file in this folder plus one line in `_REGISTRY`.
+Adding an initializer is one new file in this folder plus one line in `_REGISTRY`. An initializer
+declares its tunable settings in `options` (name -> `Option`); a run sets them as `METHOD.OPTION`
+keys (`transplant run --set knn.k=20`), checked and typed by `resolve_options`.
 
 Example:
     >>> get_initializer("fvt").name
@@ -9,15 +11,17 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from importlib import import_module
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
 from ..align import Alignment
 from ..errors import TransplantError
 from ..plan import Row
 
-_REGISTRY: dict[str, str] = {
+# name -> "module:Class" in this folder (imported on first use), or the class itself.
+_REGISTRY: dict[str, str | type] = {
     "special": "special:SpecialInitializer",
     "exact": "exact:ExactInitializer",
     "fvt": "fvt:FVTInitializer",
@@ -27,16 +31,88 @@ _REGISTRY: dict[str, str] = {
 }
 
 
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting an initializer accepts: its name, type (int, float, str or bool), default and help.
+
+    Example:
+        >>> Option("k", int, 20, "neighbours per new token").parse("32")
+        32
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str = ""
+
+    def parse(self, value: Any) -> Any:
+        """`value` (a command-line string or an already typed value) as this option's type.
+
+        Raises:
+            ValueError: the value is not one of this type (the message says what was expected).
+        """
+        if self.type is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+                return value.strip().lower() in _TRUE
+            raise ValueError(f"expects true or false, not {value!r}")
+        if self.type is str:
+            if isinstance(value, str):
+                return value
+            raise ValueError(f"expects a string, not {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ValueError(f"expects {_TYPE_WORDS[self.type]}, not {value!r}")
+        try:
+            if self.type is int and isinstance(value, float):
+                raise ValueError
+            parsed = self.type(value.strip() if isinstance(value, str) else value)
+        except ValueError:
+            raise ValueError(f"expects {_TYPE_WORDS[self.type]}, not {value!r}") from None
+        if isinstance(parsed, float) and not math.isfinite(parsed):
+            raise ValueError(f"expects a finite number, not {value!r}")
+        return parsed
+
+    def describe(self) -> str:
+        """`type, default VALUE` (e.g. `int, default 20`)."""
+        default = str(self.default).lower() if self.type is bool else self.default
+        return f"{self.type.__name__}, default {default}"
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+class BaseInitializer:
+    """Shared defaults of initializers: no options."""
+
+    options: ClassVar[dict[str, Option]] = {}
+
+
 @dataclass
 class InitContext:
-    """What an initializer may look at: the alignment and free-form options."""
+    """What an initializer may look at: the alignment and its validated options.
+
+    `options` maps method name -> option name -> typed value (see `resolve_options`).
+
+    Example:
+        >>> ctx.options_for("knn")  # doctest: +SKIP
+        {'k': 20, 'temperature': 1.0}
+    """
 
     alignment: Alignment
-    options: dict = field(default_factory=dict)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def options_for(self, method: str) -> dict[str, Any]:
+        """The typed options of `method`, defaults filled in where the run set none."""
+        return {**defaults(method), **self.options.get(method, {})}
 
 
 class Initializer(Protocol):
     name: str
+    options: dict[str, Option]
 
     def assign(self, ctx: InitContext, todo: list[int]) -> dict[int, Row]:
         """Rows for those of `todo` (new ids) this method can make; the rest go down the chain."""
@@ -49,7 +125,10 @@ def available() -> list[str]:
 def get_initializer(name: str) -> Initializer:
     if name not in _REGISTRY:
         raise TransplantError(f"unknown method {name!r} (choose one of: {', '.join(available())})")
-    module, cls = _REGISTRY[name].split(":")
+    target = _REGISTRY[name]
+    if not isinstance(target, str):  # a class registered directly (e.g. by a test)
+        return target()
+    module, cls = target.split(":")
     try:
         found = import_module(f"{__package__}.{module}")
     except ModuleNotFoundError as exc:
@@ -59,3 +138,79 @@ def get_initializer(name: str) -> Initializer:
 
         raise TransplantError(missing_package(exc, f"method {name!r}")) from None
     return getattr(found, cls)()
+
+
+def declared_options(name: str) -> dict[str, Option]:
+    """The options method `name` declares (empty for a method without any)."""
+    return dict(getattr(get_initializer(name), "options", None) or {})
+
+
+def defaults(name: str) -> dict[str, Any]:
+    """Option name -> default value of method `name`."""
+    return {key: opt.default for key, opt in declared_options(name).items()}
+
+
+def _valid(name: str) -> str:
+    keys = [f"{name}.{key}" for key in declared_options(name)]
+    return f"valid: {', '.join(keys)}" if keys else f"method {name} has no options"
+
+
+def _flatten(raw: dict) -> dict[str, Any]:
+    """`{"knn": {"k": 20}}` and `{"knn.k": 20}` alike as `{"knn.k": 20}`."""
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{sub}": v for sub, v in value.items()})
+        else:
+            flat[str(key)] = value
+    return flat
+
+
+def resolve_options(chain: list[str], raw: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Check and type `METHOD.OPTION` settings against the methods of a chain, defaults filled in.
+
+    Args:
+        chain: the initializers of the run (see `planner.method_chain`).
+        raw: `{"knn.k": "20"}` (strings from the command line, or typed values); a nested
+            `{"knn": {"k": 20}}` is read the same way.
+
+    Returns:
+        Method -> option -> typed value, for every method of `chain` that declares options.
+
+    Raises:
+        TransplantError: (one line) a key that is not METHOD.OPTION, an unknown method or option, a
+            method the chain does not use, or a value of the wrong type.
+
+    Example:
+        >>> resolve_options(["special", "exact", "knn", "mean"], {"knn.k": "20"})  # doctest: +SKIP
+        {'knn': {'k': 20, 'temperature': 1.0}}
+    """
+    resolved = {name: defaults(name) for name in chain if declared_options(name)}
+    for key, value in _flatten(raw or {}).items():
+        method, dot, option = key.partition(".")
+        if not dot or not method or not option:
+            raise TransplantError(f"malformed option {key!r} (expected METHOD.OPTION, e.g. knn.k)")
+        if method not in _REGISTRY:
+            raise TransplantError(f"unknown method {method!r} in option {key} (choose one of: {', '.join(available())})")
+        if method not in chain:
+            raise TransplantError(f"option {key} is for method {method}, which this run does not use "
+                                  f"(chain: {', '.join(chain)})")
+        declared = declared_options(method)
+        if option not in declared:
+            raise TransplantError(f"unknown option {key} ({_valid(method)})")
+        try:
+            resolved[method][option] = declared[option].parse(value)
+        except ValueError as exc:
+            raise TransplantError(f"option {key} {exc} ({key}: {declared[option].describe()})") from None
+    return resolved
+
+
+def format_options(resolved: dict[str, dict[str, Any]]) -> str:
+    """`knn.k=20, knn.temperature=1.0` (the model card's line); empty when there are none.
+
+    Example:
+        >>> format_options({"knn": {"k": 20}})
+        'knn.k=20'
+    """
+    return ", ".join(f"{method}.{key}={str(v).lower() if isinstance(v, bool) else v}"
+                     for method, opts in resolved.items() for key, v in opts.items())

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from ..plan import MEAN, Row
-from .registry import InitContext
+from .registry import BaseInitializer, InitContext
 
 
-class SpecialInitializer:
+class SpecialInitializer(BaseInitializer):
     """`<|im_end|>` -> `<|im_end|>`, or `<end_of_turn>` -> `<|im_end|>` by role; never by raw id.
 
     Example:

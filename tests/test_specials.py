@@ -104,9 +104,11 @@ def test_roles_agree_everywhere_and_generation_stops(source, target, sources, ta
     assert _ids(gen["eos_token_id"])[0] == tok.eos_token_id
     assert result.special_ids.eos == _ids(gen["eos_token_id"])
     assert max(_ids(gen["eos_token_id"]) + [tok.bos_token_id or 0, tok.pad_token_id or 0]) < cfg["vocab_size"]
-    # The pad row is never a copy of an eos row (a tied head would pick the lower id).
+    # A pad token of its own is neither an end of sequence nor a copy of an eos row (a tied head
+    # would pick the lower id); only a pad that *is* the eos token may be one.
     inp, head = _rows(out)
-    if tok.pad_token_id is not None and tok.pad_token_id not in _ids(gen["eos_token_id"]):
+    if tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id:
+        assert tok.pad_token_id not in _ids(gen["eos_token_id"]), (tok.pad_token_id, gen)
         for e in _ids(gen["eos_token_id"]):
             assert not torch.equal(head[tok.pad_token_id], head[e])
             assert not torch.equal(inp[tok.pad_token_id], inp[e])

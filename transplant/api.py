@@ -94,6 +94,7 @@ class Prepared:
     notes: list[str]
     card: dict
     missing_markers: set[str] = field(default_factory=set)
+    old_generation: dict | None = None
 
 
 def _encode_convention(old_src: TokenizerSource, new_src: TokenizerSource, plan: Plan, old_vocab: Vocabulary,
@@ -170,7 +171,8 @@ def prepare(old_src: TokenizerSource, new_src: TokenizerSource, old_config: dict
     new_contents = {t.text for t in new_vocab.tokens if t.kind in (SPECIAL, ADDED)}
     missing = {t.text.decode("utf-8", "replace") for t in old_vocab.tokens
                if t.kind == SPECIAL and t.text and t.text not in new_contents}
-    return Prepared(plan, old_vocab, new_vocab, ids, prefix, suffix, template, notes, card, missing)
+    return Prepared(plan, old_vocab, new_vocab, ids, prefix, suffix, template, notes, card, missing,
+                    old_generation)
 
 
 def _generation_config(folder: Path) -> dict | None:
@@ -318,7 +320,7 @@ def _write_output(folder: Path, layout: EmbeddingLayout, prep: Prepared, new_src
         write_weights(layout, plan, tmp, link=link)
         config, notes = remap_config(layout.config, prep.ids, plan.new_size)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        gen, gen_notes = remap_generation_config(_generation_config(folder), prep.ids)
+        gen, gen_notes = remap_generation_config(prep.old_generation, prep.ids)
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         copy_side_files(folder, tmp)
         text_cfg = config.get("text_config") if isinstance(config.get("text_config"), dict) else config

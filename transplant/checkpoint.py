@@ -192,7 +192,7 @@ def locate_embeddings(folder: Path, trust_remote_code: bool = False) -> Embeddin
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .evaluate import refuse_custom_code
+    from .sources import refuse_custom_code
 
     refuse_custom_code(folder, trust_remote_code)  # before transformers could prompt or run anything
 

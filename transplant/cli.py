@@ -155,8 +155,8 @@ def _model_label(spec: str) -> str:
               help='Print JSON: {"model": {...}, "compare": {...}, "ratio": ...}, each result with its "name".')
 def eval_cmd(model, tokenizer, texts, max_bytes, ctx, compare, trust_remote_code, as_json) -> None:
     """Bits per byte and bytes per token of MODEL on TEXT."""
-    from .evaluate import evaluate_bpb, refuse_custom_code
-    from .sources import resolve_model
+    from .evaluate import evaluate_bpb
+    from .sources import refuse_custom_code, resolve_model
 
     data = _read_texts(texts, max_bytes)
     # Refuse custom code in either model before spending minutes scoring the other.

@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -26,6 +25,7 @@ import torch
 
 from .errors import TransplantError
 from .progress import bar
+from .sources import refuse_custom_code
 
 
 @dataclass
@@ -125,27 +125,6 @@ def score(model, encode, start_id: int, texts: list[str], ctx: int = 1024, batch
     bits = nll / math.log(2)
     return EvalResult(bits / total_bytes, total_bytes / max(n_tokens, 1), bits, total_bytes, n_tokens, len(docs),
                       round(time.perf_counter() - started, 2))
-
-
-def refuse_custom_code(folder: Path, trust_remote_code: bool = False) -> None:
-    """Refuse a model folder that ships its own code (`auto_map` in config.json) unless trusted.
-
-    Checked here, before transformers is called, so no "run the custom code? [y/N]" prompt (or
-    an EOFError without a terminal) is ever reached.
-    """
-    if trust_remote_code:
-        return
-    path = Path(folder) / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return  # transformers reports a missing or malformed config itself
-    auto_map = config.get("auto_map") if isinstance(config, dict) else None
-    if auto_map:
-        ref = next(iter(auto_map.values())) if isinstance(auto_map, dict) else auto_map
-        ref = ref[0] if isinstance(ref, (list, tuple)) and ref else ref
-        raise TransplantError(f"{folder} needs custom code to load (config.json auto_map -> {ref}); "
-                              "pass --trust-remote-code if you trust it")
 
 
 def _label(folder: Path) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -158,6 +159,27 @@ def check_model_folder(folder: Path) -> Path:
             f"{folder} holds only pickle weights ({pickles[0]}); this tool never loads pickles — convert "
             "to safetensors first (e.g. load with a trusted transformers and save_pretrained(safe_serialization=True))")
     raise TransplantError(f"no safetensors weights in {folder} (pass a folder with model*.safetensors)")
+
+
+def refuse_custom_code(folder: Path, trust_remote_code: bool = False) -> None:
+    """Refuse a model folder that ships its own code (`auto_map` in config.json) unless trusted.
+
+    Checked here, before transformers is called, so no "run the custom code? [y/N]" prompt (or
+    an EOFError without a terminal) is ever reached.
+    """
+    if trust_remote_code:
+        return
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # transformers reports a missing or malformed config itself
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    if auto_map:
+        ref = next(iter(auto_map.values())) if isinstance(auto_map, dict) else auto_map
+        ref = ref[0] if isinstance(ref, (list, tuple)) and ref else ref
+        raise TransplantError(f"{folder} needs custom code to load (config.json auto_map -> {ref}); "
+                              "pass --trust-remote-code if you trust it")
 
 
 def base_model_id(spec: str | Path, folder: Path) -> str | None:

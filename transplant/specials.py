@@ -30,8 +30,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from .plan import LINEAR, Plan
 from .vocab import ADDED, SPECIAL, TokenizerSource, Vocabulary
 
@@ -85,15 +83,16 @@ class SpecialIds:
         return out
 
 
-def row_copies(plan: Plan) -> dict[int, list[int]]:
-    """Old id -> new ids whose plan row is exactly that old row (weight 1, linear)."""
-    counts = np.diff(plan.indptr)
-    single = np.nonzero((counts == 1) & (plan.kinds == LINEAR))[0]
+def row_copies(plan: Plan, vocab: Vocabulary) -> dict[int, list[int]]:
+    """Old id -> the new special or added tokens whose plan row is exactly that old row (weight 1,
+    linear). Only those tokens can play a role, so the 100k+ ordinary copies are never visited."""
     out: dict[int, list[int]] = {}
-    for i in single.tolist():
-        k = int(plan.indptr[i])
-        if float(plan.weights[k]) == 1.0:
-            out.setdefault(int(plan.indices[k]), []).append(i)
+    for i, tok in enumerate(vocab.tokens):
+        if tok.kind not in (SPECIAL, ADDED) or i >= plan.new_size:
+            continue
+        start, stop = int(plan.indptr[i]), int(plan.indptr[i + 1])
+        if plan.kinds[i] == LINEAR and stop - start == 1 and float(plan.weights[start]) == 1.0:
+            out.setdefault(int(plan.indices[start]), []).append(i)
     return out
 
 
@@ -117,16 +116,11 @@ def resolve_special_ids(plan: Plan, old: Vocabulary, new: Vocabulary, config: di
         old, new: the two vocabularies (roles declared by their tokenizer configs).
         config, generation: the source model's config.json and generation_config.json dicts.
     """
-    copies = row_copies(plan)
-    specials = {i for i, t in enumerate(new.tokens) if t.kind in (SPECIAL, ADDED)}
+    copies = row_copies(plan, new)
     old_ids = old_role_ids(old, config, generation)
 
     def carrier(role: str) -> int | None:
-        for j in old_ids[role]:
-            hits = [i for i in copies.get(j, []) if i in specials]
-            if hits:
-                return hits[0]
-        return None
+        return next((copies[j][0] for j in old_ids[role] if copies.get(j)), None)
 
     notes: list[str] = []
     bos = new.roles.get("bos", carrier("bos"))
@@ -134,9 +128,7 @@ def resolve_special_ids(plan: Plan, old: Vocabulary, new: Vocabulary, config: di
     eos_first = new.roles.get("eos", carrier("eos"))
     eos: list[int] = [eos_first] if eos_first is not None else []
     for j in old_ids["eos"]:
-        for i in copies.get(j, []):
-            if i in specials and i not in eos:
-                eos.append(i)
+        eos += [i for i in copies.get(j, []) if i not in eos]
     pad = new.roles.get("pad")
     if pad is None and old_ids["pad"]:
         old_pad = old_ids["pad"][0]
@@ -181,7 +173,7 @@ def added_by_encode(src: TokenizerSource) -> tuple[list[int], list[int]]:
 def map_added(old_ids: list[int], old: Vocabulary, new: Vocabulary, plan: Plan, ids: SpecialIds,
               old_roles: dict[str, list[int]]) -> tuple[list[int], list[str]]:
     """Re-express old special ids (an encode's prefix or suffix) as new ids, by role then by row."""
-    copies = row_copies(plan)
+    copies = row_copies(plan, new)
     out, dropped = [], []
     for j in old_ids:
         if j in old_roles["bos"] and ids.bos is not None:
@@ -189,7 +181,7 @@ def map_added(old_ids: list[int], old: Vocabulary, new: Vocabulary, plan: Plan, 
         elif j in old_roles["eos"] and ids.declared_eos is not None:
             out.append(ids.declared_eos)
         else:
-            hits = [i for i in copies.get(j, []) if new.tokens[i].kind in (SPECIAL, ADDED)]
+            hits = copies.get(j)
             if hits:
                 out.append(hits[0])
             else:

@@ -32,6 +32,7 @@ from .initializers import format_options
 from .outdir import check_output_path, staged_output
 from .plan import Plan
 from .planner import build_plan
+from .resources import Resources
 from .sources import base_model_id, resolve_model
 from .specials import (SpecialIds, added_by_encode, choose_chat_template, map_added, old_role_ids,
                        resolve_special_ids)
@@ -95,6 +96,7 @@ class Prepared:
     card: dict
     missing_markers: set[str] = field(default_factory=set)
     old_generation: dict | None = None
+    new_tokenizer: object = None  # the target `tokenizers.Tokenizer`
 
 
 def _encode_convention(old_src: TokenizerSource, new_src: TokenizerSource, plan: Plan, old_vocab: Vocabulary,
@@ -136,13 +138,14 @@ def _encode_convention(old_src: TokenizerSource, new_src: TokenizerSource, plan:
 def prepare(old_src: TokenizerSource, new_src: TokenizerSource, old_config: dict, old_generation: dict | None,
             method: str | list[str] = "fvt", fallback: str = "mean", pad_to_multiple_of: int | None = None,
             seed: int = 0, options: dict | None = None, encode_like: str = "source",
-            plan: Plan | None = None) -> Prepared:
+            plan: Plan | None = None, resources: Resources | None = None) -> Prepared:
     """The one planning path: plan (or a loaded one), special ids, encode convention, template.
 
     Args:
         old_src, new_src: the source and target tokenizers.
         old_config, old_generation: the source model's config.json / generation_config.json dicts.
         plan: an existing plan (re-application); built from the vocabularies when None.
+        resources: what methods may read beyond the alignment (old matrices, donor, vectors).
         encode_like: what `tokenizer(text)` adds: the source model's convention ("source") or
             the target tokenizer's own ("target").
     """
@@ -151,7 +154,8 @@ def prepare(old_src: TokenizerSource, new_src: TokenizerSource, old_config: dict
     old_vocab, new_vocab = old_src.vocabulary(), new_src.vocabulary()
     if plan is None:
         alignment = Alignment.build(old_vocab, new_vocab)
-        plan = build_plan(old_vocab, new_vocab, method, fallback, pad_to_multiple_of, seed, options, alignment)
+        plan = build_plan(old_vocab, new_vocab, method, fallback, pad_to_multiple_of, seed, options, alignment,
+                          resources)
         plan.meta.update({"old_fingerprint": vocab_fingerprint(old_vocab),
                           "new_fingerprint": vocab_fingerprint(new_vocab), "new_roles": new_vocab.roles})
     ids = resolve_special_ids(plan, old_vocab, new_vocab, old_config, old_generation)
@@ -167,12 +171,65 @@ def prepare(old_src: TokenizerSource, new_src: TokenizerSource, old_config: dict
     card = {"chat_template": template_note, "encode_convention": encode_line, "old_family": old_vocab.family,
             "new_family": new_vocab.family, "old_vocab": len(old_vocab), "new_vocab": len(new_vocab),
             "method": plan.meta.get("method", "?"),
-            "options": format_options(plan.meta.get("options") or {})}
+            "options": format_options(plan.meta.get("options") or {}),
+            "resources": ", ".join(f"{k} (sha256 {v})" for k, v in (plan.meta.get("resources") or {}).items())}
     new_contents = {t.text for t in new_vocab.tokens if t.kind in (SPECIAL, ADDED)}
     missing = {t.text.decode("utf-8", "replace") for t in old_vocab.tokens
                if t.kind == SPECIAL and t.text and t.text not in new_contents}
     return Prepared(plan, old_vocab, new_vocab, ids, prefix, suffix, template, notes, card, missing,
-                    old_generation)
+                    old_generation, new_src.tokenizer)
+
+
+def _untie_and_calibrate(prep: Prepared, tied: bool, untie: bool, texts: list[str] | None, max_tokens: int,
+                         load_model, new_head) -> None:
+    """Give the plan an LM-head side of its own when asked (`untie`), and fit the output scale."""
+    from copy import deepcopy
+
+    from .calibrate import apply_scale, fit_output_scale
+
+    plan = prep.plan
+    if untie and not tied:
+        prep.notes.append("--untie has no effect: the model's LM head is already separate")
+    if untie and tied and plan.output is None:
+        plan.output = deepcopy(plan)
+        plan.output.output, plan.output.meta = None, {}
+    if not texts:
+        return
+    model = load_model()
+    head = new_head()
+    ids = prep.ids
+    start = ids.bos if ids.bos is not None else (ids.eos[0] if ids.eos else None)
+    if start is None:
+        raise TransplantError("calibration needs a start token (bos or eos) in the new tokenizer")
+    tok = prep.new_tokenizer
+
+    def encode(docs: list[str]) -> list[list[int]]:
+        return [e.ids for e in tok.encode_batch(docs, add_special_tokens=False)]
+
+    fit = fit_output_scale(model, head, plan.side("output").made_rows(), encode, start, texts, max_tokens)
+    del model, head
+    side = apply_scale(plan, fit.scale, output_only=not tied or untie)
+    plan.meta["calibration"] = dict(fit.as_meta(), side=side)
+    prep.card["calibration"] = (
+        f"made tokens' output rows scaled by {fit.scale:.2f} ({'LM head only' if side == 'output' else 'tied rows'}), "
+        f"fitted by likelihood on {fit.tokens} tokens of calibration text: {fit.nll_before:.4f} → "
+        f"{fit.nll_after:.4f} nats/token there; probability mass on made tokens {fit.made_mass_before:.2f} → "
+        f"{fit.made_mass_after:.2f} (their share of the text: {fit.made_share:.2f})")
+    log.info("calibration: %s", plan.meta["calibration"])
+
+
+def _loaded_with_new_inputs(folder: Path, layout: EmbeddingLayout, plan: Plan, trust_remote_code: bool):
+    """The source model in float32 with the plan's new input embeddings (for calibration)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
+                                                 trust_remote_code=trust_remote_code)
+    new_in = plan.apply(read_embedding(layout, layout.input_key))
+    model.resize_token_embeddings(plan.new_size, mean_resizing=False)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.copy_(new_in)
+    model.eval()
+    return model
 
 
 def _generation_config(folder: Path) -> dict | None:
@@ -206,7 +263,9 @@ def transplant(model: str | Path | torch.nn.Module, new_tokenizer: str | Path, o
                pad_to_multiple_of: int | None = None, seed: int = 0, overwrite: bool = False, link: bool = False,
                trust_remote_code: bool = False, eval_texts: list[str] | None = None, eval_name: str = "text",
                eval_ctx: int = 1024, options: dict | None = None, encode_like: str = "source",
-               language: list[str] | None = None, input_paths: list[str | Path] | None = None) -> TransplantResult:
+               language: list[str] | None = None, input_paths: list[str | Path] | None = None,
+               untie: bool = False, calibrate_texts: list[str] | None = None,
+               calibrate_tokens: int = 8192) -> TransplantResult:
     """Move a checkpoint onto `new_tokenizer`.
 
     Args:
@@ -224,6 +283,12 @@ def transplant(model: str | Path | torch.nn.Module, new_tokenizer: str | Path, o
             (e.g. Gemma's start token) in the new tokens; "target" keeps the target tokenizer's own.
         language: language codes for the model card.
         input_paths: further files the run reads (e.g. evaluation texts); never inside `out`.
+        untie: write a tied model with an LM head of its own (the head's rows can then differ,
+            e.g. be calibrated alone); costs new_vocab x hidden parameters.
+        calibrate_texts: text in the target language/domain (e.g. the new tokenizer's training
+            text, never the evaluation text): fit the scale of made tokens' output rows on it by
+            likelihood (see `transplant.calibrate`); recorded in the plan.
+        calibrate_tokens: how many tokens of that text to read.
 
     Returns:
         TransplantResult with the plan, the output folder (or the embeddings when `out` is None).
@@ -249,11 +314,16 @@ def transplant(model: str | Path | torch.nn.Module, new_tokenizer: str | Path, o
     layout = locate_embeddings(folder, trust_remote_code)
     check_vocab_fits(layout, len(old_src.vocabulary()))
     prep = prepare(old_src, new_src, layout.config, _generation_config(folder), method, fallback,
-                   pad_to_multiple_of, seed, options, encode_like)
+                   pad_to_multiple_of, seed, options, encode_like,
+                   resources=Resources.from_checkpoint(layout, len(old_src.vocabulary())))
     plan = prep.plan
     plan.record_base(layout.rows, layout.dim)
     plan.meta.update({"base_model": str(model), "new_tokenizer": str(new_tokenizer), "tied": layout.tied,
                       "encode_like": encode_like})
+    _untie_and_calibrate(prep, layout.tied, untie, calibrate_texts, calibrate_tokens,
+                         lambda: _loaded_with_new_inputs(folder, layout, plan, trust_remote_code),
+                         lambda: plan.side("output").apply(
+                             read_embedding(layout, layout.output_key or layout.input_key)))
     log.info("plan: %s", plan.counts())
     if out is None:
         embeddings = {"input": plan.apply(read_embedding(layout, layout.input_key))}
@@ -317,8 +387,12 @@ def _write_output(folder: Path, layout: EmbeddingLayout, prep: Prepared, new_src
     # a failure, Ctrl-C or SIGTERM never leaves a partial checkpoint or touches an existing one.
     with staged_output(out, overwrite) as stage:
         tmp = stage.path
-        write_weights(layout, plan, tmp, link=link)
+        untied = write_weights(layout, plan, tmp, link=link)
         config, notes = remap_config(layout.config, prep.ids, plan.new_size)
+        if untied:
+            _set_untied(config)
+            notes.append(f"written with an untied LM head (the plan makes head rows of their own): "
+                         f"+{plan.new_size * layout.dim:,} parameters")
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         gen, gen_notes = remap_generation_config(prep.old_generation, prep.ids)
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
@@ -340,7 +414,7 @@ def _write_output(folder: Path, layout: EmbeddingLayout, prep: Prepared, new_src
         card_info.update({
             "old_rows": layout.rows, "new_rows": plan.new_size, "chain": " → ".join(plan.meta.get("chain", [])),
             "counts": plan.counts(), "notes": notes, "plan_files": ", ".join(f"`{f}`" for f in plan_files),
-            "plan_ref": str(out), "head_note": "" if layout.tied else " and LM head",
+            "plan_ref": str(out), "head_note": "" if layout.tied and plan.output is None else " and LM head",
             "eval_text": eval_name, "eval_bytes": evaluation["original"].bytes if evaluation else 0,
             "evaluation": [{"name": k, "bpb": f"{v.bpb:.4f}", "bpt": f"{v.bytes_per_token:.2f}"}
                            for k, v in evaluation.items()] if evaluation else None,
@@ -348,6 +422,13 @@ def _write_output(folder: Path, layout: EmbeddingLayout, prep: Prepared, new_src
         })
         build_card(card_info).save(str(tmp / "README.md"))
     return TransplantResult(plan, out, None, notes, evaluation, prep.ids)
+
+
+def _set_untied(config: dict) -> None:
+    """tie_word_embeddings=false wherever the config (or its text sub-config) declares it."""
+    config["tie_word_embeddings"] = False
+    if isinstance(config.get("text_config"), dict):
+        config["text_config"]["tie_word_embeddings"] = False
 
 
 def _describe_ids(ids: SpecialIds, vocab: Vocabulary) -> str:
@@ -381,7 +462,8 @@ def transplant_model(model: torch.nn.Module, old_tokenizer: str | Path, new_toke
                               "(pass the tokenizer that belongs to this model)")
     gen_cfg = getattr(model, "generation_config", None)
     prep = prepare(old_src, new_src, model.config.to_dict(), gen_cfg.to_dict() if gen_cfg is not None else None,
-                   method, fallback, pad_to_multiple_of, seed, options, encode_like)
+                   method, fallback, pad_to_multiple_of, seed, options, encode_like,
+                   resources=Resources.from_model(model, old_rows))
     plan = prep.plan
     out_mod = model.get_output_embeddings()
     tied = out_mod is None or out_mod.weight is inp

@@ -42,6 +42,10 @@ Target tokenizer: `{{ new_tokenizer }}`.
 Method chain: {{ chain }} (each token takes the first step that can make it).
 {% if options %}
 Options: {{ options }}.
+{% endif %}{% if resources %}
+Resources: {{ resources }}.
+{% endif %}{% if calibration %}
+Output calibration: {{ calibration }}.
 {% endif %}
 | provenance | tokens | share |
 |---|---:|---:|

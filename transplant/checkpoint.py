@@ -52,6 +52,7 @@ class EmbeddingLayout:
     config: dict = field(default_factory=dict)
     model_type: str = ""
     bias_key: str | None = None  # a per-token LM-head bias (Phi), remapped like the rows
+    head_key: str | None = None  # the name an untied head is stored under (tied models store none)
 
     @property
     def row_keys(self) -> list[str]:
@@ -231,6 +232,7 @@ def locate_embeddings(folder: Path, trust_remote_code: bool = False) -> Embeddin
     tied_cfg = bool(getattr(text_cfg, "tie_word_embeddings", getattr(config, "tie_word_embeddings", False)))
     output_key = None
     bias_key = None
+    head_key = None
     tied = True
     if out_mod is not None and getattr(out_mod, "weight", None) is not None:
         shared = out_mod.weight is inp.weight
@@ -238,6 +240,8 @@ def locate_embeddings(folder: Path, trust_remote_code: bool = False) -> Embeddin
         if output_key == input_key:
             output_key = None
         tied = shared or tied_cfg
+        head_names = _weight_names(model, out_mod)
+        head_key = output_key or (head_names[0] if head_names else None)
         bias = getattr(out_mod, "bias", None)
         if isinstance(bias, torch.nn.Parameter) and bias.dim() == 1:
             # A per-token head bias must follow its rows, or new ids get the old ids' biases.
@@ -251,7 +255,7 @@ def locate_embeddings(folder: Path, trust_remote_code: bool = False) -> Embeddin
         dtype = _dtype_of(sl.get_dtype())
     raw_config = json.loads((folder / "config.json").read_text())
     return EmbeddingLayout(folder, input_key, output_key, tied, keys, rows, dim, dtype, raw_config,
-                           getattr(config, "model_type", ""), bias_key)
+                           getattr(config, "model_type", ""), bias_key, head_key)
 
 
 def _dtype_of(name: str) -> torch.dtype:
@@ -275,9 +279,30 @@ def check_vocab_fits(layout: EmbeddingLayout, old_ids: int) -> None:
 
 
 def write_weights(layout: EmbeddingLayout, plan: Plan, out: Path, link: bool = False,
-                  chunk_rows: int | None = None) -> None:
-    """Write all weight shards (and the index) of the transplanted model into `out`."""
+                  chunk_rows: int | None = None) -> bool:
+    """Write all weight shards (and the index) of the transplanted model into `out`.
+
+    The input embedding gets the plan's input rows, the LM head (and a head bias) its output
+    rows. A tied source whose plan has an output side of its own is written untied: the head is
+    added as a new tensor beside the input embedding (the caller sets tie_word_embeddings=false).
+
+    Returns:
+        True when the output was untied.
+    """
     dtype_name = DTYPE_NAMES[layout.dtype]
+    untie = layout.tied and plan.output is not None
+    if untie and not layout.head_key:
+        raise TransplantError(f"{layout.folder}: this model has no LM head module to untie into "
+                              "(use a method that makes the same rows on both sides, without --untie)")
+    added = layout.head_key if untie and layout.output_key is None else None
+    # Which plan side each vocabulary-indexed tensor takes.
+    side = {layout.input_key: "input"}
+    if layout.output_key:
+        side[layout.output_key] = "output" if untie or not layout.tied else "input"
+    if layout.bias_key:
+        side[layout.bias_key] = "output"
+    if added:
+        side[added] = "output"
     by_shard: dict[str, list[str]] = {}
     for key in layout.row_keys:
         by_shard.setdefault(layout.shard_of[key], []).append(key)
@@ -285,11 +310,11 @@ def write_weights(layout: EmbeddingLayout, plan: Plan, out: Path, link: bool = F
     sizes: dict[str, int] = {}
     # Progress in tensor bytes: whole shards when copied, chunk by chunk for the new embeddings.
     old_sizes = {shard: tensor_sizes(layout.folder / shard) for shard in shards}
-    shapes = {key: [plan.new_size] if key == layout.bias_key else [plan.new_size, layout.dim]
-              for key in layout.row_keys}
+    shapes = {key: [plan.new_size] if key == layout.bias_key else [plan.new_size, layout.dim] for key in side}
     total = sum(sum(v.values()) for v in old_sizes.values()) + sum(
-        NewTensor(dtype_name, shapes[key], list).nbytes - old_sizes[layout.shard_of[key]].get(key, 0)
-        for key in layout.row_keys)
+        NewTensor(dtype_name, shapes[key], list).nbytes
+        - (old_sizes[layout.shard_of[key]].get(key, 0) if key in layout.shard_of else 0)
+        for key in side)
     pbar = bar(total=total, desc="writing", unit="B", unit_scale=True, unit_divisor=1024)
 
     def counted(produce):
@@ -299,6 +324,11 @@ def write_weights(layout: EmbeddingLayout, plan: Plan, out: Path, link: bool = F
                 pbar.update(chunk.numel() * chunk.element_size())
         return chunks
 
+    def new_tensor(key: str, read_key: str) -> NewTensor:
+        dtype = _bias_dtype(layout, key) if key == layout.bias_key else dtype_name
+        return NewTensor(dtype, shapes[key], counted(_producer(layout, read_key, plan.side(side[key]), chunk_rows)))
+
+    home = layout.shard_of[layout.input_key]
     for shard in shards:
         src, dst = layout.folder / shard, out / shard
         if shard not in by_shard:
@@ -306,25 +336,30 @@ def write_weights(layout: EmbeddingLayout, plan: Plan, out: Path, link: bool = F
             sizes.update(old_sizes[shard])
             pbar.update(sum(old_sizes[shard].values()))
             continue
-        replace = {key: NewTensor(_bias_dtype(layout, key) if key == layout.bias_key else dtype_name, shapes[key],
-                                  counted(_producer(layout, key, plan, chunk_rows)))
-                   for key in by_shard[shard]}
-        written = rewrite_shard(src, dst, replace)
+        replace = {key: new_tensor(key, key) for key in by_shard[shard]}
+        # The untied head starts from the (tied) input matrix: the old head *is* that matrix.
+        add = {added: new_tensor(added, layout.input_key)} if added and shard == home else None
+        written = rewrite_shard(src, dst, replace, add=add)
         sizes.update(written)
-        pbar.update(sum(v for k, v in written.items() if k not in replace))
+        pbar.update(sum(v for k, v in written.items() if k not in replace and k != added))
     pbar.close()
     index = layout.folder / INDEX_NAME
     if index.exists():
         doc = json.loads(index.read_text())
+        if added:
+            doc.setdefault("weight_map", {})[added] = home
         meta = doc.setdefault("metadata", {})
         meta["total_size"] = sum(sizes.values())
         if isinstance(meta.get("total_parameters"), int):
             # transformers records unique parameters: a tied head counts once even if stored twice.
             resized = 1 if layout.tied else len(layout.keys)
             meta["total_parameters"] += resized * (plan.new_size - layout.rows) * layout.dim
+            if untie:
+                meta["total_parameters"] += plan.new_size * layout.dim
             if layout.bias_key:
                 meta["total_parameters"] += plan.new_size - layout.rows
         (out / INDEX_NAME).write_text(json.dumps(doc, indent=2))
+    return untie
 
 
 def _bias_dtype(layout: EmbeddingLayout, key: str) -> str:

@@ -71,8 +71,17 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
 @click.option("--set", "settings", multiple=True, metavar="METHOD.OPTION=VALUE",
               help="Set an option of a method in the chain, e.g. --set knn.k=20 (repeatable; "
                    "`transplant methods` lists each method's options).")
+@click.option("--untie", is_flag=True,
+              help="Write a tied model with an LM head of its own (its rows may then differ from the input "
+                   "rows, e.g. be calibrated alone); costs new-vocab x hidden parameters.")
+@click.option("--calibrate-text", "calibrate_text", multiple=True, metavar="FILE",
+              help="Text in the target language/domain (e.g. the tokenizer's training text; never the "
+                   "evaluation text): fit the scale of made tokens' output rows on it by likelihood.")
+@click.option("--calibrate-tokens", type=click.IntRange(min=64), default=8192, show_default=True,
+              help="How many tokens of the calibration text to read.")
 def run(model, new_tok, out, method, fallback, old_tok, pad_to_multiple_of, seed, link, overwrite,
-        trust_remote_code, eval_text, eval_bytes, ctx, encode_like, languages, settings) -> None:
+        trust_remote_code, eval_text, eval_bytes, ctx, encode_like, languages, settings, untie, calibrate_text,
+        calibrate_tokens) -> None:
     """Transplant MODEL onto NEW_TOK and write a checkpoint to OUT."""
     from .api import transplant
     from .initializers import resolve_options
@@ -83,11 +92,14 @@ def run(model, new_tok, out, method, fallback, old_tok, pad_to_multiple_of, seed
     options = parse_settings(settings)
     resolve_options(method_chain(methods, fallback), options)  # bad options fail before anything is loaded
     texts = _read_texts(eval_text, eval_bytes) if eval_text else None
-    result = transplant(model, new_tok, out, method=methods,
+    calibration = _read_texts(calibrate_text, None) if calibrate_text else None
+    result = transplant(model, new_tok, out, method=methods, untie=untie, calibrate_texts=calibration,
+                        calibrate_tokens=calibrate_tokens,
                         fallback=fallback, old_tokenizer=old_tok, pad_to_multiple_of=pad_to_multiple_of, seed=seed,
                         overwrite=overwrite, link=link, trust_remote_code=trust_remote_code, eval_texts=texts,
                         eval_name=", ".join(Path(t).name for t in eval_text), eval_ctx=ctx,
-                        encode_like=encode_like, input_paths=list(eval_text), options=options or None,
+                        encode_like=encode_like, input_paths=list(eval_text) + list(calibrate_text),
+                        options=options or None,
                         **({"language": list(languages)} if languages else {}))
     counts = ", ".join(f"{k} {v}" for k, v in sorted(result.plan.counts().items(), key=lambda kv: -kv[1]))
     click.echo(f"wrote {result.output_dir} ({result.plan.new_size} rows: {counts})")
@@ -330,6 +342,10 @@ def main() -> None:
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+
+
+from .cli_vectors import vectors as vectors_group  # noqa: E402  (registered last: imports nothing of cli)
+cli.add_command(vectors_group)
 
 
 if __name__ == "__main__":

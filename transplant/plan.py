@@ -37,12 +37,53 @@ LINEAR, MEAN, NORMAL, RANDOM, OVERRIDE = 0, 1, 2, 3, 4
 
 @dataclass
 class Row:
-    """One planned row: a weighted mix of old rows, or a statistical kind."""
+    """One planned row: a weighted mix of old rows, a statistical kind, or a dense value.
+
+    `output` is the row for the LM head when it differs from the input row (a method that makes
+    the two sides differently, e.g. OMP with a donor's head); None means the same row on both.
+    """
 
     source: str  # provenance label: exact, special, fvt, byte, mean, multivariate, random, pad
     indices: tuple[int, ...] = ()
     weights: tuple[float, ...] = ()
     kind: int = LINEAR
+    value: np.ndarray | None = None  # the dense row of kind OVERRIDE (length = hidden size)
+    output: "Row | None" = None
+
+
+@dataclass
+class RowBlock:
+    """Many rows at once, as arrays (methods that make 10^5 rows of k = 64 atoms never build tuples).
+
+    Args:
+        ids: new ids, shape (n,).
+        indices, weights: old ids and weights, shape (n, k); a zero weight pads a shorter row.
+            None for dense rows.
+        values: dense rows, shape (n, dim) (kind OVERRIDE), instead of indices/weights.
+        source: provenance label of every row.
+        output: the LM-head rows of the same ids, when they differ from these (same shapes rules).
+
+    Example:
+        >>> RowBlock(np.array([5, 6]), np.array([[0, 1], [2, 2]]), np.array([[.5, .5], [1., 0.]]), source="omp").n
+        2
+    """
+
+    ids: np.ndarray
+    indices: np.ndarray | None = None
+    weights: np.ndarray | None = None
+    source: str = "block"
+    values: np.ndarray | None = None
+    output: "RowBlock | None" = None
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    def select(self, keep: np.ndarray) -> "RowBlock":
+        """The rows where boolean mask `keep` is true."""
+        pick = (lambda a: None if a is None else a[keep])
+        return RowBlock(self.ids[keep], pick(self.indices), pick(self.weights), self.source, pick(self.values),
+                        self.output.select(keep) if self.output is not None else None)
 
 
 @dataclass
@@ -102,27 +143,66 @@ class Plan:
     seed: int = 0
     override_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     override_values: np.ndarray | None = None
+    # Per-row multiplier applied after mixing (output-side calibration); None = all ones.
+    scales: np.ndarray | None = None
+    # The LM head's rows when they differ from the input rows (same new_size); None = same rows.
+    output: "Plan | None" = None
 
     @property
     def new_size(self) -> int:
         return len(self.kinds)
 
+    def side(self, tensor: str) -> "Plan":
+        """The rows for `tensor` ("input" or "output"): the output side falls back to the input rows."""
+        if tensor not in ("input", "output"):
+            raise ValueError(f"tensor must be 'input' or 'output', not {tensor!r}")
+        return self.output if tensor == "output" and self.output is not None else self
+
+    @property
+    def untied_rows(self) -> bool:
+        """True when the LM head gets rows (or scales) of its own."""
+        return self.output is not None
+
     @classmethod
     def from_rows(cls, rows: list[Row], old_size: int, meta: dict | None = None, seed: int = 0) -> "Plan":
-        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
-        for i, r in enumerate(rows):
-            indptr[i + 1] = indptr[i] + len(r.indices)
-        indices = np.fromiter((j for r in rows for j in r.indices), dtype=np.int64, count=int(indptr[-1]))
-        weights = np.fromiter((w for r in rows for w in r.weights), dtype=np.float32, count=int(indptr[-1]))
-        kinds = np.array([r.kind for r in rows], dtype=np.int8)
-        if len(indices) and (indices.min() < 0 or indices.max() >= old_size):
-            raise TransplantError("plan refers to old rows outside the embedding matrix (internal error)")
-        return cls(old_size, indptr, indices, weights, kinds, [r.source for r in rows], meta or {}, seed)
+        """A plan from one `Row` per new id (row i = new id i); rows with an `output` make an output side."""
+        return cls.assemble(len(rows), old_size, dict(enumerate(rows)), [], meta, seed)
+
+    @classmethod
+    def assemble(cls, size: int, old_size: int, rows: dict[int, Row], blocks: list[RowBlock],
+                 meta: dict | None = None, seed: int = 0, fill: Row | None = None) -> "Plan":
+        """A plan of `size` rows from single rows and bulk blocks; ids nobody made get `fill`.
+
+        Blocks stay arrays all the way (a (n, k) block becomes CSR by reshaping, not by tuples).
+        """
+        fill = fill or Row("pad", kind=MEAN)
+        frags = [_Fragment.of_rows(rows)] + [_Fragment.of_block(b) for b in blocks]
+        covered = np.zeros(size, dtype=bool)
+        for f in frags:
+            if len(f.ids) and (f.ids.min() < 0 or f.ids.max() >= size):
+                raise TransplantError("an initializer returned ids outside the new vocabulary (internal error)")
+            if covered[f.ids].any() or len(np.unique(f.ids)) != len(f.ids):
+                raise TransplantError("two initializers made the same row (internal error)")
+            covered[f.ids] = True
+        missing = np.nonzero(~covered)[0]
+        if len(missing):
+            frags.append(_Fragment.of_rows({int(i): fill for i in missing}))
+        inp = _assemble_side(size, old_size, frags)
+        plan = cls(old_size, *inp[:5], meta or {}, seed, inp[5], inp[6])
+        if any(f.has_output for f in frags):
+            out = _assemble_side(size, old_size, [f.output_fragment() for f in frags])
+            plan.output = cls(old_size, *out[:5], {}, seed, out[5], out[6])
+        return plan
 
     # -- inspection ----------------------------------------------------------------------
     def row(self, i: int) -> tuple[str, list[int], list[float]]:
         s, e = self.indptr[i], self.indptr[i + 1]
         return self.provenance[i], self.indices[s:e].tolist(), self.weights[s:e].tolist()
+
+    def made_rows(self) -> np.ndarray:
+        """Boolean mask of rows a method made (not copied exactly, not a special token, not padding)."""
+        copied = {"exact", "byte", "special", "special-mean", "pad"}
+        return np.array([p not in copied for p in self.provenance], dtype=bool)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -161,13 +241,23 @@ class Plan:
         if chunk_rows is None:
             pieces_per_row = max(1.0, len(self.indices) / max(self.new_size, 1))
             chunk_rows = max(64, int((2 << 20) / (dim * pieces_per_row)))
-        overrides = {int(r): k for k, r in enumerate(self.override_rows)}
+        dense_pos = np.full(self.new_size, -1, dtype=np.int64)
+        dense_pos[self.override_rows] = np.arange(len(self.override_rows))
         for start in range(0, self.new_size, chunk_rows):
             stop = min(self.new_size, start + chunk_rows)
             out = self._mix(old, start, stop)
             kinds = self.kinds[start:stop]
-            for local in np.nonzero(kinds != LINEAR)[0]:
-                out[local] = self._stat_row(int(kinds[local]), start + int(local), stats, dim, overrides)
+            dense = np.nonzero(kinds == OVERRIDE)[0]
+            if len(dense):
+                out[torch.from_numpy(dense)] = torch.from_numpy(
+                    np.asarray(self.override_values[dense_pos[start + dense]], dtype=np.float32))
+            means = np.nonzero(kinds == MEAN)[0]
+            if len(means):
+                out[torch.from_numpy(means)] = stats.mean
+            for local in np.nonzero((kinds != LINEAR) & (kinds != OVERRIDE) & (kinds != MEAN))[0]:
+                out[local] = self._stat_row(int(kinds[local]), start + int(local), stats, dim)
+            if self.scales is not None:
+                out *= torch.from_numpy(self.scales[start:stop]).unsqueeze(1)
             yield out.to(old.dtype)
 
     def _mix(self, old: torch.Tensor, start: int, stop: int) -> torch.Tensor:
@@ -186,11 +276,7 @@ class Plan:
         """The whole new matrix (see `iter_apply`)."""
         return torch.cat(list(self.iter_apply(old, **kwargs)), 0)
 
-    def _stat_row(self, kind: int, row: int, stats: EmbeddingStats, dim: int, overrides: dict) -> torch.Tensor:
-        if kind == MEAN:
-            return stats.mean
-        if kind == OVERRIDE:
-            return torch.from_numpy(self.override_values[overrides[row]]).to(torch.float32)
+    def _stat_row(self, kind: int, row: int, stats: EmbeddingStats, dim: int) -> torch.Tensor:
         # One generator per row: the same row gets the same sample however the plan is chunked.
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + row)
         z = torch.randn(dim, generator=gen)
@@ -203,15 +289,25 @@ class Plan:
         raise TransplantError(f"unknown row kind {kind} in plan (the plan file is corrupted; recompute it)")
 
     # -- persistence ---------------------------------------------------------------------
-    def save(self, folder: str | Path) -> list[str]:
-        folder = Path(folder)
+    def _arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
         arrays = {"indptr": self.indptr, "indices": self.indices, "weights": self.weights, "kinds": self.kinds,
                   "override_rows": self.override_rows}
         if self.override_values is not None:
-            arrays["override_values"] = self.override_values
-        save_file(arrays, str(folder / PLAN_WEIGHTS))
+            arrays["override_values"] = np.ascontiguousarray(self.override_values, dtype=np.float32)
+        if self.scales is not None:
+            arrays["scales"] = self.scales
+        return {prefix + k: v for k, v in arrays.items()}
+
+    def save(self, folder: str | Path) -> list[str]:
+        folder = Path(folder)
+        arrays = self._arrays()
         doc = {"format": PLAN_FORMAT, "old_size": self.old_size, "new_size": self.new_size,
                "seed": self.seed, "counts": self.counts(), "meta": self.meta, "provenance": self.provenance}
+        if self.output is not None:
+            arrays.update(self.output._arrays(OUTPUT_PREFIX))
+            doc["output_counts"] = self.output.counts()
+            doc["output_provenance"] = self.output.provenance
+        save_file(arrays, str(folder / PLAN_WEIGHTS))
         (folder / PLAN_JSON).write_text(json.dumps(doc, indent=1, ensure_ascii=False))
         return [PLAN_WEIGHTS, PLAN_JSON]
 
@@ -238,18 +334,29 @@ class Plan:
             raise _Invalid(wpath)(f"unreadable ({_first_line(exc)})") from None
         if not isinstance(doc, dict):
             raise bad("not a JSON object")
-        if doc.get("format") != PLAN_FORMAT:
-            raise TransplantError(f"plan {jpath} has format {doc.get('format')!r}, this version reads only "
-                                  f"{PLAN_FORMAT!r} (recompute the plan with this version's `transplant run`)")
+        if doc.get("format") not in READABLE_FORMATS:
+            raise TransplantError(f"plan {jpath} has format {doc.get('format')!r}, this version reads "
+                                  f"{', '.join(map(repr, READABLE_FORMATS))} (recompute the plan with this "
+                                  "version's `transplant run`)")
         for key in ("old_size", "new_size", "provenance", "meta"):
             if key not in doc:
                 raise bad(f"no {key!r} entry")
-        for name in ("indptr", "indices", "weights", "kinds", "override_rows"):
-            if name not in arrays:
-                raise _Invalid(wpath)(f"no {name!r} array")
-        plan = cls(doc["old_size"], arrays["indptr"], arrays["indices"], arrays["weights"], arrays["kinds"],
-                   doc["provenance"], doc["meta"], doc.get("seed", 0), arrays["override_rows"],
-                   arrays.get("override_values"))
+
+        def side(prefix: str, provenance) -> "Plan":
+            for name in ("indptr", "indices", "weights", "kinds", "override_rows"):
+                if prefix + name not in arrays:
+                    raise _Invalid(wpath)(f"no {prefix + name!r} array")
+            return cls(doc["old_size"], arrays[prefix + "indptr"], arrays[prefix + "indices"],
+                       arrays[prefix + "weights"], arrays[prefix + "kinds"], provenance, doc["meta"],
+                       doc.get("seed", 0), arrays[prefix + "override_rows"], arrays.get(prefix + "override_values"),
+                       arrays.get(prefix + "scales"))
+
+        plan = side("", doc["provenance"])
+        if OUTPUT_PREFIX + "kinds" in arrays or "output_provenance" in doc:
+            if "output_provenance" not in doc:
+                raise bad("output-side arrays without 'output_provenance'")
+            plan.output = side(OUTPUT_PREFIX, doc["output_provenance"])
+            plan.output.meta = {}
         if doc["new_size"] != plan.new_size:
             raise bad(f"new_size {doc['new_size']!r} but {plan.new_size} rows in {PLAN_WEIGHTS}")
         plan.validate(source=str(folder))
@@ -267,6 +374,31 @@ class Plan:
         bad = _Invalid(source)
         if not _is_int(self.old_size) or self.old_size < 1:
             raise bad(f"bad old_size {self.old_size!r}")
+        if not _is_int(self.seed):
+            raise bad(f"bad seed {self.seed!r}")
+        if not isinstance(self.meta, dict):
+            raise bad("meta is not an object")
+        meta = self.meta
+        for key in ("old_fingerprint", "new_fingerprint"):
+            if not isinstance(meta.get(key), str) or not meta[key]:
+                raise bad(f"no tokenizer fingerprint meta.{key}")
+        dim, old_rows = meta.get("dim"), meta.get("old_rows")
+        if not _is_int(dim) or dim < 1 or not _is_int(old_rows) or old_rows < self.old_size:
+            raise bad("no base embedding shape (meta.old_rows >= old_size and meta.dim)")
+        self._validate_arrays(bad, dim)
+        if self.output is not None:
+            if self.output.old_size != self.old_size or self.output.new_size != self.new_size:
+                raise bad(f"the output side has {self.output.new_size} rows for {self.new_size} input rows")
+            self.output._validate_arrays(lambda problem: bad(f"output side: {problem}"), dim)
+        rows = self.new_size
+        special = meta.get("special_map", {})
+        if not isinstance(special, dict) or not all(
+                isinstance(k, str) and k.isascii() and k.isdigit() and int(k) < self.old_size
+                and _is_int(v) and 0 <= v < rows for k, v in special.items()):
+            raise bad("bad special_map (must map old special ids to new row ids)")
+
+    def _validate_arrays(self, bad, dim: int) -> None:
+        """Check one side's arrays (see `validate`); normalise dtypes to what `apply` uses."""
         arrays = {"indptr": self.indptr, "indices": self.indices, "weights": self.weights, "kinds": self.kinds,
                   "override_rows": self.override_rows}
         for name, arr in arrays.items():
@@ -299,17 +431,6 @@ class Plan:
             raise bad("provenance is not a list of labels")
         if len(self.provenance) != rows:
             raise bad(f"{len(self.provenance)} provenance labels for {rows} rows")
-        if not _is_int(self.seed):
-            raise bad(f"bad seed {self.seed!r}")
-        if not isinstance(self.meta, dict):
-            raise bad("meta is not an object")
-        meta = self.meta
-        for key in ("old_fingerprint", "new_fingerprint"):
-            if not isinstance(meta.get(key), str) or not meta[key]:
-                raise bad(f"no tokenizer fingerprint meta.{key}")
-        dim, old_rows = meta.get("dim"), meta.get("old_rows")
-        if not _is_int(dim) or dim < 1 or not _is_int(old_rows) or old_rows < self.old_size:
-            raise bad("no base embedding shape (meta.old_rows >= old_size and meta.dim)")
         given = self.override_rows
         wanted = np.nonzero(self.kinds == OVERRIDE)[0]
         if len(np.unique(given)) != len(given) or set(given.tolist()) != set(wanted.tolist()):
@@ -321,11 +442,13 @@ class Plan:
                 raise bad(f"override_values is not a float array of shape ({len(given)}, {dim})")
             if not np.all(np.isfinite(values)):
                 raise bad("non-finite override_values")
-        special = meta.get("special_map", {})
-        if not isinstance(special, dict) or not all(
-                isinstance(k, str) and k.isascii() and k.isdigit() and int(k) < self.old_size
-                and _is_int(v) and 0 <= v < rows for k, v in special.items()):
-            raise bad("bad special_map (must map old special ids to new row ids)")
+        if self.scales is not None:
+            if (not isinstance(self.scales, np.ndarray) or self.scales.dtype.kind != "f"
+                    or self.scales.shape != (rows,)):
+                raise bad(f"scales is not a float array of {rows} entries")
+            if not np.all(np.isfinite(self.scales)):
+                raise bad("non-finite scales")
+            self.scales = self.scales.astype(np.float32, copy=False)
 
     def record_base(self, rows: int, dim: int) -> None:
         """Record the shape of the base model's embedding (checked when the plan is re-applied)."""
@@ -346,7 +469,11 @@ class Plan:
                 "model; recompute with `transplant run`)")
 
 
-PLAN_FORMAT = "tokentransplant-plan/1"
+# /2 adds per-tensor rows (an `output.`-prefixed side), per-row scales and bulk dense rows; a /1
+# plan is the /2 plan without them and is still read.
+PLAN_FORMAT = "tokentransplant-plan/2"
+READABLE_FORMATS = ("tokentransplant-plan/1", PLAN_FORMAT)
+OUTPUT_PREFIX = "output."
 KIND_NAMES = {LINEAR: "linear", MEAN: "mean", NORMAL: "multivariate", RANDOM: "random", OVERRIDE: "override"}
 
 
@@ -367,3 +494,106 @@ class _Invalid:
 
     def __call__(self, problem: str) -> TransplantError:
         return TransplantError(f"corrupt plan {self.source}: {problem} (recompute it with `transplant run`)")
+
+
+@dataclass
+class _Fragment:
+    """Rows of some ids in CSR pieces (one initializer's result), before they are put in id order."""
+
+    ids: np.ndarray
+    counts: np.ndarray
+    indices: np.ndarray
+    weights: np.ndarray
+    kinds: np.ndarray
+    labels: list[str]
+    dense_ids: np.ndarray
+    dense: np.ndarray | None
+    out: "_Fragment | None" = None
+
+    @property
+    def has_output(self) -> bool:
+        return self.out is not None
+
+    def output_fragment(self) -> "_Fragment":
+        return self.out if self.out is not None else self
+
+    @classmethod
+    def of_rows(cls, rows: dict[int, Row]) -> "_Fragment":
+        ids = np.fromiter(rows, dtype=np.int64, count=len(rows))
+        items = list(rows.values())
+        frag = cls._from_items(ids, items)
+        if any(r.output is not None for r in items):
+            frag.out = cls._from_items(ids, [r.output if r.output is not None else r for r in items])
+        return frag
+
+    @classmethod
+    def _from_items(cls, ids: np.ndarray, items: list[Row]) -> "_Fragment":
+        counts = np.fromiter((len(r.indices) for r in items), dtype=np.int64, count=len(items))
+        total = int(counts.sum())
+        indices = np.fromiter((j for r in items for j in r.indices), dtype=np.int64, count=total)
+        weights = np.fromiter((w for r in items for w in r.weights), dtype=np.float32, count=total)
+        kinds = np.fromiter((r.kind for r in items), dtype=np.int8, count=len(items))
+        dense_at = [k for k, r in enumerate(items) if r.kind == OVERRIDE]
+        for k in dense_at:
+            if items[k].value is None:
+                raise TransplantError(f"a dense row ({items[k].source}) has no value (internal error)")
+        dense = np.stack([np.asarray(items[k].value, dtype=np.float32) for k in dense_at]) if dense_at else None
+        return cls(ids, counts, indices, weights, kinds, [r.source for r in items], ids[dense_at], dense)
+
+    @classmethod
+    def of_block(cls, block: RowBlock) -> "_Fragment":
+        n = block.n
+        ids = np.asarray(block.ids, dtype=np.int64)
+        if block.values is not None:
+            values = np.asarray(block.values, dtype=np.float32)
+            if values.ndim != 2 or values.shape[0] != n:
+                raise TransplantError(f"block {block.source}: values must have shape (n, dim) (internal error)")
+            frag = cls(ids, np.zeros(n, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32),
+                       np.full(n, OVERRIDE, np.int8), [block.source] * n, ids, values)
+        else:
+            idx = np.asarray(block.indices, dtype=np.int64).reshape(n, -1)
+            w = np.asarray(block.weights, dtype=np.float32).reshape(n, -1)
+            if idx.shape != w.shape:
+                raise TransplantError(f"block {block.source}: indices and weights differ in shape (internal error)")
+            keep = w != 0  # zero weights pad short rows; they cost nothing when dropped here
+            frag = cls(ids, keep.sum(1).astype(np.int64), idx[keep], w[keep], np.zeros(n, np.int8),
+                       [block.source] * n, np.zeros(0, np.int64), None)
+        if block.output is not None:
+            if not np.array_equal(np.asarray(block.output.ids), ids):
+                raise TransplantError(f"block {block.source}: output rows for other ids (internal error)")
+            frag.out = cls.of_block(RowBlock(ids, block.output.indices, block.output.weights,
+                                             block.output.source, block.output.values))
+        return frag
+
+
+def _assemble_side(size: int, old_size: int, frags: list[_Fragment]):
+    """(indptr, indices, weights, kinds, provenance, override_rows, override_values) in id order."""
+    ids = np.concatenate([f.ids for f in frags])
+    counts = np.concatenate([f.counts for f in frags])
+    flat_idx = np.concatenate([f.indices for f in frags])
+    flat_w = np.concatenate([f.weights for f in frags])
+    kinds_cat = np.concatenate([f.kinds for f in frags])
+    labels = [label for f in frags for label in f.labels]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    order = np.argsort(ids, kind="stable")
+    if not np.array_equal(ids[order], np.arange(size)):
+        raise TransplantError("planned rows do not cover the new vocabulary once each (internal error)")
+    counts_o = counts[order]
+    indptr = np.zeros(size + 1, dtype=np.int64)
+    np.cumsum(counts_o, out=indptr[1:])
+    # Source position of every output entry: its row's start in the fragments + offset in the row.
+    gather = np.repeat(starts[order] - indptr[:-1], counts_o) + np.arange(int(indptr[-1]))
+    indices, weights = flat_idx[gather], flat_w[gather]
+    if len(indices) and (indices.min() < 0 or indices.max() >= old_size):
+        raise TransplantError("plan refers to old rows outside the embedding matrix (internal error)")
+    kinds = kinds_cat[order]
+    provenance = [labels[i] for i in order.tolist()]
+    dense_parts = [(f.dense_ids, f.dense) for f in frags if f.dense is not None]
+    if dense_parts:
+        d_ids = np.concatenate([d for d, _ in dense_parts])
+        d_val = np.concatenate([v for _, v in dense_parts])
+        d_order = np.argsort(d_ids, kind="stable")
+        override_rows, override_values = d_ids[d_order], d_val[d_order]
+    else:
+        override_rows, override_values = np.zeros(0, dtype=np.int64), None
+    return indptr, indices, weights, kinds, provenance, override_rows, override_values

@@ -7,7 +7,7 @@ import time
 from .align import Alignment
 from .errors import TransplantError
 from .initializers import InitContext, available, get_initializer, resolve_options
-from .plan import MEAN, Plan, Row
+from .plan import MEAN, Plan, Row, RowBlock
 from .progress import bar
 from .vocab import Vocabulary
 
@@ -53,7 +53,7 @@ def method_chain(method: str | list[str], fallback: str = "mean") -> list[str]:
 
 def build_plan(old: Vocabulary, new: Vocabulary, method: str | list[str] = "fvt", fallback: str = "mean",
                pad_to_multiple_of: int | None = None, seed: int = 0, options: dict | None = None,
-               alignment: Alignment | None = None) -> Plan:
+               alignment: Alignment | None = None, resources=None) -> Plan:
     """Plan every row of the new embedding matrix.
 
     Args:
@@ -75,19 +75,24 @@ def build_plan(old: Vocabulary, new: Vocabulary, method: str | list[str] = "fvt"
     alignment = alignment or Alignment.build(old, new)
     chain = method_chain(method, fallback)
     resolved = resolve_options(chain, options)
-    ctx = InitContext(alignment, resolved)
+    ctx = InitContext(alignment, resolved, resources, seed)
     rows: dict[int, Row] = {}
+    blocks: list[RowBlock] = []
     todo = [i for i, t in enumerate(new.tokens) if t.kind != "unused"]
     for name in bar(chain, desc="planning", unit="step"):
         if not todo:
             break
-        made = get_initializer(name).assign(ctx, todo)
-        rows.update(made)
-        todo = [i for i in todo if i not in made]
+        made = _accepted(name, get_initializer(name).assign(ctx, todo), set(todo))
+        if isinstance(made, dict):
+            rows.update(made)
+            done = set(made)
+        else:
+            blocks.extend(made)
+            done = {int(i) for b in made for i in b.ids}
+        todo = [i for i in todo if i not in done]
     size = len(new)
     if pad_to_multiple_of:
         size = -(-size // pad_to_multiple_of) * pad_to_multiple_of
-    ordered = [rows.get(i) or Row("pad", kind=MEAN) for i in range(size)]
     meta = {
         "method": method if isinstance(method, str) else "+".join(method),
         "chain": chain,
@@ -99,4 +104,26 @@ def build_plan(old: Vocabulary, new: Vocabulary, method: str | list[str] = "fvt"
         "special_map": {str(k): v for k, v in sorted(alignment.special_map.items())},
         "seconds": round(time.perf_counter() - started, 2),
     }
-    return Plan.from_rows(ordered, len(old), meta, seed)
+    if resources is not None and resources.fingerprints():
+        meta["resources"] = resources.fingerprints()
+    return Plan.assemble(size, len(old), rows, blocks, meta, seed, fill=Row("pad", kind=MEAN))
+
+
+def _accepted(name: str, made, todo: set[int]) -> dict[int, Row] | list[RowBlock]:
+    """An initializer's result (a dict of rows, a RowBlock or a list of them), checked against the
+    contract: only ids it was asked for, each once."""
+    if isinstance(made, RowBlock):
+        made = [made]
+    if isinstance(made, dict):
+        stray = set(made) - todo
+    elif isinstance(made, list) and all(isinstance(b, RowBlock) for b in made):
+        ids = [int(i) for b in made for i in b.ids]
+        if len(set(ids)) != len(ids):
+            raise TransplantError(f"method {name} made some rows twice (internal error in the method)")
+        stray = set(ids) - todo
+    else:
+        raise TransplantError(f"method {name} returned {type(made).__name__}, not rows (internal error in the method)")
+    if stray:
+        raise TransplantError(f"method {name} made rows it was not asked for, e.g. id {min(stray)} "
+                              "(internal error in the method)")
+    return made

@@ -132,8 +132,9 @@ class NewTensor:
 
 
 def rewrite_shard(src: str | Path, dst: str | Path, replace: dict[str, NewTensor],
-                  drop: Iterable[str] = ()) -> dict[str, int]:
-    """Write `dst` = `src` with the tensors in `replace` swapped and those in `drop` left out.
+                  drop: Iterable[str] = (), add: dict[str, NewTensor] | None = None) -> dict[str, int]:
+    """Write `dst` = `src` with the tensors in `replace` swapped, those in `drop` left out and
+    those in `add` appended (e.g. an untied LM head that the tied source never stored).
 
     Returns the byte size of every tensor written (for the shard index's total_size).
     """
@@ -158,6 +159,12 @@ def rewrite_shard(src: str | Path, dst: str | Path, replace: dict[str, NewTensor
                                 "data_offsets": [offset, offset + end - begin]}
             plan.append((name, data_start + begin, end - begin))
             offset += end - begin
+    for name, t in (add or {}).items():
+        if name in new_header:
+            raise TransplantError(f"tensor {name} already in {src} (internal error: cannot add it)")
+        new_header[name] = {"dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, offset + t.nbytes]}
+        plan.append((name, t))
+        offset += t.nbytes
     missing = set(replace) - set(new_header)
     if missing:
         raise TransplantError(f"tensors {sorted(missing)} not in {src} (internal error: stale shard index)")

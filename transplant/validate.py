@@ -8,6 +8,7 @@ plan, so whatever produced them, what a user loads agrees:
 * the tokenizer's eos is config.json's (first) eos and one of the generation config's eos ids;
 * the pad row (when pad is not itself an end of sequence) is not a copy of an eos row, which a
   tied head would pick instead of eos;
+* a plan with LM-head rows of its own is written with an untied head;
 * the chat template names no special token of the source that the new vocabulary lacks.
 
 Example:
@@ -85,8 +86,12 @@ def validate_output(folder: Path, plan: Plan, ids: SpecialIds, prefix: list[int]
         problems.append(f"generation_config.json eos_token_id {gen_eos} is not the decided {ids.eos}")
     if ids.pad is not None and ids.pad not in gen_eos:
         for e in gen_eos:
-            if e != ids.pad and _same_row(plan, ids.pad, e):
+            if e != ids.pad and _same_row(plan.side("output"), ids.pad, e):
                 problems.append(f"pad {ids.pad} has the same row as eos {e}; greedy decoding could pick it instead")
+    full = json.loads((folder / "config.json").read_text())
+    if plan.output is not None and (full.get("tie_word_embeddings") or config.get("tie_word_embeddings")):
+        problems.append("the plan makes LM-head rows of their own but config.json ties the head to the input "
+                        "embedding (transformers would drop them on load)")
     if template and missing_markers:
         named = sorted(m for m in missing_markers if m in template)
         if named:

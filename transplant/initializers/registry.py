@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Protocol
 
 from ..align import Alignment
 from ..errors import TransplantError
-from ..plan import Row
+from ..plan import Row, RowBlock  # noqa: F401  (the types methods return)
 
 # name -> "module:Class" in this folder (imported on first use), or the class itself.
 _REGISTRY: dict[str, str | type] = {
@@ -28,6 +28,11 @@ _REGISTRY: dict[str, str | type] = {
     "mean": "mean:MeanInitializer",
     "multivariate": "multivariate:MultivariateInitializer",
     "random": "random:RandomInitializer",
+    "knn": "knn:KNNInitializer",
+    "hull": "hull:HullInitializer",
+    "tokenadapt": "tokenadapt:TokenAdaptInitializer",
+    "wechsel": "wechsel:WECHSELInitializer",
+    "focus": "focus:FOCUSInitializer",
 }
 
 
@@ -104,6 +109,17 @@ class InitContext:
 
     alignment: Alignment
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The door to everything else a method may read (old matrices, a donor, vectors, indices):
+    # lazily loaded and cached, see `transplant.resources.Resources`. None in bare unit tests.
+    resources: Any = None
+    seed: int = 0
+
+    def need_resources(self, method: str):
+        """The run's resources, or a one-line error naming what `method` needs."""
+        if self.resources is None:
+            raise TransplantError(f"method {method} needs the model's embeddings (plan through transplant(), "
+                                  "apply or the CLI, or pass resources= to build_plan)")
+        return self.resources
 
     def options_for(self, method: str) -> dict[str, Any]:
         """The typed options of `method`, defaults filled in where the run set none."""
@@ -114,8 +130,11 @@ class Initializer(Protocol):
     name: str
     options: dict[str, Option]
 
-    def assign(self, ctx: InitContext, todo: list[int]) -> dict[int, Row]:
-        """Rows for those of `todo` (new ids) this method can make; the rest go down the chain."""
+    def assign(self, ctx: InitContext, todo: list[int]) -> "dict[int, Row] | RowBlock | list[RowBlock]":
+        """Rows for those of `todo` (new ids) this method can make; the rest go down the chain.
+
+        Small methods return `{new_id: Row}`; methods making many rows return `RowBlock`s (arrays).
+        """
 
 
 def available() -> list[str]:

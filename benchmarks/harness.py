@@ -1,0 +1,185 @@
+"""One harness for every method on every task: BPB, ratio to the original, bytes per token,
+transplant wall time and peak RSS, in one table (BENCHMARKS.md) and one JSON file.
+
+Tasks (tokenizers and fastText vectors are trained on `<lang>/train.txt`, text is scored on
+`<lang>/dev.txt`, the leading whole documents up to --eval-bytes):
+  de, fr, es   SmolLM2-135M onto a 32k byte-level BPE of that language
+  code         SmolLM2-135M onto a 32k byte-level BPE of Python code
+  s2g          SmolLM2-135M onto Gemma-3-270M's tokenizer (donor: Gemma), scored on en/dev
+  g2s          Gemma-3-270M onto SmolLM2's tokenizer (donor: SmolLM2), scored on en/dev
+
+Methods are named `METHOD` or `METHOD+cal` (+cal: output calibration fitted on the task's
+train.txt, which is also the new tokenizer's training text; never on the scored text). Each
+transplant runs in its own process (wall time and peak RSS are that process's); the scoring
+runs in the same process afterwards. Results are merged into the JSON by (task, method), so
+the harness can be run piece by piece:
+
+    python benchmarks/harness.py --tasks de --methods fvt fvt+cal
+    python benchmarks/harness.py --table          # print the table of everything measured
+
+Peers (mergekit-tokensurgeon, wechsel, deepfocus) run from `benchmarks/peers.py` into the same
+JSON when their packages are installed (`pip install 'tokentransplant[bench]'`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CORPORA = ROOT.parent / "shared" / "corpora"
+WORK = HERE / "work" / "harness"
+RESULTS = HERE / "results" / "harness.json"
+sys.path.insert(0, str(ROOT))
+
+LANG_TASKS = {"de": "de", "fr": "fr", "es": "es", "code": "code"}
+CROSS_TASKS = {"s2g": ("smollm2-135m-instruct", "gemma-3-270m"), "g2s": ("gemma-3-270m", "smollm2-135m-instruct")}
+ALL_TASKS = list(LANG_TASKS) + list(CROSS_TASKS)
+
+
+def task_setup(task: str) -> dict:
+    """model, new tokenizer, donor (or None), train text, dev text, source language for the task."""
+    from transplant.sources import resolve_model
+
+    if task in LANG_TASKS:
+        lang = LANG_TASKS[task]
+        tok = WORK / f"{lang}-bpe"
+        if not (tok / "tokenizer.json").exists():
+            sys.path.insert(0, str(HERE))
+            from quality_de import train_tokenizer
+
+            train_tokenizer(CORPORA / lang / "train.txt", 32000, tok)
+        return {"model": "smollm2-135m-instruct", "new_tok": str(tok), "donor": None,
+                "train": str(CORPORA / lang / "train.txt"), "dev": str(CORPORA / lang / "dev.txt"), "lang": lang}
+    model, donor = CROSS_TASKS[task]
+    return {"model": model, "new_tok": str(resolve_model(donor)), "donor": donor,
+            "train": str(CORPORA / "en" / "train.txt"), "dev": str(CORPORA / "en" / "dev.txt"), "lang": "en"}
+
+
+def method_kwargs(method: str, setup: dict) -> dict:
+    """transplant() keyword arguments for a harness method name on a task."""
+    name, _, suffix = method.partition("+")
+    kwargs: dict = {"method": name}
+    options: dict = {}
+    if name == "omp" and setup["donor"]:
+        options["omp.donor"] = setup["donor"]
+    if name in ("wechsel", "focus"):
+        from transplant.vectors import train_vectors
+
+        if name == "wechsel":
+            if setup["lang"] == "en":
+                raise SystemExit("wechsel needs a source/target language pair (not on the cross-model tasks)")
+            options["wechsel.source_vectors"] = str(train_vectors([CORPORA / "en" / "train.txt"], None))
+            options["wechsel.target_vectors"] = str(train_vectors([Path(setup["train"])], None))
+            options["wechsel.dictionary"] = str(CORPORA / "dictionaries" / f"en-{setup['lang']}.tsv")
+        else:
+            options["focus.vectors"] = str(train_vectors([Path(setup["train"])], None, tokenizer=setup["new_tok"]))
+    if options:
+        kwargs["options"] = options
+    if suffix == "cal":
+        kwargs["calibrate_texts"] = [Path(setup["train"]).read_text(encoding="utf-8")]
+    elif suffix:
+        raise SystemExit(f"unknown method suffix +{suffix} (only +cal)")
+    return kwargs
+
+
+def run_one(task: str, method: str, eval_bytes: int, ctx: int) -> dict:
+    """Transplant + score in this process (called in a child process by `main`)."""
+    import resource
+
+    from transplant import transplant
+    from transplant.evaluate import evaluate_bpb, take_bytes
+
+    setup = task_setup(task)
+    text = take_bytes(Path(setup["dev"]).read_text(encoding="utf-8"), eval_bytes)
+    if method == "original":
+        from transplant.sources import resolve_model
+
+        res = evaluate_bpb(resolve_model(setup["model"]), [text], ctx=ctx)
+        return {"task": task, "method": method, "bpb": res.bpb, "bytes_per_token": res.bytes_per_token,
+                "eval_bytes": res.bytes}
+    kwargs = method_kwargs(method, setup)
+    out = WORK / "out" / f"{task}-{method}"
+    t0 = time.perf_counter()
+    result = transplant(setup["model"], setup["new_tok"], out, overwrite=True, **kwargs)
+    seconds = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)
+    res = evaluate_bpb(out, [text], ctx=ctx)
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    return {"task": task, "method": method, "bpb": res.bpb, "bytes_per_token": res.bytes_per_token,
+            "eval_bytes": res.bytes, "transplant_seconds": round(seconds, 1), "peak_rss_mib": round(rss),
+            "counts": result.plan.counts(), "calibration": result.plan.meta.get("calibration"),
+            "options": result.plan.meta.get("options")}
+
+
+def load_results() -> dict:
+    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {"results": []}
+
+
+def save_result(row: dict) -> None:
+    doc = load_results()
+    doc["results"] = [r for r in doc["results"] if (r["task"], r["method"]) != (row["task"], row["method"])]
+    doc["results"].append(row)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def table() -> str:
+    doc = load_results()
+    base = {r["task"]: r["bpb"] for r in doc["results"] if r["method"] == "original"}
+    fvt = {r["task"]: r["bpb"] for r in doc["results"] if r["method"] == "fvt"}
+    lines = ["| task | method | BPB | ratio to original | vs fvt | bytes/token | transplant s | peak RSS MiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    order = {t: i for i, t in enumerate(ALL_TASKS)}
+    for r in sorted(doc["results"], key=lambda r: (order.get(r["task"], 99), r["method"] != "original", r["bpb"])):
+        ratio = f"{r['bpb'] / base[r['task']]:.3f}" if r["task"] in base else "–"
+        vs = f"{100 * (r['bpb'] / fvt[r['task']] - 1):+.1f}%" if r["task"] in fvt and r["method"] != "original" else ""
+        lines.append(f"| {r['task']} | {r['method']} | {r['bpb']:.4f} | {ratio} | {vs} | {r['bytes_per_token']:.2f} | "
+                     f"{r.get('transplant_seconds', '')} | {r.get('peak_rss_mib', '')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tasks", nargs="+", default=ALL_TASKS, choices=ALL_TASKS)
+    ap.add_argument("--methods", nargs="+", default=["original", "fvt", "fvt+cal"])
+    ap.add_argument("--eval-bytes", type=int, default=20_000)
+    ap.add_argument("--ctx", type=int, default=1024)
+    ap.add_argument("--table", action="store_true", help="print the table of the results so far and stop")
+    ap.add_argument("--one", nargs=2, metavar=("TASK", "METHOD"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(run_one(*args.one, args.eval_bytes, args.ctx)), flush=True)
+        return
+    if args.table:
+        print(table())
+        return
+    WORK.mkdir(parents=True, exist_ok=True)
+    for task in args.tasks:
+        for method in args.methods:
+            cmd = [sys.executable, __file__, "--one", task, method, "--eval-bytes", str(args.eval_bytes),
+                   "--ctx", str(args.ctx)]
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENTRANSPLANT_QUIET": "1"})
+            found = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode or not found:
+                err = (proc.stderr.strip().splitlines() or ["?"])[-1]
+                print(f"{task} {method}: FAILED ({err})", flush=True)
+                continue
+            row = json.loads(found[-1][len("RESULT "):])
+            row["wall_seconds"] = round(time.perf_counter() - t0, 1)
+            save_result(row)
+            print(f"{task} {method}: {row['bpb']:.4f} BPB ({row['wall_seconds']} s)", flush=True)
+    print(table())
+
+
+if __name__ == "__main__":
+    main()

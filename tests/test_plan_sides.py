@@ -1,0 +1,210 @@
+"""Per-tensor plans (input and LM-head rows may differ), bulk row blocks, per-row scales, the plan
+format version, writing a tied model untied, and output-side calibration."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from transplant import Plan, apply_plan, transplant
+from transplant.calibrate import apply_scale, fit_scale
+from transplant.errors import TransplantError
+from transplant.plan import LINEAR, MEAN, OVERRIDE, PLAN_FORMAT, Row, RowBlock
+
+from builders import sample_text
+
+
+def _meta(plan: Plan, dim: int = 4) -> Plan:
+    plan.meta.update({"old_fingerprint": "a", "new_fingerprint": "b", "old_rows": plan.old_size, "dim": dim})
+    return plan
+
+
+def test_blocks_assemble_like_rows():
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, 50, size=(6, 3))
+    w = rng.random((6, 3)).astype(np.float32)
+    w[2, 1:] = 0  # a shorter row padded with zero weights
+    block = RowBlock(np.array([7, 3, 5, 9, 1, 8]), idx, w, source="blk")
+    rows = {int(i): Row("blk", tuple(int(j) for j, x in zip(idx[k], w[k]) if x != 0),
+                        tuple(float(x) for x in w[k] if x != 0)) for k, i in enumerate(block.ids)}
+    singles = {0: Row("exact", (4,), (1.0,)), 2: Row("x", kind=MEAN)}
+    a = Plan.assemble(12, 50, {**singles, **rows}, [])
+    b = Plan.assemble(12, 50, singles, [block])
+    for name in ("indptr", "indices", "weights", "kinds"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert a.provenance == b.provenance
+    assert a.provenance[4] == a.provenance[6] == "pad"  # nobody made 4, 6, 10, 11
+    old = torch.randn(50, 4)
+    assert torch.allclose(a.apply(old), b.apply(old))
+
+
+def test_two_initializers_cannot_make_one_row():
+    with pytest.raises(TransplantError, match="same row"):
+        Plan.assemble(4, 10, {1: Row("a", (0,), (1.0,))}, [RowBlock(np.array([1]), np.array([[2]]), np.array([[1.]]))])
+
+
+def test_output_side_rows_and_dense_values_round_trip(tmp_path):
+    value = np.arange(4, dtype=np.float32)
+    rows = {0: Row("exact", (1,), (1.0,)),
+            1: Row("omp", (2, 3), (0.5, 0.5), output=Row("omp", (4,), (2.0,))),
+            2: Row("hyper", kind=OVERRIDE, value=value)}
+    dense_block = RowBlock(np.array([3, 4]), values=np.ones((2, 4), np.float32), source="hyper",
+                           output=RowBlock(np.array([3, 4]), np.array([[0], [1]]), np.array([[1.], [1.]]),
+                                           source="hyper-out"))
+    plan = _meta(Plan.assemble(5, 6, rows, [dense_block]))
+    assert plan.output is not None
+    old = torch.arange(24, dtype=torch.float32).reshape(6, 4)
+    inp, out = plan.apply(old), plan.side("output").apply(old)
+    assert torch.equal(inp[0], old[1]) and torch.equal(out[0], old[1])
+    assert torch.equal(inp[1], (old[2] + old[3]) / 2) and torch.equal(out[1], 2 * old[4])
+    assert torch.equal(inp[2], torch.from_numpy(value)) and torch.equal(out[2], torch.from_numpy(value))
+    assert torch.equal(inp[3], torch.ones(4)) and torch.equal(out[3], old[0]) and torch.equal(out[4], old[1])
+    assert plan.output.provenance[3] == "hyper-out"
+
+    plan.output.scales = np.array([1, 0.5, 1, 1, 1], dtype=np.float32)
+    plan.save(tmp_path)
+    doc = json.loads((tmp_path / "transplant_plan.json").read_text())
+    assert doc["format"] == PLAN_FORMAT == "tokentransplant-plan/2"
+    loaded = Plan.load(tmp_path)
+    assert loaded.output is not None and loaded.scales is None
+    assert torch.equal(loaded.side("output").apply(old)[1], old[4])  # 2.0 * 0.5
+    assert torch.equal(loaded.apply(old), inp)
+
+
+def test_version_1_plans_still_load_and_others_are_refused(tmp_path):
+    plan = _meta(Plan.from_rows([Row("exact", (0,), (1.0,)), Row("fvt", (1, 2), (0.5, 0.5))], 3))
+    plan.save(tmp_path)
+    path = tmp_path / "transplant_plan.json"
+    doc = json.loads(path.read_text())
+    doc["format"] = "tokentransplant-plan/1"
+    path.write_text(json.dumps(doc))
+    assert Plan.load(tmp_path).output is None
+    doc["format"] = "tokentransplant-plan/3"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(TransplantError, match="format 'tokentransplant-plan/3'"):
+        Plan.load(tmp_path)
+
+
+@pytest.mark.parametrize("bad", ["scales_nan", "scales_short", "output_short"])
+def test_bad_sides_are_refused(bad, tmp_path):
+    plan = _meta(Plan.from_rows([Row("exact", (0,), (1.0,)), Row("fvt", (1, 2), (0.5, 0.5), output=Row("fvt", (2,), (1.,)))], 3))
+    if bad == "scales_nan":
+        plan.output.scales = np.array([1, np.nan], dtype=np.float32)
+    elif bad == "scales_short":
+        plan.scales = np.array([1], dtype=np.float32)
+    else:
+        plan.output = Plan.from_rows([Row("exact", (0,), (1.0,))], 3)
+    with pytest.raises(TransplantError, match="corrupt plan"):
+        plan.validate()
+
+
+def test_fit_scale_recovers_a_known_overconfidence():
+    # Text generated by logits whose made rows are half of what the head gives them: the
+    # likelihood-optimal scale is 0.5.
+    g = torch.Generator().manual_seed(0)
+    vocab, dim, n = 40, 16, 6000
+    head = torch.randn(vocab, dim, generator=g)
+    made = torch.zeros(vocab, dtype=torch.bool)
+    made[20:] = True
+    h = torch.randn(n, dim, generator=g)
+    true = h @ head.T
+    true[:, made] *= 0.5
+    y = torch.multinomial(torch.softmax(true, 1), 1, generator=g).squeeze(1)
+    fit = fit_scale(h, y, head, made)
+    assert abs(fit.scale - 0.5) <= 0.03, fit
+    assert fit.nll_after < fit.nll_before
+    assert fit.made_mass_after == pytest.approx(fit.made_share, abs=0.02)  # calibrated: mass = frequency
+
+
+def test_fit_scale_never_worse_than_none():
+    g = torch.Generator().manual_seed(1)
+    head, h = torch.randn(30, 8, generator=g), torch.randn(3000, 8, generator=g)
+    made = torch.zeros(30, dtype=torch.bool)
+    made[10:] = True
+    y = torch.multinomial(torch.softmax(h @ head.T, 1), 1, generator=g).squeeze(1)
+    fit = fit_scale(h, y, head, made)
+    assert abs(fit.scale - 1.0) <= 0.05 and fit.nll_after <= fit.nll_before
+
+
+def test_apply_scale_touches_made_rows_only():
+    rows = [Row("special", (0,), (1.0,)), Row("exact", (1,), (1.0,)), Row("fvt", (1, 2), (0.5, 0.5)),
+            Row("mean", kind=MEAN), Row("pad", kind=MEAN)]
+    tied = _meta(Plan.from_rows(rows, 3))
+    assert apply_scale(tied, 0.8, output_only=False) == "both"
+    assert tied.output is None and tied.scales.tolist() == pytest.approx([1, 1, 0.8, 0.8, 1])
+    untied = _meta(Plan.from_rows(rows, 3))
+    assert apply_scale(untied, 0.8, output_only=True) == "output"
+    assert untied.scales is None and untied.output.scales.tolist() == pytest.approx([1, 1, 0.8, 0.8, 1])
+
+
+def _weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def llama_tied(build_model, tmp_path_factory):
+    return build_model(tmp_path_factory.mktemp("models") / "llama-tied", "llama", tied=True)
+
+
+def test_untie_writes_a_head_of_its_own(llama_tied, tok_dirs, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    tied = transplant(llama_tied, tok_dirs["sp"], tmp_path / "tied")
+    untied = transplant(llama_tied, tok_dirs["sp"], tmp_path / "untied", untie=True)
+    w_tied, w_untied = _weights(tmp_path / "tied"), _weights(tmp_path / "untied")
+    assert "lm_head.weight" not in w_tied and "lm_head.weight" in w_untied
+    assert torch.equal(w_untied["lm_head.weight"], w_tied["model.embed_tokens.weight"])
+    assert json.loads((tmp_path / "untied" / "config.json").read_text())["tie_word_embeddings"] is False
+    assert "untied LM head" in (tmp_path / "untied" / "README.md").read_text()
+    assert untied.plan.output is not None and tied.plan.output is None
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "untied")
+    assert model.get_output_embeddings().weight is not model.get_input_embeddings().weight
+    ids = torch.tensor([[1, 5, 9, 30]])
+    ref = AutoModelForCausalLM.from_pretrained(tmp_path / "tied")
+    assert torch.allclose(model(ids).logits, ref(ids).logits)
+
+
+def test_untie_on_an_untied_model_is_a_note(llama_bl, tok_dirs, tmp_path):
+    result = transplant(llama_bl, tok_dirs["sp"], tmp_path / "out", untie=True)
+    assert any("--untie has no effect" in n for n in result.notes)
+    assert result.plan.output is None
+
+
+def test_calibration_scales_made_output_rows_and_reapplies(llama_tied, llama_bl, tok_dirs, tmp_path):
+    text = sample_text("en")
+    for src, name in ((llama_tied, "tied"), (llama_bl, "untied")):
+        out = tmp_path / name
+        result = transplant(src, tok_dirs["sp"], out, calibrate_texts=[text], calibrate_tokens=1500)
+        cal = result.plan.meta["calibration"]
+        assert cal["tokens"] == 1500 and cal["nll_after"] <= cal["nll_before"]
+        assert cal["side"] == ("both" if name == "tied" else "output")
+        assert "Output calibration" in (out / "README.md").read_text()
+        plan = Plan.load(out)
+        side = plan.side("output")
+        made = side.made_rows()
+        scales = side.scales
+        assert np.all(scales[~made] == 1) and np.all(scales[made] == np.float32(cal["scale"]))
+        # Copied rows stay bit-identical in every tensor; re-applying gives the same checkpoint.
+        again = apply_plan(out, src, tmp_path / f"{name}-again")
+        assert again.plan.meta["calibration"] == cal
+        a, b = _weights(out), _weights(tmp_path / f"{name}-again")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_plan_with_head_rows_refused_when_config_stays_tied(tmp_path):
+    from transplant.specials import SpecialIds
+    from transplant.validate import validate_output
+
+    plan = _meta(Plan.from_rows([Row("exact", (0,), (1.0,), output=Row("x", (1,), (1.0,)))], 3))
+    (tmp_path / "config.json").write_text(json.dumps({"tie_word_embeddings": True}))
+    (tmp_path / "generation_config.json").write_text("{}")
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    from tokenizers import Tokenizer, models
+
+    Tokenizer(models.WordLevel({"a": 0}, unk_token="a")).save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(TransplantError, match="ties the head"):
+        validate_output(tmp_path, plan, SpecialIds(None, [], None, None), [], None)

@@ -187,7 +187,12 @@ def test_calibration_scales_made_output_rows_and_reapplies(llama_tied, llama_bl,
         side = plan.side("output")
         made = side.made_rows()
         scales = side.scales
-        assert np.all(scales[~made] == 1) and np.all(scales[made] == np.float32(cal["scale"]))
+        assert np.all(scales[~made] == 1)
+        want = cal["bucket_scales"] or [cal["scale"]] * 5
+        from transplant.calibrate import row_buckets
+
+        b = row_buckets(side, made)
+        assert np.allclose(scales[made], np.asarray(want, dtype=np.float32)[b[made]])
         # Copied rows stay bit-identical in every tensor; re-applying gives the same checkpoint.
         again = apply_plan(out, src, tmp_path / f"{name}-again")
         assert again.plan.meta["calibration"] == cal
@@ -208,3 +213,26 @@ def test_plan_with_head_rows_refused_when_config_stays_tied(tmp_path):
     Tokenizer(models.WordLevel({"a": 0}, unk_token="a")).save(str(tmp_path / "tokenizer.json"))
     with pytest.raises(TransplantError, match="ties the head"):
         validate_output(tmp_path, plan, SpecialIds(None, [], None, None), [], None)
+
+
+def test_fit_scale_recovers_per_bucket_scales():
+    g = torch.Generator().manual_seed(2)
+    vocab, dim, n = 60, 16, 12000
+    head = torch.randn(vocab, dim, generator=g)
+    made = torch.zeros(vocab, dtype=torch.bool)
+    made[20:] = True
+    buckets = np.full(vocab, -1)
+    buckets[20:40], buckets[40:] = 0, 1
+    h = torch.randn(n, dim, generator=g)
+    true = h @ head.T
+    true[:, 20:40] *= 0.5
+    true[:, 40:] *= 0.8
+    y = torch.multinomial(torch.softmax(true, 1), 1, generator=g).squeeze(1)
+    fit = fit_scale(h, y, head, made, buckets=buckets, min_support=100)
+    assert fit.bucket_scales is not None
+    assert abs(fit.bucket_scales[0] - 0.5) <= 0.05 and abs(fit.bucket_scales[1] - 0.8) <= 0.05, fit
+    single = fit_scale(h, y, head, made)
+    assert fit.nll_after < single.nll_after
+    # A bucket the text barely uses keeps the shared scale.
+    sparse = fit_scale(h, y, head, made, buckets=buckets, min_support=10 ** 6)
+    assert sparse.bucket_scales is None and sparse.scale == single.scale

@@ -185,7 +185,7 @@ def _untie_and_calibrate(prep: Prepared, tied: bool, untie: bool, texts: list[st
     """Give the plan an LM-head side of its own when asked (`untie`), and fit the output scale."""
     from copy import deepcopy
 
-    from .calibrate import apply_scale, fit_output_scale
+    from .calibrate import apply_scale, fit_output_scale, row_buckets
 
     plan = prep.plan
     if untie and not tied:
@@ -206,12 +206,16 @@ def _untie_and_calibrate(prep: Prepared, tied: bool, untie: bool, texts: list[st
     def encode(docs: list[str]) -> list[list[int]]:
         return [e.ids for e in tok.encode_batch(docs, add_special_tokens=False)]
 
-    fit = fit_output_scale(model, head, plan.side("output").made_rows(), encode, start, texts, max_tokens)
+    made = plan.side("output").made_rows()
+    buckets = row_buckets(plan.side("output"), made)
+    fit = fit_output_scale(model, head, made, encode, start, texts, max_tokens, buckets=buckets)
     del model, head
-    side = apply_scale(plan, fit.scale, output_only=not tied or untie)
+    side = apply_scale(plan, fit, output_only=not tied or untie, buckets=buckets)
     plan.meta["calibration"] = dict(fit.as_meta(), side=side)
+    scaled = (f"by {fit.scale:.2f}" if not fit.bucket_scales else
+              "by " + "/".join(f"{v:.2f}" for v in fit.bucket_scales) + " (rows mixing 1/2/3/4+ old rows, other)")
     prep.card["calibration"] = (
-        f"made tokens' output rows scaled by {fit.scale:.2f} ({'LM head only' if side == 'output' else 'tied rows'}), "
+        f"made tokens' output rows scaled {scaled} ({'LM head only' if side == 'output' else 'tied rows'}), "
         f"fitted by likelihood on {fit.tokens} tokens of calibration text: {fit.nll_before:.4f} → "
         f"{fit.nll_after:.4f} nats/token there; probability mass on made tokens {fit.made_mass_before:.2f} → "
         f"{fit.made_mass_after:.2f} (their share of the text: {fit.made_share:.2f})")

@@ -48,23 +48,20 @@ class CalibrationFit:
     made_mass_before: float  # mean probability the model gives made tokens, before calibration
     made_mass_after: float
     text_fingerprint: str
+    bucket_scales: list[float] | None = None  # one scale per `row_buckets` bucket, when fitted
+    bucket_support: list[int] | None = None  # text tokens per bucket
 
     def as_meta(self) -> dict:
         return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
 def _logit_transform(config):
-    """The map transformers applies to `lm_head(h)` for this architecture (scale, softcap)."""
+    """(constant logit multiplier, soft cap or None) that transformers applies to `lm_head(h)`."""
     cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
     cap = getattr(cfg, "final_logit_softcapping", None)
     mult = float(getattr(cfg, "logit_scale", None) or 1.0)
     div = float(getattr(cfg, "logits_scaling", None) or 1.0)  # Granite divides
-
-    def transform(x: torch.Tensor) -> torch.Tensor:
-        x = x * (mult / div)
-        return cap * torch.tanh(x / cap) if cap else x
-
-    return transform
+    return mult / div, cap
 
 
 @torch.inference_mode()
@@ -126,7 +123,7 @@ def _nll_grid(h: torch.Tensor, y: torch.Tensor, head: torch.Tensor, made: torch.
 
 
 def fit_output_scale(model, head: torch.Tensor, made: np.ndarray, encode, start_id: int, texts: list[str],
-                     max_tokens: int = 8192, ctx: int = 512) -> CalibrationFit:
+                     max_tokens: int = 8192, ctx: int = 512, buckets: np.ndarray | None = None) -> CalibrationFit:
     """Fit the scale of the made rows' logits by likelihood on `texts` (see the module docstring).
 
     Args:
@@ -137,6 +134,7 @@ def fit_output_scale(model, head: torch.Tensor, made: np.ndarray, encode, start_
         start_id: the token put before each chunk (bos, else eos), as in the BPB protocol.
         texts: calibration text in the target language or domain (never the evaluation text).
         max_tokens: how many text tokens to read (the leading whole documents).
+        buckets: per-row bucket ids (`row_buckets`) to fit one scale per bucket; None: one scale.
     """
     docs = [d for t in texts for d in split_documents(t)]
     if not docs:
@@ -154,41 +152,145 @@ def fit_output_scale(model, head: torch.Tensor, made: np.ndarray, encode, start_
         raise TransplantError("nothing to calibrate: every row of the new vocabulary was copied")
     h, y = final_hidden_states(model, chunks, start_id)
     digest = hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest()[:16]
-    return fit_scale(h, y, head, made_t, _logit_transform(model.config), digest)
+    mult, cap = _logit_transform(model.config)
+    transform = (lambda x: cap * torch.tanh(x * mult / cap)) if cap else None
+    return fit_scale(h, y, head.to(torch.float32) * (1.0 if cap else mult), made_t, transform, digest, buckets)
+
+
+def row_buckets(side, made: np.ndarray) -> np.ndarray:
+    """Bucket of every row for per-bucket scales: -1 for rows kept as they are; made linear rows by
+    how many old rows they mix (1, 2, 3, 4+ -> 0..3: more pieces, a flatter mean), statistical and
+    dense rows 4."""
+    nnz = np.diff(side.indptr)
+    buckets = np.where(side.kinds == 0, np.clip(nnz, 1, 4) - 1, 4).astype(np.int64)
+    return np.where(made[: len(buckets)], buckets, -1)
+
+
+def _newton_scales(h: torch.Tensor, y: torch.Tensor, head: torch.Tensor, bucket: torch.Tensor, alpha: np.ndarray,
+                   free: np.ndarray, iters: int = 8, chunk: int = 512) -> tuple[np.ndarray, float, float]:
+    """Per-bucket scales of made rows' logits minimising the NLL (convex in the scales: a
+    log-sum-exp of functions linear in them), by Newton's method on the `free` buckets.
+
+    Returns (scales, summed NLL, summed made mass) at the best point visited.
+    """
+    made_ids = torch.nonzero(bucket >= 0).squeeze(1)
+    kept_ids = torch.nonzero(bucket < 0).squeeze(1)
+    n_b = len(alpha)
+    onehot = torch.nn.functional.one_hot(bucket[made_ids], n_b).to(torch.float32)  # (M, B)
+    w_made, w_kept = head[made_ids], head[kept_ids]
+    pos = torch.full((head.shape[0],), -1, dtype=torch.long)
+    pos[made_ids] = torch.arange(len(made_ids))
+    pos[kept_ids] = torch.arange(len(kept_ids))
+    is_made = bucket[y] >= 0
+    fixed = [(s, torch.logsumexp(h[s:s + chunk] @ w_kept.T, 1)) for s in range(0, len(y), chunk)]
+    tgt_kept = torch.cat([(h[s:s + chunk] * head[y[s:s + chunk]]).sum(1) for s in range(0, len(y), chunk)])
+    best = (np.inf, alpha.copy(), 0.0)
+    step = 1.0
+    a = alpha.astype(np.float64).copy()
+    for _ in range(iters):
+        at = torch.tensor(a, dtype=torch.float32)
+        grad = torch.zeros(n_b, dtype=torch.float64)
+        hess = torch.zeros(n_b, n_b, dtype=torch.float64)
+        nll = mass = 0.0
+        for s, lse_kept in fixed:
+            hc, yc, mc = h[s:s + chunk], y[s:s + chunk], is_made[s:s + chunk]
+            raw = hc @ w_made.T
+            z = raw * (onehot @ at)
+            lse_made = torch.logsumexp(z, 1)
+            lse = torch.logaddexp(lse_kept, lse_made)
+            p = torch.exp(z - lse[:, None])
+            pr = p * raw
+            e = pr @ onehot  # (t, B): expected feature per bucket
+            second = (pr * raw) @ onehot
+            raw_y = tgt_kept[s:s + chunk]
+            b_y = torch.where(mc, bucket[yc], 0)
+            f_y = torch.zeros_like(e)
+            f_y[mc, b_y[mc]] = raw_y[mc]
+            tgt = torch.where(mc, raw_y * at[b_y], raw_y)
+            nll += float((lse - tgt).sum())
+            mass += float(torch.exp(lse_made - lse).sum())
+            grad += (e - f_y).sum(0).double()
+            hess += torch.diag(second.sum(0)).double() - (e.T @ e).double()
+            del raw, z, p, pr
+        if nll < best[0] - 1e-9:
+            best = (nll, a.copy(), mass)
+            step = 1.0
+        else:  # overshot (convex, so a shorter step from the best point is safe)
+            step /= 4
+            a = best[1].copy()
+            if step < 1e-3:
+                break
+            continue
+        idx = np.nonzero(free)[0]
+        if not len(idx):
+            break
+        g, hm = grad.numpy()[idx], hess.numpy()[np.ix_(idx, idx)]
+        delta = np.linalg.solve(hm + 1e-6 * np.eye(len(idx)) * max(1.0, np.trace(hm)), g)
+        if np.max(np.abs(delta)) < 1e-4:
+            break
+        a = best[1].copy()
+        a[idx] = np.clip(a[idx] - step * delta, 0.2, 1.6)
+    return best[1], best[0], best[2]
 
 
 def fit_scale(h: torch.Tensor, y: torch.Tensor, head: torch.Tensor, made: torch.Tensor, transform=None,
-              text_fingerprint: str = "") -> CalibrationFit:
-    """The likelihood-optimal scale of the made rows' logits, given final hidden states `h` (N, dim),
-    next tokens `y` (N,), the head (V, dim) and the made-row mask (V,): a coarse grid over
-    0.40..1.30, then a fine one (step 0.01) around its best point. Never worse than no scale.
+              text_fingerprint: str = "", buckets: np.ndarray | None = None,
+              min_support: int = 200) -> CalibrationFit:
+    """The likelihood-optimal scale(s) of the made rows' logits, given final hidden states `h`
+    (N, dim), next tokens `y` (N,), the head (V, dim) and the made-row mask (V,).
+
+    One shared scale first; then, with `buckets` (see `row_buckets`), one scale per bucket that
+    has at least `min_support` tokens of the text (the others keep the shared one). Without a
+    logit transform the NLL is convex in the scales and Newton's method finds them in a few
+    passes; with a soft cap (Gemma 2) a grid search fits the shared scale only. Never worse than
+    no scale at all.
 
     Example:
         >>> fit = fit_scale(h, y, head, made)  # doctest: +SKIP
     """
-    transform = transform or (lambda x: x)
     head = head.to(torch.float32)
-    coarse_nll, coarse_mass = _nll_grid(h, y, head, made, COARSE, transform)
-    best = float(COARSE[int(np.argmin(coarse_nll))])
-    fine = np.round(np.arange(best - 0.05, best + 0.0501, 0.01), 4)
-    fine_nll, fine_mass = _nll_grid(h, y, head, made, fine, transform)
-    k = int(np.argmin(fine_nll))
-    one = int(np.argmin(np.abs(COARSE - 1.0)))
     n = len(y)
-    fit = CalibrationFit(float(fine[k]), n, float(coarse_nll[one]) / n, float(fine_nll[k]) / n,
-                         float(made[y].float().mean()), float(coarse_mass[one]) / n, float(fine_mass[k]) / n,
-                         text_fingerprint)
+    if transform is not None:
+        coarse_nll, coarse_mass = _nll_grid(h, y, head, made, COARSE, transform)
+        best = float(COARSE[int(np.argmin(coarse_nll))])
+        fine = np.round(np.arange(best - 0.05, best + 0.0501, 0.01), 4)
+        fine_nll, fine_mass = _nll_grid(h, y, head, made, fine, transform)
+        k = int(np.argmin(fine_nll))
+        one = int(np.argmin(np.abs(COARSE - 1.0)))
+        fit = CalibrationFit(float(fine[k]), n, float(coarse_nll[one]) / n, float(fine_nll[k]) / n,
+                             float(made[y].float().mean()), float(coarse_mass[one]) / n, float(fine_mass[k]) / n,
+                             text_fingerprint)
+    else:
+        shared = torch.where(made, 0, -1)
+        one, nll1, mass1 = _newton_scales(h, y, head, shared, np.ones(1), np.zeros(1, bool), iters=1)
+        scale, nll, mass = _newton_scales(h, y, head, shared, np.ones(1), np.ones(1, bool))
+        fit = CalibrationFit(float(scale[0]), n, nll1 / n, nll / n, float(made[y].float().mean()), mass1 / n,
+                             mass / n, text_fingerprint)
+        if buckets is not None:
+            b = torch.from_numpy(np.asarray(buckets[: head.shape[0]], dtype=np.int64))
+            n_b = int(b.max()) + 1 if bool((b >= 0).any()) else 0
+            support = np.bincount(b[y][b[y] >= 0].numpy(), minlength=n_b)
+            free = support >= min_support
+            if n_b and free.sum() > 1:
+                start = np.full(n_b, fit.scale)
+                scales, nll_b, mass_b = _newton_scales(h, y, head, b, start, free)
+                if nll_b < nll:
+                    fit.bucket_scales = [round(float(v), 4) for v in scales]
+                    fit.bucket_support = support.tolist()
+                    fit.nll_after, fit.made_mass_after = nll_b / n, mass_b / n
     if not math.isfinite(fit.nll_after) or fit.nll_after > fit.nll_before:
         # Never make the text less likely than no calibration at all.
-        fit.scale, fit.nll_after, fit.made_mass_after = 1.0, fit.nll_before, fit.made_mass_before
+        fit.scale, fit.nll_after, fit.made_mass_after, fit.bucket_scales = 1.0, fit.nll_before, \
+            fit.made_mass_before, None
     return fit
 
 
-def apply_scale(plan, scale: float, output_only: bool) -> str:
-    """Record `scale` on the made rows of the LM-head side; returns "output" or "both" (tied).
+def apply_scale(plan, fit: "CalibrationFit | float", output_only: bool, buckets: np.ndarray | None = None) -> str:
+    """Record the fitted scale(s) on the made rows of the LM-head side; returns "output" or "both".
 
     With `output_only` (an untied model, or `--untie`) or a plan whose head already has rows of its
-    own, the head's side gets the scale alone; otherwise the shared rows of a tied model do.
+    own, the head's side gets the scales alone; otherwise the shared rows of a tied model do.
+    `fit` may be a bare number (one scale for every made row).
     """
     from copy import deepcopy
 
@@ -198,6 +300,12 @@ def apply_scale(plan, scale: float, output_only: bool) -> str:
     side = plan.output if plan.output is not None else plan
     made = side.made_rows()
     scales = np.ones(side.new_size, dtype=np.float32) if side.scales is None else side.scales.copy()
-    scales[made] *= np.float32(scale)
+    per_bucket = getattr(fit, "bucket_scales", None)
+    if per_bucket and buckets is not None:
+        table = np.asarray(per_bucket, dtype=np.float32)
+        b = np.asarray(buckets[: side.new_size])
+        scales[made] *= table[b[made]]
+    else:
+        scales[made] *= np.float32(getattr(fit, "scale", fit))
     side.scales = scales
     return "output" if plan.output is not None else "both"

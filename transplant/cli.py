@@ -1,8 +1,9 @@
-"""`transplant` command line: run, eval, apply, demo, methods.
+"""`transplant` command line: run, eval, apply, demo, methods, recipes.
 
 Example:
     $ transplant run --model smollm2-135m-instruct --new-tok de/tokenizer.json --out smollm2-de --method fvt
     $ transplant eval --model smollm2-de --text dev.txt --compare smollm2-135m-instruct
+    $ transplant run --recipe smollm2-de --new-tok de/tokenizer.json --out smollm2-de
 """
 
 from __future__ import annotations
@@ -48,9 +49,12 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
 
 
 @cli.command()
-@click.option("--model", required=True, help="Model folder, cached hub id, .gguf file, or smollm2-135m-instruct / gemma-3-270m.")
-@click.option("--new-tok", required=True, help="Target tokenizer.json or tokenizer folder.")
-@click.option("--out", required=True, type=click.Path(), help="Output folder (written atomically).")
+@click.option("--recipe", default=None, metavar="FILE_OR_NAME",
+              help="A YAML recipe (or a shipped one by name, see `transplant recipes`): its fields fill every "
+                   "flag not given here; flags given here win.")
+@click.option("--model", help="Model folder, cached hub id, .gguf file, or smollm2-135m-instruct / gemma-3-270m.")
+@click.option("--new-tok", help="Target tokenizer.json or tokenizer folder.")
+@click.option("--out", type=click.Path(), help="Output folder (written atomically).")
 @click.option("--method", default="fvt", show_default=True, help="Initializer after exact overlap (see `transplant methods`).")
 @click.option("--fallback", default="mean", show_default=True, help="Initializer for tokens the method cannot make.")
 @click.option("--old-tok", default=None, help="Source tokenizer, if not the one in the model folder.")
@@ -79,10 +83,17 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
                    "evaluation text): fit the scale of made tokens' output rows on it by likelihood.")
 @click.option("--calibrate-tokens", type=click.IntRange(min=64), default=8192, show_default=True,
               help="How many tokens of the calibration text to read.")
-def run(model, new_tok, out, method, fallback, old_tok, pad_to_multiple_of, seed, link, overwrite,
+def run(recipe, model, new_tok, out, method, fallback, old_tok, pad_to_multiple_of, seed, link, overwrite,
         trust_remote_code, eval_text, eval_bytes, ctx, encode_like, languages, settings, untie, calibrate_text,
         calibrate_tokens) -> None:
-    """Transplant MODEL onto NEW_TOK and write a checkpoint to OUT."""
+    """Transplant MODEL onto NEW_TOK and write a checkpoint to OUT (or as a --recipe says)."""
+    if recipe:  # fill the flags not given on the command line from the recipe, then run as usual
+        from .recipes import merge_cli
+
+        return run.callback(**merge_cli(recipe, click.get_current_context()))
+    for value, flag in ((model, "--model"), (new_tok, "--new-tok"), (out, "--out")):
+        if not value:
+            raise click.UsageError(f"Missing option '{flag}' (or give it in a --recipe)")
     from .api import transplant
     from .initializers import resolve_options
     from .planner import check_methods, method_chain
@@ -105,6 +116,31 @@ def run(model, new_tok, out, method, fallback, old_tok, pad_to_multiple_of, seed
     click.echo(f"wrote {result.output_dir} ({result.plan.new_size} rows: {counts})")
     if result.evaluation:
         _print_eval_table(result.evaluation)
+
+
+@cli.command("recipes")
+@click.option("--check", "checks", multiple=True, metavar="FILE_OR_NAME",
+              help="Validate this recipe (schema, methods, options) without running it; repeatable.")
+@click.option("--show", default=None, metavar="NAME", help="Print a shipped recipe (to start one of your own from).")
+def recipes_cmd(checks, show) -> None:
+    """List the shipped recipes (`transplant run --recipe NAME`), or check or show one."""
+    from .recipes import check_recipe, recipe_text, shipped_recipes, variables
+
+    if show:
+        click.echo(recipe_text(show)[0], nl=False)
+        return
+    for spec in checks:
+        recipe = check_recipe(spec)
+        needs = variables(recipe)
+        click.echo(f"ok: {recipe.where}" + (f" (reads {', '.join('$' + v for v in needs)})" if needs else ""))
+    if checks:
+        return
+    found = shipped_recipes()
+    width = max(len(n) for n in found) + 2
+    for name, description in found.items():
+        click.echo(f"{name:<{width}}{description}")
+    click.echo("\nRun one with `transplant run --recipe NAME` (flags given there override its fields); "
+               "`transplant recipes --show NAME` prints it.")
 
 
 def parse_settings(settings: tuple[str, ...] | list[str]) -> dict[str, str]:

@@ -16,6 +16,16 @@ from transplant.vocab import load_tokenizer
 
 METHODS = [m for m in available() if m not in ("special", "exact")]
 COPIED = ("exact", "byte", "special")
+# Methods needing resources the tiny fixtures lack: method -> fixture giving {method: {target: options}}.
+SETTINGS = {"wechsel": "crosslingual_options", "focus": "crosslingual_options"}
+
+
+@pytest.fixture(scope="session")
+def crosslingual_options(tok_dirs, tmp_path_factory):
+    """Tiny fastText vectors and dictionary trained on the fixture text (tests/vector_fixtures.py)."""
+    from vector_fixtures import crosslingual_options
+
+    return crosslingual_options(tmp_path_factory.mktemp("vectors"), tok_dirs)
 
 
 def test_registry_lists_the_chain_steps():
@@ -30,9 +40,10 @@ def _embeddings(folder):
 
 @pytest.mark.parametrize("target", ["sp", "wp"])
 @pytest.mark.parametrize("method", METHODS)
-def test_initializer_matrix(method, target, llama_bl, tok_dirs, tmp_path):
+def test_initializer_matrix(method, target, llama_bl, tok_dirs, tmp_path, request):
     out = tmp_path / "out"
-    result = transplant(llama_bl, tok_dirs[target], out, method=method, seed=1)
+    options = request.getfixturevalue(SETTINGS[method])[method][target] if method in SETTINGS else None
+    result = transplant(llama_bl, tok_dirs[target], out, method=method, seed=1, options=options)
     plan = result.plan
     assert plan.meta["chain"][:3] == ["special", "exact", method]
     counts = plan.counts()

@@ -142,7 +142,10 @@ class Resources:
                 raise TransplantError(f"cannot read fastText vectors {path}: {str(exc).splitlines()[0]} "
                                       "(pass a .bin written by fastText or `transplant vectors train`)") from None
 
-        return self.cached(f"vectors:{path.resolve()}", load, file_fingerprint(path))
+        key = f"vectors:{path.resolve()}"
+        if key in self._cache:  # hashing a 200 MB file once per run is enough
+            return self._cache[key]
+        return self.cached(key, load, file_fingerprint(path))
 
     def note(self, key: str, fingerprint: str) -> None:
         """Record a resource a method used (e.g. a dictionary file) and its fingerprint."""

@@ -33,6 +33,7 @@ _REGISTRY: dict[str, str | type] = {
     "tokenadapt": "tokenadapt:TokenAdaptInitializer",
     "wechsel": "wechsel:WECHSELInitializer",
     "focus": "focus:FOCUSInitializer",
+    "omp": "omp:OMPInitializer",
 }
 
 
@@ -84,6 +85,8 @@ class Option:
     def describe(self) -> str:
         """`type, default VALUE` (e.g. `int, default 20`)."""
         default = str(self.default).lower() if self.type is bool else self.default
+        if default == "":
+            default = '"" (unset)'
         return f"{self.type.__name__}, default {default}"
 
 

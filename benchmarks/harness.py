@@ -18,7 +18,8 @@ the harness can be run piece by piece:
     python benchmarks/harness.py --table          # print the table of everything measured
 
 Peers (mergekit-tokensurgeon, wechsel, deepfocus) run from `benchmarks/peers.py` into the same
-JSON when their packages are installed (`pip install 'tokentransplant[bench]'`).
+JSON when their packages are installed in their own virtualenv (`--no-deps`; see the
+docstring of benchmarks/peers.py: their dependencies conflict with ours).
 """
 
 from __future__ import annotations

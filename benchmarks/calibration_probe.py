@@ -36,7 +36,6 @@ def main() -> None:
     from harness import method_kwargs, task_setup
     from transplant import transplant
     from transplant.calibrate import _nll_grid, final_hidden_states, fit_scale, row_buckets
-    from transplant.checkpoint import locate_embeddings, read_embedding
     from transplant.evaluate import pack, split_documents, take_bytes
     from transplant.sources import resolve_model
     from transplant.vocab import load_tokenizer
@@ -46,7 +45,6 @@ def main() -> None:
     result = transplant(setup["model"], setup["new_tok"], None, **kwargs)
     plan = result.plan
     folder = resolve_model(setup["model"])
-    layout = locate_embeddings(folder)
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)

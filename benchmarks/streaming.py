@@ -290,7 +290,7 @@ def run_one(args: argparse.Namespace, src: Path, results: Path) -> dict:
     names = {"cp": "`cp -r`", "transplant": "`transplant run`", "transplant_link": "`transplant run --link`",
              "cp_sync": "`cp -r && sync`", "transplant_sync": "`transplant run && sync`",
              "naive": "naive from_pretrained + resize + save", "imports_only": "imports only (fixed cost)"}
-    print(f"\n| command | wall s (min of runs) | ratio | peak RSS MiB (GB) | target (RSS ≤ 1.2 GB, wall ≤ 2× cp) |")
+    print("\n| command | wall s (min of runs) | ratio | peak RSS MiB (GB) | target (RSS ≤ 1.2 GB, wall ≤ 2× cp) |")
     print("|---|---|---|---|---|")
     for k in ("cp", "transplant", "transplant_link", "cp_sync", "transplant_sync", "naive", "imports_only"):
         if k not in summary:

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transplant import Plan, apply_plan, transplant
 from transplant.calibrate import apply_scale, fit_scale
 from transplant.errors import TransplantError
-from transplant.plan import LINEAR, MEAN, OVERRIDE, PLAN_FORMAT, Row, RowBlock
+from transplant.plan import MEAN, OVERRIDE, PLAN_FORMAT, Row, RowBlock
 
 from builders import sample_text
 

@@ -269,7 +269,7 @@ def transplant(model: str | Path | torch.nn.Module, new_tokenizer: str | Path, o
                eval_ctx: int = 1024, options: dict | None = None, encode_like: str = "source",
                language: list[str] | None = None, input_paths: list[str | Path] | None = None,
                untie: bool = False, calibrate_texts: list[str] | None = None,
-               calibrate_tokens: int = 8192) -> TransplantResult:
+               calibrate_tokens: int = 4096) -> TransplantResult:
     """Move a checkpoint onto `new_tokenizer`.
 
     Args:

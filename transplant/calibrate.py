@@ -123,7 +123,7 @@ def _nll_grid(h: torch.Tensor, y: torch.Tensor, head: torch.Tensor, made: torch.
 
 
 def fit_output_scale(model, head: torch.Tensor, made: np.ndarray, encode, start_id: int, texts: list[str],
-                     max_tokens: int = 8192, ctx: int = 512, buckets: np.ndarray | None = None) -> CalibrationFit:
+                     max_tokens: int = 4096, ctx: int = 512, buckets: np.ndarray | None = None) -> CalibrationFit:
     """Fit the scale of the made rows' logits by likelihood on `texts` (see the module docstring).
 
     Args:
@@ -167,11 +167,13 @@ def row_buckets(side, made: np.ndarray) -> np.ndarray:
 
 
 def _newton_scales(h: torch.Tensor, y: torch.Tensor, head: torch.Tensor, bucket: torch.Tensor, alpha: np.ndarray,
-                   free: np.ndarray, iters: int = 8, chunk: int = 512) -> tuple[np.ndarray, float, float]:
+                   free: np.ndarray, iters: int = 8, chunk: int = 512
+                   ) -> tuple[np.ndarray, float, float, float, float]:
     """Per-bucket scales of made rows' logits minimising the NLL (convex in the scales: a
     log-sum-exp of functions linear in them), by Newton's method on the `free` buckets.
 
-    Returns (scales, summed NLL, summed made mass) at the best point visited.
+    Returns (scales, summed NLL, summed made mass) at the best point visited, then the summed NLL
+    and made mass at the starting point.
     """
     made_ids = torch.nonzero(bucket >= 0).squeeze(1)
     kept_ids = torch.nonzero(bucket < 0).squeeze(1)
@@ -185,6 +187,7 @@ def _newton_scales(h: torch.Tensor, y: torch.Tensor, head: torch.Tensor, bucket:
     fixed = [(s, torch.logsumexp(h[s:s + chunk] @ w_kept.T, 1)) for s in range(0, len(y), chunk)]
     tgt_kept = torch.cat([(h[s:s + chunk] * head[y[s:s + chunk]]).sum(1) for s in range(0, len(y), chunk)])
     best = (np.inf, alpha.copy(), 0.0)
+    start = None
     step = 1.0
     a = alpha.astype(np.float64).copy()
     for _ in range(iters):
@@ -212,6 +215,8 @@ def _newton_scales(h: torch.Tensor, y: torch.Tensor, head: torch.Tensor, bucket:
             grad += (e - f_y).sum(0).double()
             hess += torch.diag(second.sum(0)).double() - (e.T @ e).double()
             del raw, z, p, pr
+        if start is None:
+            start = (nll, mass)
         if nll < best[0] - 1e-9:
             best = (nll, a.copy(), mass)
             step = 1.0
@@ -230,7 +235,7 @@ def _newton_scales(h: torch.Tensor, y: torch.Tensor, head: torch.Tensor, bucket:
             break
         a = best[1].copy()
         a[idx] = np.clip(a[idx] - step * delta, 0.2, 1.6)
-    return best[1], best[0], best[2]
+    return best[1], best[0], best[2], start[0], start[1]
 
 
 def fit_scale(h: torch.Tensor, y: torch.Tensor, head: torch.Tensor, made: torch.Tensor, transform=None,
@@ -261,23 +266,24 @@ def fit_scale(h: torch.Tensor, y: torch.Tensor, head: torch.Tensor, made: torch.
                              float(made[y].float().mean()), float(coarse_mass[one]) / n, float(fine_mass[k]) / n,
                              text_fingerprint)
     else:
-        shared = torch.where(made, 0, -1)
-        one, nll1, mass1 = _newton_scales(h, y, head, shared, np.ones(1), np.zeros(1, bool), iters=1)
-        scale, nll, mass = _newton_scales(h, y, head, shared, np.ones(1), np.ones(1, bool))
-        fit = CalibrationFit(float(scale[0]), n, nll1 / n, nll / n, float(made[y].float().mean()), mass1 / n,
-                             mass / n, text_fingerprint)
-        if buckets is not None:
-            b = torch.from_numpy(np.asarray(buckets[: head.shape[0]], dtype=np.int64))
-            n_b = int(b.max()) + 1 if bool((b >= 0).any()) else 0
-            support = np.bincount(b[y][b[y] >= 0].numpy(), minlength=n_b)
-            free = support >= min_support
-            if n_b and free.sum() > 1:
-                start = np.full(n_b, fit.scale)
-                scales, nll_b, mass_b = _newton_scales(h, y, head, b, start, free)
-                if nll_b < nll:
-                    fit.bucket_scales = [round(float(v), 4) for v in scales]
-                    fit.bucket_support = support.tolist()
-                    fit.nll_after, fit.made_mass_after = nll_b / n, mass_b / n
+        # One Newton run over groups of rows: each bucket with enough tokens in the text is a
+        # group of its own, thin buckets share the scale of the best-supported one.
+        b = (torch.from_numpy(np.asarray(buckets[: head.shape[0]], dtype=np.int64)) if buckets is not None
+             else torch.where(made, 0, -1))
+        b = torch.where(made, b.clamp(min=0), -1)
+        n_b = int(b.max()) + 1
+        support = np.bincount(b[y][b[y] >= 0].numpy(), minlength=n_b)
+        top = int(np.argmax(support))
+        own = [k for k in range(n_b) if support[k] >= min_support or k == top]
+        group_of = np.array([own.index(k) if k in own else own.index(top) for k in range(n_b)])
+        groups = torch.where(b >= 0, torch.from_numpy(group_of)[b.clamp(min=0)], -1)
+        scales, nll, mass, nll1, mass1 = _newton_scales(h, y, head, groups, np.ones(len(own)),
+                                                        np.ones(len(own), bool))
+        fit = CalibrationFit(float(scales[own.index(top)]), n, nll1 / n, nll / n, float(made[y].float().mean()),
+                             mass1 / n, mass / n, text_fingerprint)
+        if len(own) > 1:
+            fit.bucket_scales = [round(float(scales[g]), 4) for g in group_of]
+            fit.bucket_support = support.tolist()
     if not math.isfinite(fit.nll_after) or fit.nll_after > fit.nll_before:
         # Never make the text less likely than no calibration at all.
         fit.scale, fit.nll_after, fit.made_mass_after, fit.bucket_scales = 1.0, fit.nll_before, \

@@ -81,7 +81,7 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
 @click.option("--calibrate-text", "calibrate_text", multiple=True, metavar="FILE",
               help="Text in the target language/domain (e.g. the tokenizer's training text; never the "
                    "evaluation text): fit the scale of made tokens' output rows on it by likelihood.")
-@click.option("--calibrate-tokens", type=click.IntRange(min=64), default=8192, show_default=True,
+@click.option("--calibrate-tokens", type=click.IntRange(min=64), default=4096, show_default=True,
               help="How many tokens of the calibration text to read.")
 def run(recipe, model, new_tok, out, method, fallback, old_tok, pad_to_multiple_of, seed, link, overwrite,
         trust_remote_code, eval_text, eval_bytes, ctx, encode_like, languages, settings, untie, calibrate_text,

@@ -236,3 +236,29 @@ def test_fit_scale_recovers_per_bucket_scales():
     # A bucket the text barely uses keeps the shared scale.
     sparse = fit_scale(h, y, head, made, buckets=buckets, min_support=10 ** 6)
     assert sparse.bucket_scales is None and sparse.scale == single.scale
+
+
+def test_in_memory_transplant_takes_the_head_side(llama_tied, tok_dirs, monkeypatch):
+    """A plan with head rows of its own: transplant_model unties the in-memory model and gives the
+    head those rows; the tensors-only API returns them as "output"."""
+    from transformers import AutoModelForCausalLM
+
+    import transplant.api as api
+    from transplant import transplant_model
+
+    real = api.build_plan
+
+    def with_head(*args, **kwargs):
+        plan = real(*args, **kwargs)
+        apply_scale(plan, 0.5, output_only=True)
+        return plan
+
+    monkeypatch.setattr(api, "build_plan", with_head)
+    tensors = transplant(llama_tied, tok_dirs["sp"], None).embeddings
+    assert "output" in tensors and not torch.equal(tensors["output"], tensors["input"])
+    model = AutoModelForCausalLM.from_pretrained(llama_tied)
+    result = transplant_model(model, llama_tied, tok_dirs["sp"])
+    head, emb = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+    assert head is not emb and model.config.tie_word_embeddings is False
+    assert torch.equal(head.detach(), result.embeddings["output"]) and torch.equal(emb.detach(), result.embeddings["input"])
+    assert torch.equal(result.embeddings["output"], tensors["output"])

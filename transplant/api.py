@@ -331,8 +331,10 @@ def transplant(model: str | Path | torch.nn.Module, new_tokenizer: str | Path, o
     log.info("plan: %s", plan.counts())
     if out is None:
         embeddings = {"input": plan.apply(read_embedding(layout, layout.input_key))}
-        if layout.output_key:
-            embeddings["output"] = plan.apply(read_embedding(layout, layout.output_key))
+        if layout.output_key or plan.output is not None:
+            # The head's own rows (an untied model, or a plan that makes head rows of their own).
+            embeddings["output"] = plan.side("output").apply(
+                read_embedding(layout, layout.output_key or layout.input_key))
         return TransplantResult(plan, None, embeddings, prep.notes, special_ids=prep.ids)
     source_meta = source_card_metadata(folder, model)
     card_info = dict(prep.card, base_model=str(model), new_tokenizer=str(new_tokenizer), **source_meta)
@@ -471,17 +473,26 @@ def transplant_model(model: torch.nn.Module, old_tokenizer: str | Path, new_toke
     plan = prep.plan
     out_mod = model.get_output_embeddings()
     tied = out_mod is None or out_mod.weight is inp
+    untie = tied and plan.output is not None and out_mod is not None
     with torch.no_grad():
         new_in = plan.apply(inp.detach().cpu())
-        new_out = None if tied else plan.apply(out_mod.weight.detach().cpu())
+        # The head takes the plan's output side: its own rows when the model is untied, or when
+        # the plan makes head rows of their own (then a tied model is untied).
+        new_out = (plan.side("output").apply((inp if tied else out_mod.weight).detach().cpu())
+                   if not tied or untie else None)
         bias = getattr(out_mod, "bias", None) if out_mod is not None else None
         # A per-token head bias (Phi) follows its tokens like the rows do.
-        new_bias = (plan.apply(bias.detach().cpu().unsqueeze(1)).squeeze(1)
+        new_bias = (plan.side("output").apply(bias.detach().cpu().unsqueeze(1)).squeeze(1)
                     if isinstance(bias, torch.Tensor) and bias.dim() == 1 else None)
     result = TransplantResult(plan, None, {"input": new_in, **({"output": new_out} if new_out is not None else {})},
                               prep.notes, special_ids=prep.ids)
     if inplace:
         model.resize_token_embeddings(plan.new_size)
+        if untie:
+            text_cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+            model.config.tie_word_embeddings = text_cfg.tie_word_embeddings = False
+            head = model.get_output_embeddings()
+            head.weight = torch.nn.Parameter(new_out.to(head.weight.dtype).to(head.weight.device))
         with torch.no_grad():
             model.get_input_embeddings().weight.copy_(new_in)
             if new_out is not None:

@@ -43,7 +43,7 @@ def speed_and_fit(args, work: Path) -> dict:
 
     from transplant import transplant
     from transplant.align import Alignment
-    from transplant.initializers.omp import donor_ids
+    from transplant.initializers.omp import donor_ids, shared_atoms
     from transplant.resources import Resources
     from transplant.sources import resolve_model
     from transplant.sparse_coding import omp
@@ -68,10 +68,8 @@ def speed_and_fit(args, work: Path) -> dict:
     alignment = Alignment.build(old, new)
     donor = Resources(lambda: None, None, 0).donor(args.donor)
     to_donor = donor_ids(new, donor.vocab, donor.input.shape[0])
-    old_to_donor = {}
-    for i in sorted(alignment.exact):
-        if to_donor[i] >= 0:
-            old_to_donor.setdefault(alignment.exact[i], int(to_donor[i]))
+    atom_old, atom_donor = shared_atoms(alignment, to_donor)
+    old_to_donor = dict(zip(atom_old.tolist(), atom_donor.tolist()))
     made = np.array([i for i, p in enumerate(plan.provenance) if p == "omp"])
     rng = np.random.default_rng(0)
     sample = np.sort(rng.choice(made, size=min(args.sample, len(made)), replace=False))
@@ -84,7 +82,7 @@ def speed_and_fit(args, work: Path) -> dict:
         approx[r] = (torch.tensor(w).unsqueeze(1) * E[rows]).sum(0)
     norm = torch.linalg.vector_norm(Y, dim=1)
     fast = torch.linalg.vector_norm(Y - approx, dim=1) / norm
-    atom_rows = torch.tensor(sorted(set(old_to_donor.values())), dtype=torch.int64)
+    atom_rows = torch.from_numpy(atom_donor)
     D = E[atom_rows]
     k = row["options"]["k"]
     started = time.perf_counter()
@@ -95,7 +93,9 @@ def speed_and_fit(args, work: Path) -> dict:
         "fit_sample": len(sample),
         "atoms": len(atom_rows),
         "residual_method_mean": round(float(fast.mean()), 4),
+        "residual_method_median": round(float(fast.median()), 4),
         "residual_exact_mean": round(float(exact.mean()), 4),
+        "residual_exact_median": round(float(exact.median()), 4),
         "method_at_most_exact_share": round(float((fast <= exact + 1e-6).float().mean()), 4),
         "exact_seconds_per_token": round(exact_seconds / len(sample), 3),
         "exact_projected_minutes_all": round(exact_seconds / len(sample) * len(made) / 60, 1),

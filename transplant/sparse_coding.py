@@ -14,10 +14,17 @@ vocabulary: 210k targets, 46k atoms, k = 64):
   target for M candidates and s atoms picked so far, with no per-step linear solve. The final
   coefficients are one batched least-squares refit in float64.
 - **Candidates.** With `candidates=M`, each target is pursued among M candidate atoms only.
-  Targets are grouped by spherical k-means; each group shares a pool of atoms (those closest to
-  its centroid) whose Gram matrix is computed once with one matrix product; each target takes
-  its M atoms of highest |cosine| from its group's pool. Nothing of size targets x atoms is
-  ever formed.
+  Targets are grouped by spherical k-means; each group shares a pool of atoms (the 4 M closest
+  to its centroid by |cosine|, optionally plus a random sample, see `explore`) whose Gram matrix
+  is one matrix product; each target takes its M atoms of highest |cosine| from the pool.
+  Nothing of size targets x atoms is ever formed, and groups are pursued together in waves.
+- **What candidates cost in fit.** Exact OMP over m atoms needs m inner products per target and
+  step (2-4.6 hours for Gemma's vocabulary on two cores, the issue's measurement of mergekit);
+  no preselection keeps its residual: on Gemma's embeddings exact OMP's atoms after the first
+  are spread over the whole dictionary (median rank 25k of 46k by cosine with the target), so
+  its residual (0.36 relative, k = 64) needs every atom in play; the fast path fits to 0.64.
+  Transferred, the nearest candidates did *better* than exact OMP (Gemma-3-270M onto SmolLM2's
+  tokenizer, bits per byte ratio 1.098 vs 1.101; see benchmarks/omp_speed.py).
 - **Selection rule.** `rule="omp"` picks the atom of highest |cosine| with the residual (classic
   OMP); `rule="ormp"` the one whose addition lowers the residual most (order-recursive matching
   pursuit, a.k.a. optimised OMP): same cost, never a worse step.
@@ -47,13 +54,17 @@ RULES = ("omp", "ormp")
 DEFAULT_TOL = 1e-3
 # The fast path makes at least this many groups of targets (see `_grouped`).
 MIN_GROUPS = 256
+# Above this many Gram entries a pool of the whole dictionary is left to the exact path.
+_WHOLE_GRAM = 1 << 26
 # An atom whose component outside the span of the atoms already picked is this small (relative to
-# its norm) is linearly dependent on them and adds nothing.
-_DEPENDENT = 1e-6
+# its norm) counts as dependent on them and is never picked: that component is computed in float32
+# as a difference of squares, so below ~1e-3 it is round-off, and an atom chosen for it (ORMP
+# divides by it; embedding matrices hold near-duplicate rows) would wreck the fit.
+_DEPENDENT = 3e-3
 
 
 def omp(Y: torch.Tensor, D: torch.Tensor, k: int, candidates: int | torch.Tensor | None = None, *,
-        pool: int | None = None, explore: float = 0.75, group_size: int = 256, rule: str = "omp",
+        pool: int | None = None, explore: float = 0.0, group_size: int = 256, rule: str = "omp",
         tol: float = DEFAULT_TOL,
         ridge: float = 0.0, affine: bool = False, seed: int = 0,
         progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,7 +116,10 @@ def omp(Y: torch.Tensor, D: torch.Tensor, k: int, candidates: int | torch.Tensor
     if isinstance(candidates, torch.Tensor):
         return _given(Y, D, k, candidates.to(torch.int64), rule, tol, (ridge, affine), progress)
     M = max(1, min(int(candidates), m))
-    return _grouped(Y, D, min(k, M), M, max(M, min(pool or 4 * M, m)), explore, group_size, rule, tol,
+    P = max(M, min(pool or 4 * M, m))
+    if P >= m and m * m > _WHOLE_GRAM:  # every atom in every pool: that is exact OMP
+        return _exact(Y, D, k, rule, tol, (ridge, affine), progress)
+    return _grouped(Y, D, min(k, M), M, P, explore, group_size, rule, tol,
                     (ridge, affine), seed, progress)
 
 
@@ -145,14 +159,16 @@ def _exact(Y, D, k, rule, tol, fit, progress):
             if rule == "omp":
                 score = corr.abs_().mul_(inv_norm)
             else:
-                score = corr.square_().div_(torch.maximum(outside, diag * (_DEPENDENT * _DEPENDENT)))
+                floor = diag * (_DEPENDENT * _DEPENDENT)
+                score = corr.square_().div_(torch.maximum(outside, floor)).mul_(outside > floor)
             score.masked_fill_(~allowed, -1.0)
             j = score.argmax(1)
             atom = D[j]
             q = atom.clone()
-            for _ in range(2):  # Gram-Schmidt twice: orthogonal to float32 precision
-                if s:
-                    q = q - torch.bmm(torch.bmm(basis[:, :s], q.unsqueeze(2)).transpose(1, 2), basis[:, :s]).squeeze(1)
+            if s:
+                for _ in range(2):  # Gram-Schmidt twice: orthogonal to float32 precision
+                    proj = torch.bmm(basis[:, :s], q.unsqueeze(2)).transpose(1, 2)
+                    q = q - torch.bmm(proj, basis[:, :s]).squeeze(1)
             rho_sq = (q * q).sum(1)
             ok = active & allowed.gather(1, j.unsqueeze(1)).squeeze(1) & (rho_sq > (_DEPENDENT * _DEPENDENT) * diag[j])
             q = q * torch.where(ok, rho_sq.clamp_min(1e-30).rsqrt(), torch.zeros_like(rho_sq)).unsqueeze(1)
@@ -165,7 +181,7 @@ def _exact(Y, D, k, rule, tol, fit, progress):
             pos[:, s] = j
             valid[:, s] = ok
             allowed.scatter_(1, j.unsqueeze(1), False)
-            active = ok & (r_sq > (tol * tol) * y_sq)
+            active = active & (r_sq > (tol * tol) * y_sq)
         sel = D[pos]
         coef = _refit(torch.bmm(sel, sel.transpose(1, 2)), torch.bmm(sel, y.unsqueeze(2)).squeeze(2), valid, *fit)
         idx_out.append(pos)
@@ -203,11 +219,14 @@ def _grouped(Y, D, k, M, P, explore, group_size, rule, tol, fit, seed, progress)
     alive = (D * D).sum(1) > 0
     # At least MIN_GROUPS groups, so a few thousand targets still get tight groups (a group of
     # one target pools that target's own nearest atoms).
-    groups = max(1, min(n, max(round(n / group_size), MIN_GROUPS)))
-    centroids, assign = spherical_kmeans(Y, groups, seed=seed)
+    whole = P >= m
+    groups = 1 if whole else max(1, min(n, max(round(n / group_size), MIN_GROUPS)))
+    if whole:  # one pool of every atom: no grouping needed
+        centroids, assign = None, torch.zeros(n, dtype=torch.int64)
+    else:
+        centroids, assign = spherical_kmeans(Y, groups, seed=seed)
     order = torch.argsort(assign, stable=True)
     bounds = torch.searchsorted(assign[order], torch.arange(groups + 1)).tolist()
-    whole = P >= m
     R = 0 if whole else max(0, min(int(round(M * explore)), M - 1, int(alive.sum()) - P))
     near = m if whole else P
     size = near + R  # every pool has this many atoms
@@ -223,15 +242,17 @@ def _grouped(Y, D, k, M, P, explore, group_size, rule, tol, fit, seed, progress)
     pbar = bar(total=n, desc="omp", unit="tok", unit_scale=True) if progress else None
     wave: list[tuple[torch.Tensor, torch.Tensor]] = []  # (pool, members) per group
     queued = 0
+    whole_gram = (D @ D.T).unsqueeze(0) if whole else None  # one pool of every atom, one Gram
 
     def flush() -> None:
         pools = torch.stack([pool for pool, _ in wave])  # (W, size)
         Dp = D[pools]  # (W, size, d)
-        grams = torch.bmm(Dp, Dp.transpose(1, 2))  # (W, size, size)
+        grams = whole_gram if whole else torch.bmm(Dp, Dp.transpose(1, 2))  # (W, size, size)
         flat = grams.reshape(-1)
         diag_p = grams.diagonal(dim1=1, dim2=2)  # (W, size)
         inv_norm = torch.where(diag_p > 0, diag_p.clamp_min(1e-30).rsqrt(), torch.zeros_like(diag_p))
-        which = torch.cat([torch.full((len(mem),), w, dtype=torch.int64) for w, (_, mem) in enumerate(wave)])
+        which = torch.cat([torch.full((len(mem),), 0 if whole else w, dtype=torch.int64)
+                           for w, (_, mem) in enumerate(wave)])
         ids = torch.cat([mem for _, mem in wave])
         y = Y[ids]
         b = len(ids)
@@ -335,7 +356,7 @@ def _pursue(alpha0: torch.Tensor, diag: torch.Tensor, gram_row: Callable[[torch.
         if rule == "omp":
             score = corr.abs().mul_(inv_norm)
         else:
-            score = corr.square().div_(torch.maximum(outside, floor)).mul_(allowed)
+            score = corr.square().div_(torch.maximum(outside, floor)).mul_(allowed).mul_(outside > floor)
         j = score.argmax(1, keepdim=True)  # (b, 1)
         h = basis[:, :s].gather(2, j.view(b, 1, 1).expand(b, s, 1)).squeeze(2)  # <q_t, atom j>, (b, s)
         d_j = diag.gather(1, j).squeeze(1)
@@ -358,7 +379,7 @@ def _pursue(alpha0: torch.Tensor, diag: torch.Tensor, gram_row: Callable[[torch.
         valid[:, s] = ok
         allowed.scatter_(1, j, 0.0)
         inv_norm.scatter_(1, j, 0.0)
-        active = ok & (r_sq > tol_sq)
+        active = active & (r_sq > tol_sq)  # a dependent pick leaves its slot empty; go on
     return pos, valid
 
 

@@ -141,19 +141,23 @@ class Alignment:
         }
 
 
-def shortest_segmentation(text: bytes, vocab: Vocabulary) -> list[int] | None:
+def shortest_segmentation(text: bytes, vocab: Vocabulary, exclude: int | None = None,
+                          max_piece: int | None = None) -> list[int] | None:
     """Fewest old tokens whose canonical bytes concatenate to `text` (ties: longer first piece).
 
-    Returns None when some byte cannot be covered (an old vocabulary without byte fallback).
+    `exclude` withholds one token (an old token's decomposition into smaller ones) and
+    `max_piece` caps piece length in bytes. Returns None when some byte cannot be covered (an
+    old vocabulary without byte fallback).
     """
     n = len(text)
-    max_len = min(vocab.max_token_bytes, n)
+    max_len = min(vocab.max_token_bytes, n, max_piece or n)
     best: list[tuple[int, int] | None] = [None] * (n + 1)  # (count, piece length) ending at i
     best[0] = (0, 0)
     for end in range(1, n + 1):
         for length in range(min(max_len, end), 0, -1):
             prev = best[end - length]
-            if prev is None or vocab.lookup(text[end - length:end]) is None:
+            piece = vocab.lookup(text[end - length:end])
+            if prev is None or piece is None or piece == exclude:
                 continue
             if best[end] is None or prev[0] + 1 < best[end][0]:
                 best[end] = (prev[0] + 1, length)

@@ -20,6 +20,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .align import Alignment
@@ -30,7 +31,7 @@ from .errors import TransplantError
 from .evaluate import EvalResult, evaluate_bpb
 from .initializers import format_options
 from .outdir import check_output_path, staged_output
-from .plan import Plan
+from .plan import OVERRIDE, Plan
 from .planner import build_plan
 from .resources import Resources
 from .sources import base_model_id, resolve_model
@@ -373,6 +374,12 @@ def apply_plan(plan_dir: str | Path, model: str | Path, out: str | Path, *, over
     check_vocab_fits(layout, plan.old_size)
     prep = prepare(old_src, new_src, layout.config, _generation_config(folder), plan=plan, encode_like="target")
     prep.template = new_src.chat_template
+    dense = int(np.count_nonzero(plan.kinds == OVERRIDE))
+    if dense:
+        methods = sorted({plan.provenance[i] for i in np.nonzero(plan.kinds == OVERRIDE)[0]})
+        prep.notes.append(f"{dense} rows are dense values the plan stores ({', '.join(methods)}, predicted from the "
+                          "embeddings of the model the plan was made for) and are reused as they are; to predict "
+                          "them from this checkpoint's own embeddings, run `transplant run` with the same method on it")
     source_meta = source_card_metadata(folder, model)
     card_info = dict(prep.card, base_model=str(model), new_tokenizer=f"{plan_folder.name} (re-applied plan)",
                      **source_meta)

@@ -34,6 +34,7 @@ _REGISTRY: dict[str, str | type] = {
     "wechsel": "wechsel:WECHSELInitializer",
     "focus": "focus:FOCUSInitializer",
     "omp": "omp:OMPInitializer",
+    "hypernet": "hypernet:HyperNetInitializer",
 }
 
 

@@ -1,0 +1,106 @@
+"""`hypernet train`: train a hypernetwork for a base model (under `accelerate`: run it as
+`accelerate launch --num_processes 2 -m hypernet.cli train ...` for two processes, on CPUs or GPUs).
+
+Example:
+    $ hypernet train --model smollm2-135m-instruct --text de/train.txt --text fr/train.txt \\
+          --out hn-smollm2 --stage1-minutes 10 --minutes 45
+    $ transplant run --model smollm2-135m-instruct --new-tok de-tok/ --out smollm2-de \\
+          --method hypernet --set hypernet.path=hn-smollm2
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from transplant.errors import TransplantError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--quiet", is_flag=True, help="No progress bars or stage messages.")
+def cli(quiet: bool) -> None:
+    """Train and inspect ZeTT-style hypernetworks (one per base model)."""
+    if quiet:
+        from transplant.progress import set_quiet
+
+        set_quiet(True)
+
+
+@cli.command("train")
+@click.option("--model", required=True, help="Base model: a folder, a .gguf file, a cached hub id or a packaged name.")
+@click.option("--text", "texts", multiple=True, required=True,
+              help="Training text file (repeatable; each file is one source: a language or a domain).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (network, log, checkpoints).")
+@click.option("--stage1-steps", type=click.IntRange(min=0), default=300, show_default=True,
+              help="Stage 1 steps (old tokens from their own pieces; no LM forward).")
+@click.option("--stage1-minutes", type=click.FloatRange(min=0), default=None, help="Stage 1 time budget instead of steps.")
+@click.option("--steps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Stage 2 steps (LM loss under sampled tokenizers).")
+@click.option("--minutes", type=click.FloatRange(min=0), default=None, help="Stage 2 time budget instead of steps.")
+@click.option("--width", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Encoder width (0: the model's hidden size, as ZeTT).")
+@click.option("--layers", type=click.IntRange(min=1), default=3, show_default=True, help="Encoder layers.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Stage 2 text chunks per step and process.")
+@click.option("--seq-len", type=click.IntRange(min=8), default=256, show_default=True, help="Stage 2 tokens per chunk.")
+@click.option("--stage1-batch", type=click.IntRange(min=1), default=1024, show_default=True, help="Stage 1 tokens per step.")
+@click.option("--lr", type=float, default=3e-4, show_default=True, help="Stage 1 learning rate.")
+@click.option("--stage2-lr", type=float, default=1e-4, show_default=True, help="Stage 2 learning rate.")
+@click.option("--negatives", type=click.IntRange(min=0), default=1024, show_default=True,
+              help="Unused predicted tokens sampled into each stage-2 softmax.")
+@click.option("--aux-weight", type=float, default=0.5, show_default=True, help="Weight of the auxiliary stage-1 loss in stage 2.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True, help="Steps between checkpoints.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+def train_cmd(model, texts, out, stage1_steps, stage1_minutes, steps, minutes, width, layers, batch_size, seq_len,
+              stage1_batch, lr, stage2_lr, negatives, aux_weight, checkpoint_every, seed, resume) -> None:
+    """Train a hypernetwork for MODEL on TEXT; the trained network lands in OUT."""
+    from .train import TrainConfig, train
+
+    started = time.perf_counter()
+    cfg = TrainConfig(model=model, texts=list(texts), out=out, stage1_steps=stage1_steps,
+                      stage1_minutes=stage1_minutes, steps=steps, minutes=minutes, width=width, layers=layers,
+                      batch_size=batch_size, seq_len=seq_len, stage1_batch=stage1_batch, lr=lr, stage2_lr=stage2_lr,
+                      negatives=negatives, aux_weight=aux_weight, checkpoint_every=checkpoint_every, seed=seed,
+                      resume=resume)
+    path = train(cfg)
+    click.echo(f"hypernet: {path} ({time.perf_counter() - started:.0f}s); use it with "
+               f"`transplant run --method hypernet --set hypernet.path={path}`")
+
+
+@cli.command("info")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+def info_cmd(folder) -> None:
+    """What a trained network is: its base model, shape and training summary."""
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from .model import HyperNet, parameter_count
+
+    net = HyperNet.load(folder)
+    click.echo(json.dumps({**asdict(net.config), "parameters": parameter_count(net)}, indent=2))
+    summary = Path(folder) / "training.json"
+    if summary.is_file():
+        click.echo(summary.read_text().rstrip())
+
+
+def main() -> None:
+    """Entry point: failures are one `error: ...` line and a non-zero exit."""
+    try:
+        cli.main(prog_name="hypernet", standalone_mode=False)
+    except TransplantError as exc:
+        click.echo(f"error: {' '.join(str(exc).split())}", err=True)
+        sys.exit(2)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("\nerror: interrupted (resume with --resume; checkpoints are kept)", err=True)
+        sys.exit(130)
+    except click.UsageError as exc:
+        click.echo(f"error: {' '.join(exc.format_message().split())} (see `hypernet --help`)", err=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

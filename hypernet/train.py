@@ -1,0 +1,390 @@
+"""Training the hypernetwork, under `accelerate` (one CPU process to many GPUs, unchanged).
+
+Stage 1 (no LM forward): predict each old token's own input and LM-head rows from a
+decomposition into *other* old tokens (`hypernet.data.withheld_decompositions`); loss: squared
+error in the source matrix's standardized coordinates.
+
+Stage 2 (ZeTT's objective): each step draws a tokenizer (`hypernet.data.TokenizerSampler`),
+tokenizes a batch of one training source with it, builds the batch's embedding and LM-head
+rows (pieces equal to an old token are copied, as `transplant` copies them; the others are
+predicted), runs the frozen LM and minimizes next-token loss, plus `aux_weight` x the stage-1
+loss on a batch of old tokens (ZeTT's auxiliary loss, which keeps predictions anchored to the
+source space; ZeTT weights it 0.5). The softmax runs over every copied piece of the drawn
+vocabulary, every predicted piece the batch uses and a uniform sample of the other predicted
+pieces whose logits get log(unused / sampled) added, so the predicted pieces' share of the
+probability mass is estimated without predicting the whole vocabulary each step.
+
+Every batch is drawn from generators seeded by (seed, step, process), the optimizer and RNG
+states are checkpointed (`accelerator.save_state`) into a folder written beside its final name
+and renamed into place, so a run killed at any point and resumed with `resume=True` continues to
+the same weights an uninterrupted run reaches (tested).
+
+Example:
+    >>> cfg = TrainConfig(model="smollm2-135m-instruct", texts=["de/train.txt"], out="hn",
+    ...                   stage1_steps=300, steps=200)  # doctest: +SKIP
+    >>> train(cfg)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from transplant.errors import TransplantError
+from transplant.progress import bar, stage
+
+from .model import HyperNet, pad_pieces, parameter_count
+
+STATE_FILE = "trainer_state.json"
+LOG_FILE = "log.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (saved in the output folder as `train_config.json`)."""
+
+    model: str
+    texts: list[str]
+    out: str
+    stage1_steps: int = 300
+    stage1_minutes: float | None = None
+    steps: int = 0  # stage 2
+    minutes: float | None = None  # stage 2
+    stage1_batch: int = 1024  # old tokens per stage-1 step
+    batch_size: int = 4  # text chunks per stage-2 step (per process)
+    seq_len: int = 256
+    negatives: int = 1024
+    aux_batch: int = 256
+    aux_weight: float = 0.5
+    lr: float = 3e-4
+    stage2_lr: float = 1e-4
+    warmup: int = 20
+    width: int = 0  # 0 = the model's hidden size (ZeTT)
+    layers: int = 3
+    max_pieces: int = 8
+    min_vocab_share: float = 0.3
+    train_chars: int = 1_000_000  # per text, for the sampled tokenizers' seed vocabularies
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+    resume: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step) * 64 + rank
+
+
+def load_source(spec: str, device: torch.device | str = "cpu"):
+    """(model, input rows, head rows or None when tied, folder) of a base model, float32, frozen."""
+    from transformers import AutoModelForCausalLM
+
+    from transplant.sources import resolve_model
+
+    folder = resolve_model(spec)
+    lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    lm.eval().requires_grad_(False).to(device)
+    E_in = lm.get_input_embeddings().weight.detach()
+    head = lm.get_output_embeddings()
+    tied = head is None or head.weight.data_ptr() == E_in.data_ptr()
+    E_out = None if tied else head.weight.detach()
+    return lm, E_in, E_out, folder
+
+
+class _Checkpoints:
+    """`out/checkpoints/step-NNNNNN` folders, complete ones only (renamed into place when written)."""
+
+    def __init__(self, out: Path, keep: int) -> None:
+        self.root = out / "checkpoints"
+        self.keep = keep
+
+    def latest(self) -> Path | None:
+        done = sorted(p for p in self.root.glob("step-*") if (p / STATE_FILE).is_file()) if self.root.is_dir() else []
+        return done[-1] if done else None
+
+    def save(self, accelerator, state: dict) -> None:
+        final = self.root / f"step-{state['step']:06d}"
+        tmp = self.root / f".step-{state['step']:06d}.partial"
+        if accelerator.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process:
+            (tmp / STATE_FILE).write_text(json.dumps(state) + "\n")
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in sorted(p for p in self.root.glob("step-*"))[:-self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+
+def train(cfg: TrainConfig, *, die_at_step: int | None = None) -> Path:
+    """Train (or resume) a hypernetwork; returns the output folder holding the trained network.
+
+    `die_at_step` ends the process abruptly (os._exit) before that step, for resume tests.
+    """
+    from accelerate import Accelerator
+
+    out = Path(cfg.out)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if not accelerator.is_main_process:  # one process speaks
+        from transplant.progress import set_quiet
+
+        set_quiet(True)
+    device = accelerator.device
+    ckpts = _Checkpoints(out, cfg.keep_checkpoints)
+    latest = ckpts.latest()
+    if accelerator.is_main_process:
+        if out.exists() and any(out.iterdir()) and not cfg.resume and latest is None and \
+                not (out / "config.json").exists():
+            raise TransplantError(f"{out} exists and is not a hypernetwork training folder (choose another --out)")
+        if latest is not None and not cfg.resume:
+            raise TransplantError(f"{out} holds a training run (checkpoint {latest.name}); pass --resume to continue "
+                                  "it, or choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    accelerator.wait_for_everyone()
+
+    stage(f"hypernet: loading {cfg.model}")
+    lm, E_in, E_out, folder = load_source(cfg.model, device)
+    from tokenizers import Tokenizer
+
+    from transplant.vocab import Vocabulary
+
+    from .data import TextPool, TokenizerSampler, withheld_decompositions
+
+    old_tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    old_vocab = Vocabulary.from_tokenizer(old_tok)
+    targets, decomps = withheld_decompositions(old_vocab)
+    if not targets:
+        raise TransplantError(f"{cfg.model}'s vocabulary has no token made of smaller tokens to learn from")
+    net = HyperNet.create(E_in.cpu(), None if E_out is None else E_out.cpu(), base_model=cfg.model, seed=cfg.seed,
+                          **({"width": cfg.width} if cfg.width else {}), layers=cfg.layers,
+                          max_pieces=cfg.max_pieces)
+    stage(f"hypernet: {parameter_count(net) / 1e6:.1f}M parameters, {len(targets)} stage-1 examples")
+    net.to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
+    net, opt = accelerator.prepare(net, opt)
+    core: HyperNet = accelerator.unwrap_model(net)
+
+    state = {"step": 0, "stage1_seconds": 0.0, "stage2_seconds": 0.0, "stage1_done": 0, "stage2_done": 0}
+    if latest is not None:
+        accelerator.load_state(str(latest))
+        state = json.loads((latest / STATE_FILE).read_text())
+        stage(f"hypernet: resuming from {latest.name}")
+        if accelerator.is_main_process:
+            _trim_log(out / LOG_FILE, state["step"])
+    accelerator.wait_for_everyone()
+
+    # Tokens are split 98 / 2 into training and held-out old tokens (by a fixed permutation).
+    perm = torch.randperm(len(targets), generator=torch.Generator().manual_seed(1234)).tolist()
+    held = set(perm[:max(1, len(perm) // 50)])
+    train_idx = [i for i in perm if i not in held]
+    held_idx = sorted(held)[:2048]
+    tgt = torch.tensor(targets)
+
+    def withheld_loss(rows: list[int], pred_in, pred_out) -> torch.Tensor:
+        ids = tgt[rows].to(device)
+        O = E_in if E_out is None else E_out
+        l_in = ((pred_in - E_in[ids]) / core.std_in).pow(2).mean()
+        l_out = ((pred_out - O[ids]) / core.std_out).pow(2).mean()
+        return (l_in + l_out) / 2
+
+    def forward(decs: list[list[int]], module=None):
+        pieces, mask = pad_pieces(decs)
+        return (module or net)(pieces.to(device), mask.to(device), E_in, E_out)
+
+    def held_out_loss() -> float:
+        # The unwrapped network: a wrapped (DDP) forward is a collective, and this runs on one process.
+        with torch.no_grad():
+            a, b = forward([decomps[i] for i in held_idx], core)
+            return float(withheld_loss(held_idx, a, b))
+
+    log_path = out / LOG_FILE
+
+    def log(record: dict) -> None:
+        if accelerator.is_main_process:
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def set_lr(value: float) -> None:
+        for g in opt.param_groups:
+            g["lr"] = value
+
+    def should_stop(done: int, steps: int, seconds: float, minutes: float | None) -> bool:
+        stop = (minutes is not None and seconds >= minutes * 60) or (minutes is None and done >= steps)
+        flag = torch.tensor([1.0 if stop else 0.0], device=device)
+        return bool(accelerator.reduce(flag, "max").item() > 0)
+
+    if state["stage1_done"] == 0 and state["step"] == 0 and accelerator.is_main_process:
+        log({"stage": 1, "step": 0, "held_out": held_out_loss()})
+
+    # ---- stage 1 -----------------------------------------------------------------------
+    s1_total = cfg.stage1_steps if cfg.stage1_minutes is None else None
+    pbar = bar(total=s1_total, desc="hypernet stage 1", unit="step", initial=state["stage1_done"])
+    while not should_stop(state["stage1_done"], cfg.stage1_steps, state["stage1_seconds"], cfg.stage1_minutes):
+        started = time.perf_counter()
+        step = state["step"] + 1
+        if die_at_step is not None and step >= die_at_step:
+            os._exit(137)
+        g = torch.Generator().manual_seed(_step_seed(cfg.seed, step, accelerator.process_index))
+        rows = [train_idx[i] for i in torch.randint(len(train_idx), (cfg.stage1_batch,), generator=g).tolist()]
+        set_lr(cfg.lr * min(1.0, state["stage1_done"] / max(1, cfg.warmup) + 1 / max(1, cfg.warmup)))
+        a, b = forward([decomps[i] for i in rows])
+        loss = withheld_loss(rows, a, b)
+        opt.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        opt.step()
+        state["step"] = step
+        state["stage1_done"] += 1
+        state["stage1_seconds"] += time.perf_counter() - started
+        pbar.update()
+        record = {"stage": 1, "step": step, "loss": round(float(loss.detach()), 6), "seconds": round(state["stage1_seconds"], 2)}
+        if state["stage1_done"] % cfg.log_every == 0 and accelerator.is_main_process:
+            record["held_out"] = held_out_loss()
+        log(record)
+        if step % cfg.checkpoint_every == 0:
+            ckpts.save(accelerator, state)
+    pbar.close()
+
+    # ---- stage 2 -----------------------------------------------------------------------
+    s2_wanted = cfg.steps > 0 or cfg.minutes is not None
+    if s2_wanted:
+        pool = TextPool.from_files(cfg.texts)
+        stage("hypernet: seed vocabularies for sampled tokenizers")
+        sampler = TokenizerSampler(old_tok, pool, min_share=cfg.min_vocab_share, train_chars=cfg.train_chars)
+        bos = _start_id(old_vocab)
+        embed_scale = _embed_scale(lm)
+        softcap = getattr(lm.config, "final_logit_softcapping", None)
+        decoder = getattr(lm, lm.base_model_prefix)
+        s2_total = cfg.steps if cfg.minutes is None else None
+        pbar = bar(total=s2_total, desc="hypernet stage 2", unit="step", initial=state["stage2_done"])
+        while not should_stop(state["stage2_done"], cfg.steps, state["stage2_seconds"], cfg.minutes):
+            started = time.perf_counter()
+            step = state["step"] + 1
+            if die_at_step is not None and step >= die_at_step:
+                os._exit(137)
+            seed = _step_seed(cfg.seed, step, accelerator.process_index)
+            rng = random.Random(seed)
+            g = torch.Generator().manual_seed(seed)
+            set_lr(cfg.stage2_lr * min(1.0, (state["stage2_done"] + 1) / max(1, cfg.warmup)))
+            lm_loss, n_tok, made_share = _stage2_loss(
+                rng, g, cfg, pool, sampler, forward, E_in, E_out, decoder, bos, embed_scale, softcap, device,
+                aux_rows=[train_idx[i] for i in torch.randint(len(train_idx), (cfg.aux_batch,), generator=g).tolist()],
+                decomps=decomps, withheld_loss=withheld_loss)
+            loss = lm_loss["total"]
+            opt.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            opt.step()
+            state["step"] = step
+            state["stage2_done"] += 1
+            state["stage2_seconds"] += time.perf_counter() - started
+            pbar.update()
+            log({"stage": 2, "step": step, "loss": round(float(loss.detach()), 6), "lm_loss": round(float(lm_loss["lm"]), 6),
+                 "aux_loss": round(float(lm_loss["aux"]), 6), "tokens": n_tok, "made_share": round(made_share, 4),
+                 "seconds": round(state["stage2_seconds"], 2)})
+            if step % cfg.checkpoint_every == 0:
+                ckpts.save(accelerator, state)
+        pbar.close()
+
+    if state["step"] % cfg.checkpoint_every:
+        ckpts.save(accelerator, state)
+    if accelerator.is_main_process:
+        core.save(out)
+        summary = {**state, "base_model": cfg.model, "texts": cfg.texts, "parameters": parameter_count(core),
+                   "held_out_stage1_loss": held_out_loss(), "processes": accelerator.num_processes}
+        (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    accelerator.wait_for_everyone()
+    return out
+
+
+def _stage2_loss(rng, g, cfg, pool, sampler, forward, E_in, E_out, decoder, bos, embed_scale, softcap, device,
+                 aux_rows, decomps, withheld_loss):
+    """One stage-2 batch: LM loss over a drawn tokenizer, plus the auxiliary stage-1 loss."""
+    source = rng.randrange(len(pool.texts))
+    st = sampler.sample(rng, source)
+    texts = pool.chunks(rng, source, cfg.batch_size, cfg.seq_len * 8)
+    seqs = [enc.ids[:cfg.seq_len - 1] for enc in st.tokenizer.encode_batch(texts)]
+    used = sorted({t for s in seqs for t in s})
+    made = [i for i in range(len(st.exact)) if st.exact[i] < 0]
+    made_with_pieces = [i for i in made if st.pieces[i]]
+    used_set = set(used)
+    unused = [i for i in made_with_pieces if i not in used_set]
+    n_neg = min(cfg.negatives, len(unused))
+    negatives = rng.sample(unused, n_neg) if n_neg else []
+    exact_ids = [i for i in range(len(st.exact)) if st.exact[i] >= 0]
+    predicted = [i for i in used if st.exact[i] < 0 and st.pieces[i]] + negatives
+    # One network call for everything predicted this step (DDP wants one forward per backward).
+    a, b = forward([st.pieces[i] for i in predicted] + [decomps[r] for r in aux_rows])
+    n_pred = len(predicted)
+    aux = withheld_loss(aux_rows, a[n_pred:], b[n_pred:])
+    O = E_in if E_out is None else E_out
+    fallback_in, fallback_out = E_in.mean(0), O.mean(0)
+    vocab_ids = exact_ids + predicted + [i for i in used if st.exact[i] < 0 and not st.pieces[i]]
+    local = {v: k for k, v in enumerate(vocab_ids)}
+    n_exact, n_fb = len(exact_ids), len(vocab_ids) - len(exact_ids) - n_pred
+    ex = torch.tensor([st.exact[i] for i in exact_ids], dtype=torch.int64, device=device)
+    rows_in = torch.cat([E_in[ex], a[:n_pred], fallback_in.expand(n_fb, -1)])
+    rows_out = torch.cat([O[ex], b[:n_pred], fallback_out.expand(n_fb, -1)])
+    bias = torch.zeros(len(vocab_ids), device=device)
+    if n_neg:
+        bias[n_exact + n_pred - n_neg:n_exact + n_pred] = math.log(len(unused) / n_neg)
+    T = max(len(s) for s in seqs) + 1
+    ids = torch.full((len(seqs), T), -1, dtype=torch.int64)
+    for r, s in enumerate(seqs):
+        ids[r, 0] = -2  # the start token
+        ids[r, 1:len(s) + 1] = torch.tensor([local[t] for t in s])
+    ids = ids.to(device)
+    mask = ids != -1
+    x = rows_in[ids.clamp_min(0)]
+    if bos is not None:
+        x = torch.where((ids == -2).unsqueeze(2), E_in[bos].expand_as(x), x)
+    hidden = decoder(inputs_embeds=x * embed_scale, attention_mask=mask.long()).last_hidden_state
+    logits = hidden[:, :-1] @ rows_out.T + bias
+    if softcap:
+        logits = softcap * torch.tanh(logits / softcap)
+    labels = torch.where(mask[:, 1:], ids[:, 1:], torch.full_like(ids[:, 1:], -100))
+    lm = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+    n_tok = int((labels >= 0).sum())
+    made_share = float(((labels >= n_exact) & (labels >= 0)).sum()) / max(1, n_tok)
+    return {"total": lm + cfg.aux_weight * aux, "lm": lm.detach(), "aux": aux.detach()}, n_tok, made_share
+
+
+def _start_id(vocab) -> int | None:
+    for role in ("bos", "eos"):
+        if role in vocab.roles:
+            return vocab.roles[role]
+    return None
+
+
+def _embed_scale(lm) -> float:
+    """The factor the model's embedding layer multiplies rows by (Gemma: sqrt(hidden)); 1 otherwise."""
+    emb = lm.get_input_embeddings()
+    scale = getattr(emb, "embed_scale", None)
+    if scale is None:
+        return 1.0
+    return float(scale) if not torch.is_tensor(scale) else float(scale.item())
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Drop log lines after `step` (a resumed run writes them again)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_suffix(".partial")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+__all__ = ["TrainConfig", "train", "load_source"]

@@ -1,0 +1,207 @@
+"""The hypernetwork: untrained = FVT, save/load, base-model check, training, resume, accelerate."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hypernet import HyperNet, TrainConfig, train
+from hypernet.data import TextPool, TokenizerSampler, withheld_decompositions
+from hypernet.train import load_source
+from transplant import transplant
+from transplant.errors import TransplantError
+from transplant.vocab import Vocabulary
+
+import builders as B
+
+TEXTS = [str(B.DATA / "bible_en.txt"), str(B.DATA / "bible_es.txt")]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fresh_net(model_dir: Path, folder: Path, **shape) -> Path:
+    _, E_in, E_out, _ = load_source(str(model_dir))
+    return HyperNet.create(E_in, E_out, base_model=str(model_dir), **shape).save(folder)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_untrained_network_reproduces_fvt(build_model, tok_dirs, tmp_path, tied):
+    model = build_model(tmp_path / "m", tied=tied)
+    net = _fresh_net(model, tmp_path / "hn")
+    fvt = transplant(model, tok_dirs["sp"], None, method="fvt").embeddings
+    hn = transplant(model, tok_dirs["sp"], None, method="hypernet", options={"hypernet.path": str(net)})
+    made = [i for i, p in enumerate(hn.plan.provenance) if p == "hypernet"]
+    assert len(made) > 100
+    torch.testing.assert_close(hn.embeddings["input"], fvt["input"], atol=1e-5, rtol=1e-5)
+    head = fvt.get("output", fvt["input"])
+    torch.testing.assert_close(hn.embeddings["output"], head, atol=1e-5, rtol=1e-5)
+
+
+def test_save_load_gives_identical_predictions(llama_bl, tmp_path):
+    _, E_in, E_out, _ = load_source(str(llama_bl))
+    net = HyperNet.create(E_in, E_out, width=16, heads=2, layers=1)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # a non-trivial network
+    decs = [[5, 9, 12], [40], [3, 3, 100, 7, 8, 9, 10, 11, 12, 13]]
+    before = net.predict(decs, E_in, E_out)
+    loaded = HyperNet.load(net.save(tmp_path / "hn"))
+    after = loaded.predict(decs, E_in, E_out)
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+    assert not torch.equal(before[0], before[1])  # input and head predicted apart
+
+
+def test_another_base_model_is_refused_a_finetune_accepted(build_model, tok_dirs, tmp_path):
+    model = build_model(tmp_path / "a", tied=False, seed=0)
+    other = build_model(tmp_path / "b", tied=False, seed=1)
+    net = _fresh_net(model, tmp_path / "hn")
+    with pytest.raises(TransplantError, match="belongs to .* do not match"):
+        transplant(other, tok_dirs["sp"], None, method="hypernet", options={"hypernet.path": str(net)})
+    tied = build_model(tmp_path / "c", tied=True, seed=0)
+    with pytest.raises(TransplantError, match="belongs to"):
+        transplant(tied, tok_dirs["sp"], None, method="hypernet", options={"hypernet.path": str(net)})
+    loaded = HyperNet.load(net)
+    _, E_in, E_out, _ = load_source(str(model))
+    assert loaded.check_source(E_in + 0.05 * torch.randn_like(E_in), E_out) > 0.95  # a fine-tune
+
+
+def test_missing_or_wrong_path_is_one_line(llama_bl, tok_dirs, tmp_path):
+    with pytest.raises(TransplantError, match="hypernet.path=DIR"):
+        transplant(llama_bl, tok_dirs["sp"], None, method="hypernet")
+    with pytest.raises(TransplantError, match="not a hypernetwork folder"):
+        transplant(llama_bl, tok_dirs["sp"], None, method="hypernet", options={"hypernet.path": str(tmp_path)})
+
+
+def test_withheld_decompositions_never_use_the_token(tok_dirs):
+    from tokenizers import Tokenizer
+
+    vocab = Vocabulary.from_tokenizer(Tokenizer.from_file(str(tok_dirs["bl"] / "tokenizer.json")))
+    targets, pieces = withheld_decompositions(vocab)
+    assert len(targets) > 100
+    for t, p in zip(targets, pieces):
+        assert t not in p and len(p) >= 2
+        assert b"".join(vocab.tokens[j].text for j in p) == vocab.tokens[t].text
+
+
+def test_sampled_tokenizers_are_lossless_and_aligned(tok_dirs):
+    import random
+
+    from tokenizers import Tokenizer
+
+    old = Tokenizer.from_file(str(tok_dirs["bl"] / "tokenizer.json"))
+    pool = TextPool.from_files(TEXTS)
+    sampler = TokenizerSampler(old, pool)
+    old_vocab = Vocabulary.from_tokenizer(old)
+    sizes = set()
+    for seed in range(3):
+        rng = random.Random(seed)
+        st = sampler.sample(rng, seed % 2)
+        sizes.add(st.tokenizer.get_vocab_size())
+        text = pool.chunks(rng, seed % 2, 1, 400)[0]
+        ids = st.tokenizer.encode(text).ids
+        assert st.tokenizer.decode(ids) == text
+        for i in set(ids):
+            piece = st.tokenizer.id_to_token(i)
+            if st.exact[i] >= 0:
+                assert not st.pieces[i]
+            elif st.pieces[i]:
+                assert old_vocab.decode_canonical(st.pieces[i]) == old_vocab.decode_canonical(
+                    old.encode(st.tokenizer.decode([i]), add_special_tokens=False).ids) or piece
+    assert len(sizes) > 1  # vocabulary sizes are drawn
+
+
+def _cfg(model: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(model=str(model), texts=TEXTS, out=str(out), stage1_steps=6, steps=4, stage1_batch=64, batch_size=2,
+                seq_len=32, negatives=32, aux_batch=16, width=16, layers=1, checkpoint_every=3, log_every=3,
+                train_chars=20_000)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_training_lowers_both_losses(build_model, tmp_path):
+    model = build_model(tmp_path / "m", tied=True)
+    out = train(_cfg(model, tmp_path / "hn", stage1_steps=40, steps=30, lr=3e-3, stage2_lr=3e-3, log_every=20))
+    log = _log(out)
+    held = [r["held_out"] for r in log if "held_out" in r]
+    assert held[-1] < 0.9 * held[0], held
+    lm = [r["lm_loss"] for r in log if r["stage"] == 2]
+    assert len(lm) == 30 and all(map(lambda v: v == v, lm))
+    assert sum(lm[-8:]) / 8 < sum(lm[:8]) / 8, lm
+    net = HyperNet.load(out)
+    assert net.config.base_model == str(model)
+    assert json.loads((out / "training.json").read_text())["stage2_done"] == 30
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(build_model, tmp_path):
+    model = build_model(tmp_path / "m", tied=False)
+    whole = train(_cfg(model, tmp_path / "whole"))
+    killed = tmp_path / "killed"
+    code = ("import sys; sys.path.insert(0, %r); from hypernet.train import train, TrainConfig; import json; "
+            "train(TrainConfig(**json.loads(sys.argv[1])), die_at_step=8)" % str(ROOT))
+    cfg = _cfg(model, killed)
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(cfg))], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
+    assert proc.returncode == 137, proc.stderr[-2000:]
+    assert not (killed / "model.safetensors").exists()
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["step-000003", "step-000006"]
+    with pytest.raises(TransplantError, match="--resume"):
+        train(cfg)
+    cfg.resume = True
+    train(cfg)
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(killed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    # Equal up to float round-off: BLAS kernels may sum in another order between two processes
+    # (two uninterrupted runs differ by ~1e-8 here); a resume that lost the optimizer state, the
+    # step or the data order differs by orders of magnitude more.
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert [r["step"] for r in _log(killed)] == [r["step"] for r in _log(whole)]
+
+
+def test_trained_network_plugs_into_transplant_and_apply(build_model, tok_dirs, tmp_path):
+    from transplant.api import apply_plan
+
+    model = build_model(tmp_path / "m", tied=True)
+    out = train(_cfg(model, tmp_path / "hn", stage1_steps=10, steps=2))
+    res = transplant(model, tok_dirs["sp"], tmp_path / "t", method="hypernet", options={"hypernet.path": str(out)})
+    cfg = json.loads((tmp_path / "t" / "config.json").read_text())
+    assert cfg["tie_word_embeddings"] is False  # the head's own predictions
+    assert any("untied" in n for n in res.notes)
+    card = (tmp_path / "t" / "README.md").read_text()
+    assert "hypernet" in card
+    again = apply_plan(tmp_path / "t", model, tmp_path / "t2")
+    assert any("reused as they are" in n for n in again.notes)
+    tied = transplant(model, tok_dirs["sp"], None, method="hypernet",
+                      options={"hypernet.path": str(out), "hypernet.tied_output": "true"})
+    assert tied.plan.output is None
+
+
+def test_accelerate_launch_two_processes(build_model, tmp_path):
+    pytest.importorskip("accelerate")
+    model = build_model(tmp_path / "m", tied=True)
+    out = tmp_path / "hn"
+    # accelerate 1.x starts several processes only through its multi-GPU launcher (torchrun); on a
+    # CPU-only machine each process then trains on the CPU (gloo).
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hypernet.cli", "--quiet",
+           "train",
+           "--model", str(model), "--text", TEXTS[0], "--out", str(out), "--stage1-steps", "4", "--steps", "2",
+           "--width", "16", "--layers", "1", "--batch-size", "1", "--seq-len", "32", "--stage1-batch", "32",
+           "--negatives", "16", "--checkpoint-every", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "training.json").read_text())
+    assert summary["processes"] == 2 and summary["stage2_done"] == 2
+    HyperNet.load(out)

@@ -16,6 +16,7 @@ the harness can be run piece by piece:
 
     python benchmarks/harness.py --tasks de --methods fvt fvt+cal
     python benchmarks/harness.py --table          # print the table of everything measured
+    python benchmarks/harness.py --plot           # results/harness.png
 
 Peers (mergekit-tokensurgeon, wechsel, deepfocus) run from `benchmarks/peers.py` into the same
 JSON when their packages are installed in their own virtualenv (`--no-deps`; see the
@@ -81,6 +82,8 @@ def method_kwargs(method: str, setup: dict) -> dict:
             options["wechsel.dictionary"] = str(CORPORA / "dictionaries" / f"en-{setup['lang']}.tsv")
         else:
             options["focus.vectors"] = str(train_vectors([Path(setup["train"])], None, tokenizer=setup["new_tok"]))
+    if name == "hypernet":  # a network trained by `hypernet train` for the task's base model
+        options["hypernet.path"] = os.environ.get("HARNESS_HYPERNET", str(WORK.parent / "hn-smollm2"))
     if options:
         kwargs["options"] = options
     if suffix == "cal":
@@ -148,6 +151,46 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def plot(path: Path = HERE / "results" / "harness.png") -> Path:
+    """Ratio to the original model per task: fvt, our best other method, the best peer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    doc = load_results()
+    base = {r["task"]: r["bpb"] for r in doc["results"] if r["method"] == "original"}
+    tasks = [t for t in ALL_TASKS if t in base]
+    series: dict[str, list[float | None]] = {"fvt": [], "ours, best": [], "best peer": []}
+    labels: dict[str, list[str]] = {k: [] for k in series}
+    for t in tasks:
+        rows = [r for r in doc["results"] if r["task"] == t and r["method"] != "original"]
+        picks = {"fvt": [r for r in rows if r["method"] == "fvt"],
+                 "ours, best": [r for r in rows if not r["method"].startswith("peer:") and r["method"] != "fvt"],
+                 "best peer": [r for r in rows if r["method"].startswith("peer:")]}
+        for k, cand in picks.items():
+            best = min(cand, key=lambda r: r["bpb"], default=None)
+            series[k].append(best["bpb"] / base[t] if best else None)
+            labels[k].append(best["method"].removeprefix("peer:") if best else "")
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.27
+    for j, (k, vals) in enumerate(series.items()):
+        xs = [i + (j - 1) * width for i in range(len(tasks))]
+        bars = ax.bar([x for x, v in zip(xs, vals) if v], [v for v in vals if v], width, label=k)
+        for b, name in zip(bars, [n for n, v in zip(labels[k], vals) if v]):
+            ax.text(b.get_x() + b.get_width() / 2, b.get_height() + 0.01, name, ha="center", va="bottom",
+                    fontsize=6, rotation=90)
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xticks(range(len(tasks)), tasks)
+    ax.set_ylabel("BPB ratio to the original model")
+    ax.set_ylim(0.9, max(v for vals in series.values() for v in vals if v) + 0.35)
+    ax.set_title("Transplant quality per task (lower is better; 20 kB of dev text)")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", nargs="+", default=ALL_TASKS, choices=ALL_TASKS)
@@ -155,6 +198,7 @@ def main() -> None:
     ap.add_argument("--eval-bytes", type=int, default=20_000)
     ap.add_argument("--ctx", type=int, default=1024)
     ap.add_argument("--table", action="store_true", help="print the table of the results so far and stop")
+    ap.add_argument("--plot", action="store_true", help="draw results/harness.png from the results so far and stop")
     ap.add_argument("--one", nargs=2, metavar=("TASK", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -162,6 +206,9 @@ def main() -> None:
         return
     if args.table:
         print(table())
+        return
+    if args.plot:
+        print(plot())
         return
     WORK.mkdir(parents=True, exist_ok=True)
     for task in args.tasks:

@@ -70,6 +70,16 @@ def train_cmd(model, texts, out, stage1_steps, stage1_minutes, steps, minutes, w
                f"`transplant run --method hypernet --set hypernet.path={path}`")
 
 
+@cli.command("export")
+@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the network.")
+def export_cmd(checkpoint, out) -> None:
+    """Write the network of a training CHECKPOINT (<run>/checkpoints/step-N) as a usable folder."""
+    from .train import export_checkpoint
+
+    click.echo(f"hypernet: {export_checkpoint(checkpoint, out)}")
+
+
 @cli.command("info")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 def info_cmd(folder) -> None:

@@ -309,6 +309,24 @@ def train(cfg: TrainConfig, *, die_at_step: int | None = None) -> Path:
     return out
 
 
+def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
+    """A network folder from a training checkpoint (`<run>/checkpoints/step-N`), to use or score
+    the network as it was at that step. The run folder's `config.json` gives the shape (it is
+    written when training ends); the weights are the checkpoint's safetensors."""
+    from safetensors.torch import load_file
+
+    checkpoint = Path(checkpoint)
+    weights = checkpoint / "model.safetensors"
+    run = checkpoint.parent.parent
+    if not weights.is_file():
+        raise TransplantError(f"{checkpoint} is not a training checkpoint (no model.safetensors)")
+    if not (run / "config.json").is_file():
+        raise TransplantError(f"{run} has no config.json yet (it is written when training ends; export after that)")
+    net = HyperNet.load(run)
+    net.load_state_dict(load_file(str(weights)))
+    return net.save(out)
+
+
 def _stage2_loss(rng, g, cfg, pool, sampler, forward, E_in, E_out, decoder, bos, embed_scale, softcap, device,
                  aux_rows, decomps, withheld_loss):
     """One stage-2 batch: LM loss over a drawn tokenizer, plus the auxiliary stage-1 loss."""
@@ -387,4 +405,4 @@ def _trim_log(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["TrainConfig", "train", "load_source"]
+__all__ = ["TrainConfig", "train", "load_source", "export_checkpoint"]

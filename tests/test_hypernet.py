@@ -172,8 +172,14 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(build_model, tmp_path)
 def test_trained_network_plugs_into_transplant_and_apply(build_model, tok_dirs, tmp_path):
     from transplant.api import apply_plan
 
+    from hypernet.train import export_checkpoint
+
     model = build_model(tmp_path / "m", tied=True)
     out = train(_cfg(model, tmp_path / "hn", stage1_steps=10, steps=2))
+    last = sorted((out / "checkpoints").iterdir())[-1]
+    exported = load_file(str(export_checkpoint(last, tmp_path / "exported") / "model.safetensors"))
+    final = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(exported[k], final[k]) for k in final)  # the last checkpoint is the final state
     res = transplant(model, tok_dirs["sp"], tmp_path / "t", method="hypernet", options={"hypernet.path": str(out)})
     cfg = json.loads((tmp_path / "t" / "config.json").read_text())
     assert cfg["tie_word_embeddings"] is False  # the head's own predictions

@@ -29,10 +29,12 @@ def cli(quiet: bool) -> None:
 
 
 @cli.command("train")
-@click.option("--model", required=True, help="Base model: a folder, a .gguf file, a cached hub id or a packaged name.")
-@click.option("--text", "texts", multiple=True, required=True,
+@click.option("--recipe", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="YAML file of training settings (the option names below, with _ for -); flags given here win.")
+@click.option("--model", default=None, help="Base model: a folder, a .gguf file, a cached hub id or a packaged name.")
+@click.option("--text", "texts", multiple=True,
               help="Training text file (repeatable; each file is one source: a language or a domain).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (network, log, checkpoints).")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Output folder (network, log, checkpoints).")
 @click.option("--stage1-steps", type=click.IntRange(min=0), default=300, show_default=True,
               help="Stage 1 steps (old tokens from their own pieces; no LM forward).")
 @click.option("--stage1-minutes", type=click.FloatRange(min=0), default=None, help="Stage 1 time budget instead of steps.")
@@ -54,20 +56,65 @@ def cli(quiet: bool) -> None:
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True, help="Steps between checkpoints.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-def train_cmd(model, texts, out, stage1_steps, stage1_minutes, steps, minutes, width, layers, batch_size, seq_len,
-              stage1_batch, lr, stage2_lr, negatives, aux_weight, checkpoint_every, seed, resume) -> None:
+def train_cmd(recipe, **flags) -> None:
     """Train a hypernetwork for MODEL on TEXT; the trained network lands in OUT."""
-    from .train import TrainConfig, train
+    from .train import train
 
     started = time.perf_counter()
-    cfg = TrainConfig(model=model, texts=list(texts), out=out, stage1_steps=stage1_steps,
-                      stage1_minutes=stage1_minutes, steps=steps, minutes=minutes, width=width, layers=layers,
-                      batch_size=batch_size, seq_len=seq_len, stage1_batch=stage1_batch, lr=lr, stage2_lr=stage2_lr,
-                      negatives=negatives, aux_weight=aux_weight, checkpoint_every=checkpoint_every, seed=seed,
-                      resume=resume)
+    ctx = click.get_current_context()
+    given = {k for k in flags if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
+    cfg = config_from(recipe, flags, given)
     path = train(cfg)
     click.echo(f"hypernet: {path} ({time.perf_counter() - started:.0f}s); use it with "
                f"`transplant run --method hypernet --set hypernet.path={path}`")
+
+
+def config_from(recipe: str | None, flags: dict, given: set[str]):
+    """A TrainConfig from a recipe's fields overridden by the flags given on the command line."""
+    import dataclasses
+    import os
+
+    import yaml
+
+    from .train import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra"}
+    values: dict = {}
+    if recipe:
+        try:
+            raw = yaml.safe_load(open(recipe, encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise TransplantError(f"recipe {recipe} is not valid YAML ({' '.join(str(exc).split())[:200]})") from None
+        if not isinstance(raw, dict):
+            raise TransplantError(f"recipe {recipe} must be a mapping of training settings")
+        unknown = sorted(set(raw) - fields)
+        if unknown:
+            raise TransplantError(f"recipe {recipe}: unknown key(s) {', '.join(unknown)} (valid: {', '.join(sorted(fields))})")
+        base = os.path.dirname(os.path.abspath(recipe))
+
+        def expand(v):
+            if isinstance(v, str):
+                v = os.path.expandvars(os.path.expanduser(v))
+                if "$" in v:
+                    raise TransplantError(f"recipe {recipe}: unset environment variable in {v!r} (export it or pass the flag)")
+            return v
+        values = {k: ([expand(x) for x in v] if isinstance(v, list) else expand(v)) for k, v in raw.items()}
+        if "texts" in values:  # a relative path is read from the recipe's folder if it is there, else from here
+            values["texts"] = [p if os.path.isabs(p) or not os.path.exists(os.path.join(base, p))
+                               else os.path.join(base, p)
+                               for p in (values["texts"] if isinstance(values["texts"], list) else [values["texts"]])]
+    for k, v in flags.items():
+        if k in given or k not in values:
+            values[k] = list(v) if k == "texts" else v
+    for need, flag in (("model", "--model"), ("out", "--out")):
+        if not values.get(need):
+            raise TransplantError(f"no {need}: pass {flag} (or set {need} in the recipe)")
+    if not values.get("texts"):
+        raise TransplantError("no training text: pass --text FILE (repeatable) or set texts in the recipe")
+    try:
+        return TrainConfig(**values)
+    except TypeError as exc:
+        raise TransplantError(f"bad training settings: {exc}") from None
 
 
 @cli.command("export")

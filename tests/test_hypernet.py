@@ -211,3 +211,22 @@ def test_accelerate_launch_two_processes(build_model, tmp_path):
     summary = json.loads((out / "training.json").read_text())
     assert summary["processes"] == 2 and summary["stage2_done"] == 2
     HyperNet.load(out)
+
+
+def test_recipe_fields_and_flags(tmp_path, monkeypatch):
+    from hypernet.cli import config_from
+
+    (tmp_path / "a.txt").write_text("x")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: m\ntexts: [a.txt, '${EXTRA}']\nout: o\nwidth: 64\nminutes: 5\n")
+    monkeypatch.setenv("EXTRA", "/abs/b.txt")
+    cfg = config_from(str(recipe), {"out": "elsewhere", "width": 0, "texts": ()}, {"out"})
+    assert cfg.texts == [str(tmp_path / "a.txt"), "/abs/b.txt"] and cfg.out == "elsewhere"
+    assert cfg.width == 64 and cfg.minutes == 5
+    recipe.write_text("model: m\ntexts: [a.txt]\nout: o\nwidht: 64\n")
+    with pytest.raises(TransplantError, match="unknown key.*widht.*valid"):
+        config_from(str(recipe), {}, set())
+    monkeypatch.delenv("EXTRA")
+    recipe.write_text("model: m\ntexts: ['${EXTRA}']\nout: o\n")
+    with pytest.raises(TransplantError, match="unset environment variable"):
+        config_from(str(recipe), {}, set())

@@ -382,6 +382,8 @@ def main() -> None:
 
 from .cli_vectors import vectors as vectors_group  # noqa: E402  (registered last: imports nothing of cli)
 cli.add_command(vectors_group)
+from .cli_tokenizer import tokenizer as tokenizer_group  # noqa: E402
+cli.add_command(tokenizer_group)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from .errors import TransplantError
 log = logging.getLogger(__name__)
 
 # Files whose presence marks a folder as an earlier tokentransplant output (safe to replace).
-OUTPUT_MARKERS = ("transplant_plan.json",)
+OUTPUT_MARKERS = ("transplant_plan.json", "training_summary.json")  # a transplant; a trained tokenizer
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 _AT_FDCWD = -100
 _STAGE = re.compile(r"^\.(?P<name>.+)\.(?:partial|old)-(?P<pid>\d+)-[A-Za-z0-9_]+$")

@@ -292,6 +292,28 @@ def method_options(name: str) -> list[str]:
     return [f"{key} ({opt.describe()})" + (f": {opt.help}" if opt.help else "") for key, opt in declared.items()]
 
 
+@cli.command("extend")
+@click.option("--model", required=True, help="Model to extend: folder, .gguf, cached hub id or packaged name.")
+@click.option("--text", "texts", multiple=True, required=True, help="Text of the language or domain (repeatable).")
+@click.option("--add", type=click.IntRange(min=1), required=True, help="How many new tokens to learn.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output checkpoint folder.")
+@click.option("--method", default="fvt", show_default=True, help="Initializer of the new rows (old rows are copied).")
+@click.option("--set", "settings", multiple=True, metavar="METHOD.OPTION=VALUE", help="A method option (repeatable).")
+@click.option("--pad-to-multiple-of", type=click.IntRange(min=1), default=None, help="Pad the vocabulary rows.")
+@click.option("--eval-text", "eval_texts", multiple=True, help="Score before/after into the model card.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier output folder.")
+def extend_cmd(model, texts, add, out, method, settings, pad_to_multiple_of, eval_texts, overwrite) -> None:
+    """Learn ADD new tokens from TEXT on top of MODEL's tokenizer (old ids unchanged) and write the checkpoint."""
+    from .extend import extend
+
+    res = extend(model, list(texts), add, out, method=method, options=parse_settings(settings) or None,
+                 pad_to_multiple_of=pad_to_multiple_of, overwrite=overwrite,
+                 eval_texts=[Path(t).read_text(encoding="utf-8") for t in eval_texts] or None)
+    click.echo(f"extended: {len(res.new_tokens):,} new tokens -> {out}")
+    for note in res.transplant.notes:
+        click.echo(f"note: {note}")
+
+
 @cli.command()
 def methods() -> None:
     """List the initializers, each with a one-line description and its options."""

@@ -171,61 +171,87 @@ def _train_unigram(lines: list[str], vocab_size: int, like: _Like) -> Tokenizer:
     return Tokenizer.from_str(json.dumps(spec))
 
 
-def _supertokens(stage1: Tokenizer, lines: list[str], n_super: int, like: _Like) -> tuple[Tokenizer, int]:
-    """Stage 2 of the SuperBPE curriculum (module docstring); returns the tokenizer and how many
-    supertokens (tokens spanning a space) it gained."""
-    spec = json.loads(stage1.to_str())
-    vocab: dict[str, int] = spec["model"]["vocab"]
+def append_merges(base: Tokenizer, pieces, n_new: int, *, max_symbols: int, min_frequency: int = 2,
+                  pre_tokenizer: dict | None = None) -> tuple[Tokenizer, list[str]]:
+    """`base` (a BPE tokenizer) with up to `n_new` merges learned on `pieces` appended after its own.
+
+    `pieces` are pre-tokenized strings in the model's alphabet. Each is tokenized by `base`, every
+    base token is written as one private-use character, and `tokenizers`' BPE trainer learns merges
+    over those (a new token spans at most `max_symbols` base tokens); the merges are mapped back
+    and appended at the lowest priority, so wherever no new merge applies the encoding is the
+    base's. Every existing id is kept; new tokens take the ids after the largest one.
+    Returns the tokenizer and the new tokens in id order.
+    """
+    spec = json.loads(base.to_str())
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE":
+        raise TransplantError(f"learning new merges needs a BPE tokenizer, not {model.get('type')} "
+                              "(retrain one with `transplant tokenizer train`)")
+    vocab: dict[str, int] = model["vocab"]
     id_to_tok = {i: t for t, i in vocab.items()}
-    if len(vocab) > 131_000:
-        raise TransplantError("--supertokens supports stage-1 vocabularies up to 131k tokens")
-    chunker = Tokenizer(models.BPE())
-    _bpe_pipeline(chunker, like, SUPER_PATTERN)
-    space = "Ġ"
+    if max(id_to_tok, default=0) >= 131_000:
+        raise TransplantError("learning new merges supports vocabularies up to 131k tokens")
     corpus: list[str] = []
-    for line in bar(lines, desc="supertokens: chunking", unit="line"):
-        words = []
-        for piece, _ in chunker.pre_tokenizer.pre_tokenize_str(line):
-            if space not in piece[1:]:
-                continue  # one word: stage 1 already covers it
-            ids = [t.id for t in stage1.model.tokenize(piece)]
-            words.append("".join(chr(PRIVATE_USE + i) for i in ids))
-        if words:
-            corpus.append(" ".join(words))
-    alphabet = sorted({c for line in corpus for c in line if c != " "})
-    trainer = trainers.BpeTrainer(vocab_size=len(alphabet) + n_super, initial_alphabet=alphabet, show_progress=False,
-                                  max_token_length=MAX_SUPER_TOKENS, min_frequency=2)
-    t2 = Tokenizer(models.BPE())
-    t2.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    stage("supertokens: learning merges across spaces")
-    t2.train_from_iterator(corpus, trainer=trainer)
-    merges2 = json.loads(t2.to_str())["model"]["merges"]
+    line: list[str] = []
+    for piece in pieces:
+        if piece is None:  # end of a line of text
+            if line:
+                corpus.append(" ".join(line))
+            line = []
+            continue
+        ids = [t.id for t in base.model.tokenize(piece)]
+        if len(ids) > 1:
+            line.append("".join(chr(PRIVATE_USE + i) for i in ids))
+    if line:
+        corpus.append(" ".join(line))
+    alphabet = sorted({c for text in corpus for c in text if c != " "})
+    if not alphabet:
+        return base, []
+    trainer = trainers.BpeTrainer(vocab_size=len(alphabet) + n_new, initial_alphabet=alphabet, show_progress=False,
+                                  max_token_length=max_symbols, min_frequency=min_frequency)
+    learner = Tokenizer(models.BPE())
+    learner.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    learner.train_from_iterator(corpus, trainer=trainer)
+    learned = json.loads(learner.to_str())["model"]["merges"]
 
     def text(symbols: str) -> str:
         return "".join(id_to_tok[ord(c) - PRIVATE_USE] for c in symbols)
 
-    merges = list(spec["model"]["merges"])
-    added = 0
-    for m in merges2:
+    merges = list(model["merges"])
+    next_id = max(list(vocab.values()) + [a["id"] for a in spec.get("added_tokens") or []], default=-1) + 1
+    new_tokens: list[str] = []
+    for m in learned:
         a, b = (m.split(" ", 1) if isinstance(m, str) else m)
         left, right = text(a), text(b)
-        merged = left + right
-        if merged not in vocab:
-            vocab[merged] = len(id_to_tok) + added
-            added += 1
         merges.append([left, right])
-    # Re-number: added tokens (specials) keep their ids; new tokens go after the largest id.
-    top = max(max(vocab.values()), max((a["id"] for a in spec.get("added_tokens") or []), default=-1))
-    next_id = top + 1
-    for tok_text in [t for t in vocab if vocab[t] >= len(id_to_tok)]:
-        vocab[tok_text] = next_id
-        next_id += 1
-    spec["model"]["vocab"] = vocab
-    spec["model"]["merges"] = merges
-    spec["pre_tokenizer"] = json.loads(chunker.to_str())["pre_tokenizer"]
-    result = Tokenizer.from_str(json.dumps(spec))
-    supers = sum(1 for t in vocab if space in t[1:] and t.strip(space))
-    return result, supers
+        if left + right not in vocab:
+            vocab[left + right] = next_id
+            next_id += 1
+            new_tokens.append(left + right)
+    model["vocab"], model["merges"] = vocab, merges
+    if pre_tokenizer is not None:
+        spec["pre_tokenizer"] = pre_tokenizer
+    return Tokenizer.from_str(json.dumps(spec)), new_tokens
+
+
+def _supertokens(stage1: Tokenizer, lines: list[str], n_super: int, like: _Like) -> tuple[Tokenizer, int]:
+    """Stage 2 of the SuperBPE curriculum (module docstring); returns the tokenizer and how many
+    supertokens (tokens spanning a space) it gained."""
+    chunker = Tokenizer(models.BPE())
+    _bpe_pipeline(chunker, like, SUPER_PATTERN)
+    space = "Ġ"
+
+    def pieces():
+        for line in bar(lines, desc="supertokens: chunking", unit="line"):
+            for piece, _ in chunker.pre_tokenizer.pre_tokenize_str(line):
+                if space in piece[1:]:  # one word alone: stage 1 covers it
+                    yield piece
+            yield None
+
+    stage("supertokens: learning merges across spaces")
+    result, new = append_merges(stage1, pieces(), n_super, max_symbols=MAX_SUPER_TOKENS,
+                                pre_tokenizer=json.loads(chunker.to_str())["pre_tokenizer"])
+    return result, sum(1 for t in new if space in t[1:] and t.strip(space))
 
 
 def train_tokenizer(texts: list[str | Path], vocab_size: int, out: str | Path, *, like: str | None = None,
@@ -300,4 +326,4 @@ def train_tokenizer(texts: list[str | Path], vocab_size: int, out: str | Path, *
     return summary
 
 
-__all__ = ["train_tokenizer", "TrainSummary", "split_held_out"]
+__all__ = ["train_tokenizer", "TrainSummary", "split_held_out", "append_merges"]

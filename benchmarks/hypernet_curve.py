@@ -40,7 +40,7 @@ def network_at(run: Path, snapshots: Path, step: int, work: Path) -> Path:
         torch.manual_seed(0)
         shape = {k: getattr(base.config, k) for k in ("width", "layers", "heads", "ffn_mult", "max_pieces")}
         return HyperNet.create(E_in, E_out, base_model=base.config.base_model, **shape).save(out)
-    return export_checkpoint(snapshots / f"step-{step:06d}", out)
+    return export_checkpoint(snapshots / f"step-{step:06d}", out, run)
 
 
 def score(task: str, net: Path, eval_bytes: int, work: Path) -> dict:

@@ -120,11 +120,13 @@ def config_from(recipe: str | None, flags: dict, given: set[str]):
 @cli.command("export")
 @click.argument("checkpoint", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the network.")
-def export_cmd(checkpoint, out) -> None:
+@click.option("--run", default=None, type=click.Path(exists=True, file_okay=False),
+              help="The training run's folder (default: two levels above CHECKPOINT).")
+def export_cmd(checkpoint, out, run) -> None:
     """Write the network of a training CHECKPOINT (<run>/checkpoints/step-N) as a usable folder."""
     from .train import export_checkpoint
 
-    click.echo(f"hypernet: {export_checkpoint(checkpoint, out)}")
+    click.echo(f"hypernet: {export_checkpoint(checkpoint, out, run)}")
 
 
 @cli.command("info")

@@ -309,15 +309,16 @@ def train(cfg: TrainConfig, *, die_at_step: int | None = None) -> Path:
     return out
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
+def export_checkpoint(checkpoint: str | Path, out: str | Path, run: str | Path | None = None) -> Path:
     """A network folder from a training checkpoint (`<run>/checkpoints/step-N`), to use or score
     the network as it was at that step. The run folder's `config.json` gives the shape (it is
-    written when training ends); the weights are the checkpoint's safetensors."""
+    written when training ends; pass `run` for a checkpoint copied elsewhere); the weights are
+    the checkpoint's safetensors."""
     from safetensors.torch import load_file
 
     checkpoint = Path(checkpoint)
     weights = checkpoint / "model.safetensors"
-    run = checkpoint.parent.parent
+    run = Path(run) if run is not None else checkpoint.parent.parent
     if not weights.is_file():
         raise TransplantError(f"{checkpoint} is not a training checkpoint (no model.safetensors)")
     if not (run / "config.json").is_file():

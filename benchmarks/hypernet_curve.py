@@ -58,7 +58,10 @@ def score(task: str, net: Path, eval_bytes: int, work: Path) -> dict:
         texts["other_genre"] = CORPORA / OTHER_GENRE[setup["lang"]]
     row = {}
     for name, path in texts.items():
-        text = take_bytes(path.read_text(encoding="utf-8"), eval_bytes)
+        raw = path.read_text(encoding="utf-8")
+        if name == "other_genre":  # one verse per line, no blank lines: whole lines up to the budget
+            raw = raw[:raw.rfind("\n", 0, eval_bytes) + 1]
+        text = take_bytes(raw, eval_bytes)
         row[name] = round(evaluate_bpb(out, [text], ctx=1024).bpb, 4)
     return row
 

@@ -79,3 +79,17 @@ def build_model(toks):
 def llama_bl(build_model, tmp_path_factory):
     """A read-only tiny untied Llama on the byte-level tokenizer (shared; never write into it)."""
     return build_model(tmp_path_factory.mktemp("models") / "llama-bl", "llama", tied=False)
+
+
+@pytest.fixture(scope="session")
+def hypernet_dir(llama_bl, tmp_path_factory):
+    """A small hypernetwork for `llama_bl` with non-zero heads (so it is not plain FVT)."""
+    from hypernet import HyperNet
+    from hypernet.train import load_source
+
+    _, E_in, E_out, _ = load_source(str(llama_bl))
+    net = HyperNet.create(E_in, E_out, base_model=str(llama_bl), width=16, heads=2, layers=1)
+    with torch.no_grad():
+        for head in (net.head_in, net.head_out):
+            head.weight.normal_(0, 0.05)
+    return net.save(tmp_path_factory.mktemp("hypernet") / "hn")

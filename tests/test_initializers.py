@@ -17,7 +17,12 @@ from transplant.vocab import load_tokenizer
 METHODS = [m for m in available() if m not in ("special", "exact")]
 COPIED = ("exact", "byte", "special")
 # Methods needing resources the tiny fixtures lack: method -> fixture giving {method: {target: options}}.
-SETTINGS = {"wechsel": "crosslingual_options", "focus": "crosslingual_options"}
+SETTINGS = {"wechsel": "crosslingual_options", "focus": "crosslingual_options", "hypernet": "hypernet_options"}
+
+
+@pytest.fixture(scope="session")
+def hypernet_options(hypernet_dir):
+    return {"hypernet": {t: {"hypernet.path": str(hypernet_dir)} for t in ("sp", "wp")}}
 
 
 @pytest.fixture(scope="session")

@@ -24,14 +24,15 @@ METHODS = [m for m in available() if m not in ("special", "exact")]
 
 
 @pytest.fixture(scope="module")
-def resource_options(tok_dirs, tmp_path_factory):
+def resource_options(tok_dirs, tmp_path_factory, hypernet_dir):
     """Options pointing at fixture-built resources, for methods that need some to run at all."""
+    options = {"hypernet": {"hypernet.path": str(hypernet_dir)}}
     try:
         from vector_fixtures import crosslingual_options
     except ImportError:  # no fastText fixtures (methods without them need none)
-        return {}
+        return options
     built = crosslingual_options(tmp_path_factory.mktemp("vectors"), tok_dirs)
-    return {method: per_tok["sp"] for method, per_tok in built.items()}
+    return {**options, **{method: per_tok["sp"] for method, per_tok in built.items()}}
 
 
 def _check_row(row: Row, old_size: int, dim: int, where: str) -> None:

@@ -300,6 +300,8 @@ def train_tokenizer(texts: list[str | Path], vocab_size: int, out: str | Path, *
         if not _byte_level(tok) or like_info.tokenizer is not None and "ByteLevel" not in json.dumps(
                 json.loads(like_info.tokenizer.to_str()).get("pre_tokenizer")):
             raise TransplantError("--supertokens needs a byte-level BPE (the --like model's tokenizer is not one)")
+        # A small text saturates stage 1 below its share: give stage 2 the rest of the vocabulary.
+        n_super = max(n_super, vocab_size - tok.get_vocab_size(with_added_tokens=True))
         tok, supers = _supertokens(tok, lines, n_super, like_info)
     size = tok.get_vocab_size(with_added_tokens=True)
     if size < vocab_size * 0.98:

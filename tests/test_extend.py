@@ -63,3 +63,15 @@ def test_extend_errors_are_one_line(build_model, tmp_path):
     sp = build_model(tmp_path / "wp", tok="wp")
     with pytest.raises(TransplantError, match="needs a BPE tokenizer"):
         extend(sp, [TEXT_ES], 10, tmp_path / "o2")
+
+
+def test_extend_cli(build_model, tmp_path):
+    from click.testing import CliRunner
+
+    from transplant.cli import cli
+
+    model = build_model(tmp_path / "m")
+    res = CliRunner().invoke(cli, ["extend", "--model", str(model), "--text", str(TEXT_ES), "--add", "50",
+                                   "--out", str(tmp_path / "ext")])
+    assert res.exit_code == 0, res.output
+    assert "new tokens" in res.output and (tmp_path / "ext" / "config.json").is_file()

@@ -230,3 +230,13 @@ def test_recipe_fields_and_flags(tmp_path, monkeypatch):
     recipe.write_text("model: m\ntexts: ['${EXTRA}']\nout: o\n")
     with pytest.raises(TransplantError, match="unset environment variable"):
         config_from(str(recipe), {}, set())
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "hypernet.cli", "train", "--text", TEXTS[0], "--out",
+                           str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: no model: pass --model (or set model in the recipe)"]
+    proc = subprocess.run([sys.executable, "-m", "hypernet.cli", "info", str(tmp_path)], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "not a hypernetwork folder" in proc.stderr and len(proc.stderr.splitlines()) == 1

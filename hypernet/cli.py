@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -82,7 +83,7 @@ def config_from(recipe: str | None, flags: dict, given: set[str]):
     values: dict = {}
     if recipe:
         try:
-            raw = yaml.safe_load(open(recipe, encoding="utf-8")) or {}
+            raw = yaml.safe_load(Path(recipe).read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise TransplantError(f"recipe {recipe} is not valid YAML ({' '.join(str(exc).split())[:200]})") from None
         if not isinstance(raw, dict):

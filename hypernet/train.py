@@ -222,6 +222,20 @@ def train(cfg: TrainConfig, *, die_at_step: int | None = None) -> Path:
         for g in opt.param_groups:
             g["lr"] = value
 
+    def take_step(loss: torch.Tensor, key: str, started: float, pbar) -> int:
+        """One optimizer step and its bookkeeping (`key`: "stage1" or "stage2"); returns the step."""
+        opt.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        opt.step()
+        state["step"] += 1
+        state[f"{key}_done"] += 1
+        state[f"{key}_seconds"] += time.perf_counter() - started
+        pbar.update()
+        return state["step"]
+
+    def warm(base_lr: float, done: int) -> None:
+        set_lr(base_lr * min(1.0, (done + 1) / max(1, cfg.warmup)))
+
     def should_stop(done: int, steps: int, seconds: float, minutes: float | None) -> bool:
         stop = (minutes is not None and seconds >= minutes * 60) or (minutes is None and done >= steps)
         flag = torch.tensor([1.0 if stop else 0.0], device=device)
@@ -240,16 +254,10 @@ def train(cfg: TrainConfig, *, die_at_step: int | None = None) -> Path:
             os._exit(137)
         g = torch.Generator().manual_seed(_step_seed(cfg.seed, step, accelerator.process_index))
         rows = [train_idx[i] for i in torch.randint(len(train_idx), (cfg.stage1_batch,), generator=g).tolist()]
-        set_lr(cfg.lr * min(1.0, state["stage1_done"] / max(1, cfg.warmup) + 1 / max(1, cfg.warmup)))
+        warm(cfg.lr, state["stage1_done"])
         a, b = forward([decomps[i] for i in rows])
         loss = withheld_loss(rows, a, b)
-        opt.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        opt.step()
-        state["step"] = step
-        state["stage1_done"] += 1
-        state["stage1_seconds"] += time.perf_counter() - started
-        pbar.update()
+        take_step(loss, "stage1", started, pbar)
         record = {"stage": 1, "step": step, "loss": round(float(loss.detach()), 6), "seconds": round(state["stage1_seconds"], 2)}
         if state["stage1_done"] % cfg.log_every == 0 and accelerator.is_main_process:
             record["held_out"] = held_out_loss()
@@ -278,19 +286,13 @@ def train(cfg: TrainConfig, *, die_at_step: int | None = None) -> Path:
             seed = _step_seed(cfg.seed, step, accelerator.process_index)
             rng = random.Random(seed)
             g = torch.Generator().manual_seed(seed)
-            set_lr(cfg.stage2_lr * min(1.0, (state["stage2_done"] + 1) / max(1, cfg.warmup)))
+            warm(cfg.stage2_lr, state["stage2_done"])
             lm_loss, n_tok, made_share = _stage2_loss(
                 rng, g, cfg, pool, sampler, forward, E_in, E_out, decoder, bos, embed_scale, softcap, device,
                 aux_rows=[train_idx[i] for i in torch.randint(len(train_idx), (cfg.aux_batch,), generator=g).tolist()],
                 decomps=decomps, withheld_loss=withheld_loss)
             loss = lm_loss["total"]
-            opt.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            opt.step()
-            state["step"] = step
-            state["stage2_done"] += 1
-            state["stage2_seconds"] += time.perf_counter() - started
-            pbar.update()
+            take_step(loss, "stage2", started, pbar)
             log({"stage": 2, "step": step, "loss": round(float(loss.detach()), 6), "lm_loss": round(float(lm_loss["lm"]), 6),
                  "aux_loss": round(float(lm_loss["aux"]), 6), "tokens": n_tok, "made_share": round(made_share, 4),
                  "seconds": round(state["stage2_seconds"], 2)})

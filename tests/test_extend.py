@@ -47,6 +47,14 @@ def test_old_rows_ids_and_logits_unchanged(build_model, tmp_path, tied):
     # A text no new merge touches encodes the same and gets bit-identical logits on the old ids.
     plain = "The LORD is my shepherd"
     assert new_tok.encode(plain).ids == old_tok.encode(plain).ids
+    # The rule behind it, line by line: wherever no new token is used, the encoding is the old one.
+    unchanged = 0
+    for line in B.lines("en")[:300]:
+        ids = new_tok.encode(line).ids
+        if max(ids, default=0) < n_old:
+            assert ids == old_tok.encode(line).ids, line
+            unchanged += 1
+    assert unchanged > 50
     a = B.logits_for(model, plain)[0]
     b = B.logits_for(tmp_path / "ext", plain)[0]
     assert torch.equal(b[..., :n_old], a[..., :n_old])

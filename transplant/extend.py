@@ -19,9 +19,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import TransplantError
 from .progress import bar, stage
+
+if TYPE_CHECKING:
+    from .api import TransplantResult
 
 # A new token joins at most this many old tokens (inside one pre-token: one word and its space).
 MAX_JOINED = 8
@@ -31,7 +35,7 @@ MAX_JOINED = 8
 class ExtendResult:
     """The transplant that wrote the extended checkpoint, and the tokens that were added."""
 
-    transplant: "object"
+    transplant: "TransplantResult"
     new_tokens: list[str]
 
 
@@ -85,9 +89,10 @@ def extend(model: str | Path, texts: list[str | Path], add: int, out: str | Path
     with tempfile.TemporaryDirectory(prefix="extend-tok-") as tmp:
         tok_dir = Path(tmp) / "tokenizer"
         tok_dir.mkdir()
+        base = Path(src.folder or folder)
         for name in ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json"):
-            if (src.folder or folder) and (Path(src.folder or folder) / name).is_file():
-                shutil.copy2(Path(src.folder or folder) / name, tok_dir / name)
+            if (base / name).is_file():
+                shutil.copy2(base / name, tok_dir / name)
         new_tok.save(str(tok_dir / "tokenizer.json"))
         result = transplant(folder, tok_dir, out, method=method, options=options,
                             pad_to_multiple_of=pad_to_multiple_of, overwrite=overwrite, eval_texts=eval_texts,

@@ -31,7 +31,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,11 +40,10 @@ import torch.nn.functional as F
 
 from transplant.errors import TransplantError
 from transplant.progress import bar, stage
+from transplant.trainloop import LOG_FILE, STATE_FILE, Checkpoints, step_seed, trim_log
 
 from .model import HyperNet, pad_pieces, parameter_count
 
-STATE_FILE = "trainer_state.json"
-LOG_FILE = "log.jsonl"
 
 
 @dataclass
@@ -81,10 +79,6 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
 
-def _step_seed(seed: int, step: int, rank: int) -> int:
-    return (seed * 1_000_003 + step) * 64 + rank
-
-
 def load_source(spec: str, device: torch.device | str = "cpu"):
     """(model, input rows, head rows or None when tied, folder) of a base model, float32, frozen."""
     from transformers import AutoModelForCausalLM
@@ -101,34 +95,6 @@ def load_source(spec: str, device: torch.device | str = "cpu"):
     return lm, E_in, E_out, folder
 
 
-class _Checkpoints:
-    """`out/checkpoints/step-NNNNNN` folders, complete ones only (renamed into place when written)."""
-
-    def __init__(self, out: Path, keep: int) -> None:
-        self.root = out / "checkpoints"
-        self.keep = keep
-
-    def latest(self) -> Path | None:
-        done = sorted(p for p in self.root.glob("step-*") if (p / STATE_FILE).is_file()) if self.root.is_dir() else []
-        return done[-1] if done else None
-
-    def save(self, accelerator, state: dict) -> None:
-        final = self.root / f"step-{state['step']:06d}"
-        tmp = self.root / f".step-{state['step']:06d}.partial"
-        if accelerator.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        if accelerator.is_main_process:
-            (tmp / STATE_FILE).write_text(json.dumps(state) + "\n")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            for old in sorted(p for p in self.root.glob("step-*"))[:-self.keep]:
-                shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
-
-
 def train(cfg: TrainConfig, *, die_at_step: int | None = None) -> Path:
     """Train (or resume) a hypernetwork; returns the output folder holding the trained network.
 
@@ -143,7 +109,7 @@ def train(cfg: TrainConfig, *, die_at_step: int | None = None) -> Path:
 
         set_quiet(True)
     device = accelerator.device
-    ckpts = _Checkpoints(out, cfg.keep_checkpoints)
+    ckpts = Checkpoints(out, cfg.keep_checkpoints)
     latest = ckpts.latest()
     if accelerator.is_main_process:
         if out.exists() and any(out.iterdir()) and not cfg.resume and latest is None and \
@@ -184,7 +150,7 @@ def train(cfg: TrainConfig, *, die_at_step: int | None = None) -> Path:
         state = json.loads((latest / STATE_FILE).read_text())
         stage(f"hypernet: resuming from {latest.name}")
         if accelerator.is_main_process:
-            _trim_log(out / LOG_FILE, state["step"])
+            trim_log(out / LOG_FILE, state["step"])
     accelerator.wait_for_everyone()
 
     # Tokens are split 98 / 2 into training and held-out old tokens (by a fixed permutation).
@@ -252,7 +218,7 @@ def train(cfg: TrainConfig, *, die_at_step: int | None = None) -> Path:
         step = state["step"] + 1
         if die_at_step is not None and step >= die_at_step:
             os._exit(137)
-        g = torch.Generator().manual_seed(_step_seed(cfg.seed, step, accelerator.process_index))
+        g = torch.Generator().manual_seed(step_seed(cfg.seed, step, accelerator.process_index))
         rows = [train_idx[i] for i in torch.randint(len(train_idx), (cfg.stage1_batch,), generator=g).tolist()]
         warm(cfg.lr, state["stage1_done"])
         a, b = forward([decomps[i] for i in rows])
@@ -283,7 +249,7 @@ def train(cfg: TrainConfig, *, die_at_step: int | None = None) -> Path:
             step = state["step"] + 1
             if die_at_step is not None and step >= die_at_step:
                 os._exit(137)
-            seed = _step_seed(cfg.seed, step, accelerator.process_index)
+            seed = step_seed(cfg.seed, step, accelerator.process_index)
             rng = random.Random(seed)
             g = torch.Generator().manual_seed(seed)
             warm(cfg.stage2_lr, state["stage2_done"])
@@ -396,16 +362,6 @@ def _embed_scale(lm) -> float:
     if scale is None:
         return 1.0
     return float(scale) if not torch.is_tensor(scale) else float(scale.item())
-
-
-def _trim_log(path: Path, step: int) -> None:
-    """Drop log lines after `step` (a resumed run writes them again)."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-    tmp = path.with_suffix(".partial")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
 
 
 __all__ = ["TrainConfig", "train", "load_source", "export_checkpoint"]

@@ -314,6 +314,56 @@ def extend_cmd(model, texts, add, out, method, settings, pad_to_multiple_of, eva
         click.echo(f"note: {note}")
 
 
+@cli.command("heal")
+@click.option("--model", required=True, help="A transplant output folder (from `transplant run` or `transplant extend`).")
+@click.option("--text", "texts", multiple=True, required=True,
+              help="Text in the new tokenizer's language or domain (repeatable; 2-5% of it is held out).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder for the healed checkpoint.")
+@click.option("--minutes", type=click.FloatRange(min=0), default=None, help="Training budget in wall-clock minutes.")
+@click.option("--steps", type=click.IntRange(min=0), default=0, help="Training budget in steps (instead of --minutes).")
+@click.option("--teacher", default=None, help="The model before the transplant (default: the plan's base model).")
+@click.option("--run", "run_dir", default=None, type=click.Path(file_okay=False),
+              help="Training folder: log, checkpoints (default: OUT.heal-run beside OUT).")
+@click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint (a larger budget trains longer).")
+@click.option("--lr", type=float, default=1e-2, show_default=True, help="Adam learning rate (offsets in units of the matrix's std).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Windows per step and process.")
+@click.option("--seq-len", type=click.IntRange(min=8), default=256, show_default=True, help="Tokens per window.")
+@click.option("--lm-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Weight of the plain next-token loss beside distillation (more fits the corpus, risks other genres).")
+@click.option("--anchor-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Weight of the L2 pull toward the initial rows.")
+@click.option("--patience", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Held-out evaluations without improvement before stopping (0: never stop early).")
+@click.option("--eval-every", type=click.IntRange(min=1), default=25, show_default=True, help="Steps between held-out scores.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=25, show_default=True, help="Steps between checkpoints.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an earlier output folder.")
+def heal_cmd(model, texts, out, minutes, steps, teacher, run_dir, resume, lr, batch_size, seq_len, lm_weight,
+             anchor_weight, patience, eval_every, checkpoint_every, seed, overwrite) -> None:
+    """Train the rows a transplant made, distilling the original model, and write the healed checkpoint.
+
+    Two CPU processes: `accelerate launch --multi_gpu --num_processes 2 -m transplant.cli heal ...`.
+    """
+    from .heal import HealConfig, heal
+
+    if minutes is None and not steps:
+        raise click.UsageError("pass a budget: --minutes M or --steps N")
+    cfg = HealConfig(model=model, texts=list(texts), out=out, run=run_dir, teacher=teacher, steps=steps,
+                     minutes=minutes, lr=lr, batch_size=batch_size, seq_len=seq_len, lm_weight=lm_weight,
+                     anchor_weight=anchor_weight, patience=patience, eval_every=eval_every,
+                     checkpoint_every=checkpoint_every, seed=seed, resume=resume, overwrite=overwrite)
+    res = heal(cfg)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch`, one process speaks
+        return
+    s = res.summary
+    if s["best_bpb"] is not None:
+        click.echo(f"healed: held-out {s['start_bpb']:.4f} -> {s['best_bpb']:.4f} bits/byte (original model "
+                   f"{s['teacher_bpb']:.4f}), {s['rows_trained']:,} rows, {s['step']} steps -> {res.out}")
+    click.echo(f"run folder (log, checkpoints; --resume with a larger budget continues it): {res.run}")
+
+
 @cli.command()
 def methods() -> None:
     """List the initializers, each with a one-line description and its options."""

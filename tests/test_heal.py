@@ -1,0 +1,188 @@
+"""`transplant heal`: only the made rows the text uses move, the loss falls, resume after a kill
+matches an uninterrupted run, two accelerate processes work, bad input is one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+
+from transplant import transplant
+from transplant.errors import TransplantError
+from transplant.heal import HealConfig, aligned_windows, clean_cuts, heal
+from transplant.plan import Plan
+
+import builders as B
+
+TEXT = str(B.DATA / "bible_en.txt")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in folder.glob("*.safetensors"):
+        if not f.name.startswith("transplant_plan"):
+            out.update(load_file(str(f)))
+    return out
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def _trained_tiny(toks, folder: Path, tied: bool) -> Path:
+    """A tiny Llama trained for a few seconds on English verses: a teacher that knows something
+    (a random one scores worse than an FVT student with fewer tokens, and distilling it hurts)."""
+    from conftest import ROLES, _ids
+
+    tok = toks["bl"]
+    model = B.tiny_model("llama", tok.get_vocab_size(with_added_tokens=True), tied, *_ids(tok, "bl")).train()
+    ids = [i for e in tok.encode_batch(B.lines("en")[:1500]) for i in e.ids]
+    data = torch.tensor(ids[:len(ids) // 64 * 64]).view(-1, 64)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        batch = data[torch.randint(len(data), (16,), generator=gen)]
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return B.save_model(model.eval(), tok, folder, **ROLES["bl"])
+
+
+@pytest.fixture(scope="module")
+def transplanted(toks, tok_dirs, tmp_path_factory):
+    """{tied: (trained tiny base model, its FVT transplant onto the sentencepiece-style tokenizer)}."""
+    root = tmp_path_factory.mktemp("heal")
+    out = {}
+    for tied in (True, False):
+        model = _trained_tiny(toks, root / f"m-{tied}", tied)
+        transplant(model, tok_dirs["sp"], root / f"t-{tied}", method="fvt")
+        out[tied] = (model, root / f"t-{tied}")
+    return out
+
+
+def _cfg(model: Path, out: Path, **kw) -> HealConfig:
+    base = dict(model=str(model), texts=[TEXT], out=str(out), steps=12, batch_size=2, seq_len=48, lr=3e-2,
+                eval_every=3, checkpoint_every=3, patience=0)
+    base.update(kw)
+    return HealConfig(**base)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_loss_falls_and_only_used_made_rows_move(transplanted, tmp_path, tied):
+    _, t = transplanted[tied]
+    res = heal(_cfg(t, tmp_path / "healed", steps=30))
+    log = _log(res.run)
+    dist = [r["distill"] for r in log if "distill" in r]
+    assert len(dist) == 30
+    assert sum(dist[-10:]) / 10 < 0.8 * sum(dist[:10]) / 10, dist
+    held = [r["held_out_bpb"] for r in log if "held_out_bpb" in r]
+    assert res.summary["best_bpb"] == pytest.approx(min(held), abs=1e-5) and min(held) < held[0]
+    before, after = _weights(t), _weights(res.out)
+    assert before.keys() == after.keys()
+    plan = Plan.load(t)
+    made = torch.from_numpy(plan.made_rows())
+    for key in before:
+        if key.endswith("embed_tokens.weight") or key == "lm_head.weight":
+            moved = (after[key] != before[key]).any(1)
+            assert moved.any(), key
+            assert not (moved & ~made[:len(moved)]).any(), key  # copied, special, pad rows untouched
+            assert int(moved.sum()) <= res.summary["rows_trained"]
+        else:
+            assert torch.equal(before[key], after[key]), key  # the frozen body, byte for byte
+    assert res.summary["rows_trained"] < int(made.sum())  # rows the text never uses stay as made
+    assert res.summary["untied"] is (not tied)
+    assert "## Healing" in (res.out / "README.md").read_text()
+    assert (res.out / "heal_log.jsonl").is_file() and (res.out / "heal.json").is_file()
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(str(res.out))  # loads with plain transformers
+
+
+def test_a_transplant_that_made_no_rows_has_nothing_to_heal(build_model, tok_dirs, tmp_path):
+    model = build_model(tmp_path / "m", tied=True)
+    t = tmp_path / "t"
+    transplant(model, tok_dirs["bl"], t, method="fvt")  # the same tokenizer: every row an exact copy
+    with pytest.raises(TransplantError, match="uses none of the rows the transplant made"):
+        heal(_cfg(t, tmp_path / "healed", steps=2))
+    assert not (tmp_path / "healed").exists()
+
+
+def test_windows_cover_the_same_characters_under_both_tokenizers(toks):
+    docs = [d for d in B.sample_text("en").split("\n\n") if d.strip()][:20]
+    student, teacher = toks["sp"], toks["bl"]
+    wins = aligned_windows(docs, student, teacher, 40, 80)
+    assert wins
+    for w in wins:
+        assert 0 < len(w.student) <= 40 and 0 < len(w.teacher) <= 80
+        assert w.cuts[-1] == (len(w.student), len(w.teacher))
+        assert all(a < b for a, b in zip(w.cuts, w.cuts[1:]))
+        # both sides decode to the same text: the cuts align characters, not token counts
+        assert student.decode(w.student) .replace(" ", "") == teacher.decode(w.teacher).replace(" ", "")
+    assert clean_cuts([(0, 2), (2, 3), (2, 3), (3, 5)]) == [(2, 1), (3, 3), (5, 4)]
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(transplanted, tmp_path):
+    _, t = transplanted[False]
+    whole = heal(_cfg(t, tmp_path / "whole"))
+    cfg = _cfg(t, tmp_path / "killed")
+    code = ("import sys; sys.path.insert(0, %r); from transplant.heal import heal, HealConfig; import json; "
+            "heal(HealConfig(**json.loads(sys.argv[1])), die_at_step=8)" % str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(cfg))], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
+    assert proc.returncode == 137, proc.stderr[-2000:]
+    assert not (tmp_path / "killed").exists()
+    run = cfg.run_dir
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000003", "step-000006"]
+    with pytest.raises(TransplantError, match="--resume"):
+        heal(cfg)
+    cfg.resume = True
+    killed = heal(cfg)
+    a, b = _weights(whole.out), _weights(killed.out)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert [r["step"] for r in _log(killed.run)] == [r["step"] for r in _log(whole.run)]
+    assert killed.summary["best_step"] == whole.summary["best_step"]
+    # A larger budget on --resume trains on from where the run stopped.
+    cfg.steps, cfg.overwrite = 15, True
+    longer = heal(cfg)
+    assert longer.summary["step"] == 15
+
+
+def test_bad_input_is_one_line(transplanted, build_model, tmp_path):
+    model, t = transplanted[True]
+    with pytest.raises(TransplantError, match="not a transplant output"):
+        heal(_cfg(model, tmp_path / "o"))
+    with pytest.raises(TransplantError, match="budget"):
+        heal(_cfg(t, tmp_path / "o", steps=0))
+    with pytest.raises(TransplantError, match="not found"):
+        heal(_cfg(t, tmp_path / "o", texts=[str(tmp_path / "missing.txt")]))
+    proc = subprocess.run([sys.executable, "-m", "transplant.cli", "heal", "--model", str(model), "--text", TEXT,
+                           "--out", str(tmp_path / "o"), "--steps", "2"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "transplant run" in proc.stderr, proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_accelerate_launch_two_processes(transplanted, tmp_path):
+    pytest.importorskip("accelerate")
+    _, t = transplanted[True]
+    out = tmp_path / "healed"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "transplant.cli",
+           "--quiet", "heal", "--model", str(t), "--text", TEXT, "--out", str(out), "--steps", "4",
+           "--batch-size", "1", "--seq-len", "32", "--eval-every", "2", "--checkpoint-every", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "heal.json").read_text())
+    assert summary["processes"] == 2 and summary["step"] == 4
+    assert proc.stdout.count("healed:") == 1  # one process speaks

@@ -156,6 +156,9 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(transplanted, tmp_path
     cfg.steps, cfg.overwrite = 15, True
     longer = heal(cfg)
     assert longer.summary["step"] == 15
+    cfg.lr = 1.0
+    with pytest.raises(TransplantError, match="was started with lr"):
+        heal(cfg)  # a resume is the same run: other settings are refused, in one line
 
 
 def test_bad_input_is_one_line(transplanted, build_model, tmp_path):
@@ -186,3 +189,17 @@ def test_accelerate_launch_two_processes(transplanted, tmp_path):
     summary = json.loads((out / "heal.json").read_text())
     assert summary["processes"] == 2 and summary["step"] == 4
     assert proc.stdout.count("healed:") == 1  # one process speaks
+
+
+def test_heals_an_extended_vocabulary_and_keeps_its_old_rows(transplanted, tmp_path):
+    from transplant.extend import extend
+
+    model, _ = transplanted[True]
+    ext = tmp_path / "ext"
+    res = extend(model, [TEXT], 60, ext)
+    n_old = len(Tokenizer.from_file(str(model / "tokenizer.json")).get_vocab())
+    healed = heal(_cfg(ext, tmp_path / "healed", steps=6, eval_every=2))
+    assert 0 < healed.summary["rows_trained"] <= len(res.new_tokens)
+    before, after = _weights(ext), _weights(healed.out)
+    key = "model.embed_tokens.weight"
+    assert torch.equal(after[key][:n_old], before[key][:n_old])  # the old vocabulary is untouched

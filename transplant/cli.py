@@ -328,8 +328,10 @@ def extend_cmd(model, texts, add, out, method, settings, pad_to_multiple_of, eva
 @click.option("--lr", type=float, default=1e-2, show_default=True, help="Adam learning rate (offsets in units of the matrix's std).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Windows per step and process.")
 @click.option("--seq-len", type=click.IntRange(min=8), default=256, show_default=True, help="Tokens per window.")
-@click.option("--lm-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Weight of the plain next-token loss beside distillation (more fits the corpus, risks other genres).")
+@click.option("--lm-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Weight of the next-token loss beside distillation: 1 pulls the student up to the original "
+                   "model's likelihood and never past it; 0 is symmetric distillation; above 1 fits the corpus "
+                   "(risks other genres).")
 @click.option("--anchor-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Weight of the L2 pull toward the initial rows.")
 @click.option("--patience", type=click.IntRange(min=0), default=4, show_default=True,
@@ -348,6 +350,8 @@ def heal_cmd(model, texts, out, minutes, steps, teacher, run_dir, resume, lr, ba
 
     if minutes is None and not steps:
         raise click.UsageError("pass a budget: --minutes M or --steps N")
+    if minutes is not None and steps:
+        raise click.UsageError("pass one budget: --minutes M or --steps N, not both")
     cfg = HealConfig(model=model, texts=list(texts), out=out, run=run_dir, teacher=teacher, steps=steps,
                      minutes=minutes, lr=lr, batch_size=batch_size, seq_len=seq_len, lm_weight=lm_weight,
                      anchor_weight=anchor_weight, patience=patience, eval_every=eval_every,

@@ -14,7 +14,11 @@ instead of fitting the corpus, which is what made a plain embeddings-only fine-t
 text of other genres (the approximate likelihood matching of Minixhofer et al. 2025, in its
 simplest form). Optional extra terms: the student's own next-token loss (`lm_weight`) and an
 L2 pull toward the initialization (`anchor_weight`, in units of the matrix's standard
-deviation). A held-out slice of the text (whole windows, never trained on) is scored every
+deviation). The two loss terms combine simply: per chunk, the L1 term pulls the student up
+where it is below the teacher and *down* where it is above (a chunk the new tokenizer happens
+to split better), and the next-token term pulls up everywhere; with `lm_weight=1` the chunks
+above the teacher are left alone and those below are pulled up twice as hard, a one-sided
+distillation that never pushes the student past the teacher's likelihood of the text. A held-out slice of the text (whole windows, never trained on) is scored every
 `eval_every` steps; the best state is the one written, and training stops after `patience`
 evaluations without improvement.
 
@@ -69,7 +73,7 @@ class HealConfig:
     lr: float = 1e-2  # Adam, on offsets in units of the embedding matrix's std
     warmup: int = 10
     distill_weight: float = 1.0
-    lm_weight: float = 0.0
+    lm_weight: float = 1.0  # 1: one-sided distillation (module docstring); 0: symmetric
     anchor_weight: float = 0.0
     min_count: int = 1  # a made row is trained when the training text uses it this often
     held_out: float = 0.05
@@ -309,6 +313,8 @@ def heal(cfg: HealConfig, *, die_at_step: int | None = None) -> HealResult:
                                   "it, or choose another --run/--out")
         if run.exists() and any(run.iterdir()) and latest is None and not (run / "heal_config.json").is_file():
             raise TransplantError(f"{run} exists and is not a healing run folder (choose another --run)")
+        if latest is not None:
+            _check_same_run(cfg, json.loads((run / "heal_config.json").read_text()), run)
         run.mkdir(parents=True, exist_ok=True)
         (run / "heal_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     accelerator.wait_for_everyone()
@@ -511,6 +517,19 @@ def _inputs(cfg: HealConfig):
         raise TransplantError(f"the teacher (the model before the transplant) is not available: {exc} "
                               "(pass --teacher MODEL)") from None
     return folder, teacher_folder, plan
+
+
+# What a resumed run may change: its budget, where the result goes, when to stop early.
+_MAY_CHANGE = {"steps", "minutes", "out", "run", "resume", "overwrite", "patience", "checkpoint_every",
+               "keep_checkpoints"}
+
+
+def _check_same_run(cfg: HealConfig, saved: dict, run: Path) -> None:
+    """A resume continues the same run: the same model, text, windows and optimizer settings."""
+    for key, value in asdict(cfg).items():
+        if key not in _MAY_CHANGE and key in saved and saved[key] != value:
+            raise TransplantError(f"{run} was started with {key}={saved[key]!r}, not {value!r}; a resume continues "
+                                  "the same run (pass the same setting, or start a new run with another --run)")
 
 
 def _documents(texts: list[str]) -> list[str]:

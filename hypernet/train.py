@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from transplant.errors import TransplantError
 from transplant.progress import bar, stage
-from transplant.trainloop import LOG_FILE, STATE_FILE, Checkpoints, step_seed, trim_log
+from transplant.trainloop import LOG_FILE, Checkpoints, restore, step_seed
 
 from .model import HyperNet, pad_pieces, parameter_count
 
@@ -146,11 +146,8 @@ def train(cfg: TrainConfig, *, die_at_step: int | None = None) -> Path:
 
     state = {"step": 0, "stage1_seconds": 0.0, "stage2_seconds": 0.0, "stage1_done": 0, "stage2_done": 0}
     if latest is not None:
-        accelerator.load_state(str(latest))
-        state = json.loads((latest / STATE_FILE).read_text())
         stage(f"hypernet: resuming from {latest.name}")
-        if accelerator.is_main_process:
-            trim_log(out / LOG_FILE, state["step"])
+        state = restore(accelerator, latest, out / LOG_FILE)
     accelerator.wait_for_everyone()
 
     # Tokens are split 98 / 2 into training and held-out old tokens (by a fixed permutation).

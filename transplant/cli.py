@@ -338,7 +338,7 @@ def extend_cmd(model, texts, add, out, method, settings, pad_to_multiple_of, eva
               help="Held-out evaluations without improvement before stopping (0: never stop early).")
 @click.option("--eval-every", type=click.IntRange(min=1), default=25, show_default=True, help="Steps between held-out scores.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=25, show_default=True, help="Steps between checkpoints.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the batch order (one per step and process).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier output folder.")
 def heal_cmd(model, texts, out, minutes, steps, teacher, run_dir, resume, lr, batch_size, seq_len, lm_weight,
              anchor_weight, patience, eval_every, checkpoint_every, seed, overwrite) -> None:

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 from .errors import TransplantError
 from .progress import bar, stage
-from .trainloop import LOG_FILE, STATE_FILE, Checkpoints, append_log, step_seed, trim_log
+from .trainloop import LOG_FILE, Checkpoints, append_log, restore, step_seed
 
 BEST_FILE = "best.safetensors"
 SUMMARY_FILE = "heal.json"
@@ -352,11 +352,9 @@ def heal(cfg: HealConfig, *, die_at_step: int | None = None) -> HealResult:
     state = {"step": 0, "seconds": 0.0, "best_bpb": None, "best_step": 0, "evals_since_best": 0,
              "start_bpb": None, "teacher_bpb": None}
     if latest is not None:
-        accelerator.load_state(str(latest))
-        state = json.loads((latest / STATE_FILE).read_text())
         stage(f"heal: resuming from {latest.name}")
+        state = restore(accelerator, latest, run / LOG_FILE)
         if accelerator.is_main_process:
-            trim_log(run / LOG_FILE, state["step"])
             # The best state as of that checkpoint (a later one may have been saved before the kill).
             shutil.copyfile(latest / BEST_FILE, run / BEST_FILE)
     accelerator.wait_for_everyone()

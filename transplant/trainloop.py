@@ -60,6 +60,18 @@ class Checkpoints:
         accelerator.wait_for_everyone()
 
 
+def restore(accelerator, checkpoint: Path, log_path: Path) -> dict:
+    """Load a checkpoint's weights, optimizer and RNG states; return its saved state dict.
+
+    The main process also drops log lines written after it (the resumed run writes them again).
+    """
+    accelerator.load_state(str(checkpoint))
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    if accelerator.is_main_process:
+        trim_log(log_path, state["step"])
+    return state
+
+
 def trim_log(path: Path, step: int) -> None:
     """Drop log lines after `step` (a resumed run writes them again)."""
     if not path.is_file():

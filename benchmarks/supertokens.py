@@ -28,6 +28,16 @@ BASE = "smollm2-135m-instruct"
 HYPERNET = Path(os.environ.get("HARNESS_HYPERNET", HERE / "work" / "hn-smollm2-more"))
 
 
+def whole_file_bytes_per_token(tokenizer_folder: Path, path: Path) -> float:
+    """Bytes per token over a whole text file, one line at a time (no special tokens)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_folder / "tokenizer.json"))
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    tokens = sum(len(e.ids) for e in tok.encode_batch(lines, add_special_tokens=False))
+    return sum(len(line.encode("utf-8")) for line in lines) / tokens
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--langs", nargs="*", default=["de", "en"])
@@ -57,6 +67,9 @@ def main() -> None:
                                     supertokens=kind == "super")
                 row[f"{kind}-tokenizer"] = {"vocab_size": s.vocab_size, "supertokens": s.supertokens,
                                             "held_out_bytes_per_token": round(s.bytes_per_token, 3)}
+            info = row.setdefault(f"{kind}-tokenizer", {})
+            if "whole_dev_bytes_per_token" not in info:
+                info["whole_dev_bytes_per_token"] = round(whole_file_bytes_per_token(tok, CORPORA / lang / "dev.txt"), 3)
             for method in methods:
                 key = f"{kind}-{method}"
                 if key in row:
@@ -69,6 +82,7 @@ def main() -> None:
                 row[key] = {"bpb": round(r.bpb, 4), "bytes_per_token": round(r.bytes_per_token, 3)}
                 print(f"{lang} {key:>16} {r.bpb:.4f} {r.bytes_per_token:.3f}", flush=True)
                 RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     print_table(results)
 
 

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from transplant.errors import TransplantError
 from transplant.progress import bar, stage
-from transplant.trainloop import LOG_FILE, Checkpoints, restore, step_seed
+from transplant.trainloop import LOG_FILE, Checkpoints, any_process, restore, step_seed
 
 from .model import HyperNet, pad_pieces, parameter_count
 
@@ -201,8 +201,7 @@ def train(cfg: TrainConfig, *, die_at_step: int | None = None) -> Path:
 
     def should_stop(done: int, steps: int, seconds: float, minutes: float | None) -> bool:
         stop = (minutes is not None and seconds >= minutes * 60) or (minutes is None and done >= steps)
-        flag = torch.tensor([1.0 if stop else 0.0], device=device)
-        return bool(accelerator.reduce(flag, "max").item() > 0)
+        return any_process(accelerator, stop)
 
     if state["stage1_done"] == 0 and state["step"] == 0 and accelerator.is_main_process:
         log({"stage": 1, "step": 0, "held_out": held_out_loss()})

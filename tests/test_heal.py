@@ -203,3 +203,23 @@ def test_heals_an_extended_vocabulary_and_keeps_its_old_rows(transplanted, tmp_p
     before, after = _weights(ext), _weights(healed.out)
     key = "model.embed_tokens.weight"
     assert torch.equal(after[key][:n_old], before[key][:n_old])  # the old vocabulary is untouched
+
+
+def test_resume_writes_the_best_state_of_its_checkpoint(transplanted, tmp_path):
+    # Killed after an evaluation saved a newer best (step 7) than the last checkpoint (step 6):
+    # a resume whose budget is already spent must write the checkpoint's best, as a run of 6 steps does.
+    _, t = transplanted[True]
+    kw = dict(steps=6, eval_every=1, checkpoint_every=6)
+    six = heal(_cfg(t, tmp_path / "six", **kw))
+    cfg = _cfg(t, tmp_path / "killed", **{**kw, "steps": 12})
+    code = ("import sys; sys.path.insert(0, %r); from transplant.heal import heal, HealConfig; import json; "
+            "heal(HealConfig(**json.loads(sys.argv[1])), die_at_step=8)" % str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(cfg))], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
+    assert proc.returncode == 137, proc.stderr[-2000:]
+    cfg.resume, cfg.steps = True, 6
+    resumed = heal(cfg)
+    assert resumed.summary["best_step"] == six.summary["best_step"]
+    a, b = _weights(six.out), _weights(resumed.out)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)

@@ -40,7 +40,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 from .errors import TransplantError
 from .progress import bar, stage
-from .trainloop import LOG_FILE, Checkpoints, append_log, restore, step_seed
+from .trainloop import LOG_FILE, Checkpoints, any_process, append_log, restore, step_seed
 
 BEST_FILE = "best.safetensors"
 SUMMARY_FILE = "heal.json"
@@ -84,7 +84,6 @@ class HealConfig:
     seed: int = 0
     resume: bool = False
     overwrite: bool = False
-    extra: dict = field(default_factory=dict)
 
     @property
     def run_dir(self) -> Path:
@@ -438,8 +437,7 @@ def heal(cfg: HealConfig, *, die_at_step: int | None = None) -> HealResult:
         stop = (budget is not None and state["seconds"] >= budget) or (budget is None and state["step"] >= cfg.steps)
         if accelerator.is_main_process and cfg.patience and state["evals_since_best"] >= cfg.patience:
             stop = True
-        flag = torch.tensor([1.0 if stop else 0.0], device=device)
-        return bool(accelerator.reduce(flag, "max").item() > 0)
+        return any_process(accelerator, stop)
 
     if state["step"] == 0 and state["best_bpb"] is None:
         evaluate()

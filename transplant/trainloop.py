@@ -72,6 +72,14 @@ def restore(accelerator, checkpoint: Path, log_path: Path) -> dict:
     return state
 
 
+def any_process(accelerator, flag: bool) -> bool:
+    """True on every process when `flag` is true on any one (so all of them stop at the same step)."""
+    import torch
+
+    value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(value, "max").item() > 0)
+
+
 def trim_log(path: Path, step: int) -> None:
     """Drop log lines after `step` (a resumed run writes them again)."""
     if not path.is_file():

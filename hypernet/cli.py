@@ -66,8 +66,19 @@ def train_cmd(recipe, **flags) -> None:
     given = {k for k in flags if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
     cfg = config_from(recipe, flags, given)
     path = train(cfg)
-    click.echo(f"hypernet: {path} ({time.perf_counter() - started:.0f}s); use it with "
-               f"`transplant run --method hypernet --set hypernet.path={path}`")
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch`, one process registers and speaks
+        return
+    known = _register(path)
+    click.echo(f"hypernet: {path} ({time.perf_counter() - started:.0f}s), registered as {known.name!r}: "
+               f"`transplant run --model {cfg.model} ...` now uses it by default (`hypernet list` shows it)")
+
+
+def _register(path):
+    from .registry import register
+
+    return register(path)
 
 
 def config_from(recipe: str | None, flags: dict, given: set[str]):
@@ -127,7 +138,35 @@ def export_cmd(checkpoint, out, run) -> None:
     """Write the network of a training CHECKPOINT (<run>/checkpoints/step-N) as a usable folder."""
     from .train import export_checkpoint
 
-    click.echo(f"hypernet: {export_checkpoint(checkpoint, out, run)}")
+    path = export_checkpoint(checkpoint, out, run)
+    click.echo(f"hypernet: {path}, registered as {_register(path).name!r} (`hypernet list`)")
+
+
+@cli.command("list")
+def list_cmd() -> None:
+    """The networks `transplant run --method auto` can pick: registered by you, then shipped."""
+    from .registry import known_networks, registry_dir
+
+    nets = known_networks()
+    if not nets:
+        click.echo(f"no networks (train one with `hypernet train`; registry: {registry_dir()})")
+        return
+    width = max(len(n.name) for n in nets) + 2
+    for n in nets:
+        click.echo(f"{n.name:<{width}}{n.origin:<12}base {n.base_model or '?'} ({n.vocab_size}x{n.hidden_size}, "
+                   f"{'untied' if n.untied else 'tied'}); {n.summary}")
+        click.echo(f"{'':<{width}}{n.path}")
+    click.echo(f"\nA model uses the first network trained for it (matched by its embeddings); registry: "
+               f"{registry_dir()}")
+
+
+@cli.command("unregister")
+@click.argument("name")
+def unregister_cmd(name) -> None:
+    """Remove network NAME from your registry (the folder it was trained in is kept)."""
+    from .registry import unregister
+
+    click.echo(f"hypernet: removed {unregister(name)}")
 
 
 @cli.command("info")

@@ -93,3 +93,11 @@ def hypernet_dir(llama_bl, tmp_path_factory):
         for head in (net.head_in, net.head_out):
             head.weight.normal_(0, 0.05)
     return net.save(tmp_path_factory.mktemp("hypernet") / "hn")
+
+
+@pytest.fixture(autouse=True)
+def _own_network_registry(tmp_path_factory, monkeypatch):
+    """Each test sees an empty registry of hypernetworks of its own (never the user's), so
+    `method="auto"` depends only on what the test registers (shipped networks belong to the
+    real models, whose embeddings no tiny model matches)."""
+    monkeypatch.setenv("TOKENTRANSPLANT_HOME", str(tmp_path_factory.mktemp("tt-home")))

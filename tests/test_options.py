@@ -161,7 +161,7 @@ def test_run_records_options(knob, llama_bl, tok_dirs, tmp_path, monkeypatch, ca
 
 def test_run_without_set_unchanged(llama_bl, tok_dirs, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
-    proc = run_inproc(["run", "--model", llama_bl, "--new-tok", tok_dirs["sp"], "--out", out],
+    proc = run_inproc(["run", "--model", llama_bl, "--new-tok", tok_dirs["sp"], "--out", out, "--method", "fvt"],
                       monkeypatch, capsys, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     doc, card = _plan_and_card(out)

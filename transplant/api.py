@@ -24,6 +24,8 @@ import numpy as np
 import torch
 
 from .align import Alignment
+from .auto import choose as choose_auto
+from .auto import is_auto
 from .card import build_card, source_card_metadata
 from .checkpoint import EmbeddingLayout, check_vocab_fits, copy_side_files, locate_embeddings, read_embedding, write_weights
 from .configs import check_required_roles, remap_config, remap_generation_config
@@ -33,6 +35,7 @@ from .initializers import format_options
 from .outdir import check_output_path, staged_output
 from .plan import OVERRIDE, Plan
 from .planner import build_plan
+from .progress import stage
 from .resources import Resources
 from .sources import base_model_id, resolve_model
 from .specials import (SpecialIds, added_by_encode, choose_chat_template, map_added, old_role_ids,
@@ -264,13 +267,13 @@ def _input_paths(*items: Path | TokenizerSource | None) -> list[Path]:
 
 @_gc_paused
 def transplant(model: str | Path | torch.nn.Module, new_tokenizer: str | Path, out: str | Path | None = None, *,
-               method: str | list[str] = "fvt", fallback: str = "mean", old_tokenizer: str | Path | None = None,
+               method: str | list[str] = "auto", fallback: str = "mean", old_tokenizer: str | Path | None = None,
                pad_to_multiple_of: int | None = None, seed: int = 0, overwrite: bool = False, link: bool = False,
                trust_remote_code: bool = False, eval_texts: list[str] | None = None, eval_name: str = "text",
                eval_ctx: int = 1024, options: dict | None = None, encode_like: str = "source",
                language: list[str] | None = None, input_paths: list[str | Path] | None = None,
                untie: bool = False, calibrate_texts: list[str] | None = None,
-               calibrate_tokens: int = 4096) -> TransplantResult:
+               calibrate_tokens: int = 4096, calibrate: bool = True) -> TransplantResult:
     """Move a checkpoint onto `new_tokenizer`.
 
     Args:
@@ -279,7 +282,9 @@ def transplant(model: str | Path | torch.nn.Module, new_tokenizer: str | Path, o
             `old_tokenizer` given and `out=None`: the new tensors are returned, the model is untouched.
         new_tokenizer: a `tokenizer.json` or a tokenizer folder.
         out: output folder; None returns the new embedding tensors without writing anything.
-        method: initializer after special tokens and exact overlap (see `transplant.initializers.available()`).
+        method: initializer after special tokens and exact overlap (see `transplant.initializers.available()`);
+            "auto" (default): the hypernetwork known for this base model, else FVT, then output
+            calibration when calibration text is known (`transplant.auto`; the choice is recorded).
         fallback: initializer for tokens the method cannot make.
         pad_to_multiple_of: round the embedding rows up (e.g. 64 for tensor cores).
         link: hard-link untouched shards instead of copying them.
@@ -294,6 +299,7 @@ def transplant(model: str | Path | torch.nn.Module, new_tokenizer: str | Path, o
             text, never the evaluation text): fit the scale of made tokens' output rows on it by
             likelihood (see `transplant.calibrate`); recorded in the plan.
         calibrate_tokens: how many tokens of that text to read.
+        calibrate: False: no calibration, not even on the text `auto` would find.
 
     Returns:
         TransplantResult with the plan, the output folder (or the embeddings when `out` is None).
@@ -309,7 +315,8 @@ def transplant(model: str | Path | torch.nn.Module, new_tokenizer: str | Path, o
             raise TransplantError("for an in-memory model pass old_tokenizer= and no out (use save_pretrained "
                                   "yourself, or transplant_model(...) to replace the embeddings in place)")
         return transplant_model(model, old_tokenizer, new_tokenizer, method=method, fallback=fallback, seed=seed,
-                                pad_to_multiple_of=pad_to_multiple_of, inplace=False, options=options)
+                                pad_to_multiple_of=pad_to_multiple_of, inplace=False, options=options,
+                                encode_like=encode_like)
     folder = resolve_model(model)
     old_src = load_tokenizer(old_tokenizer or folder)
     new_src = load_tokenizer(new_tokenizer)
@@ -318,10 +325,21 @@ def transplant(model: str | Path | torch.nn.Module, new_tokenizer: str | Path, o
         out = check_output_path(Path(out), inputs, overwrite)
     layout = locate_embeddings(folder, trust_remote_code)
     check_vocab_fits(layout, len(old_src.vocabulary()))
+    resources = Resources.from_checkpoint(layout, len(old_src.vocabulary()))
+    auto = None
+    if is_auto(method):
+        auto = choose_auto(resources, new_src, calibrate_texts, calibrate, options)
+        stage(auto.line)
+        method, options = auto.method, auto.options
+        calibrate_texts = auto.calibration.texts if auto.calibration else None
+    elif not calibrate:
+        calibrate_texts = None
     prep = prepare(old_src, new_src, layout.config, _generation_config(folder), method, fallback,
-                   pad_to_multiple_of, seed, options, encode_like,
-                   resources=Resources.from_checkpoint(layout, len(old_src.vocabulary())))
+                   pad_to_multiple_of, seed, options, encode_like, resources=resources)
     plan = prep.plan
+    if auto is not None:
+        plan.meta["auto"] = auto.meta()
+        prep.card["auto"] = auto.line.removeprefix("auto: ")
     plan.record_base(layout.rows, layout.dim)
     plan.meta.update({"base_model": str(model), "new_tokenizer": str(new_tokenizer), "tied": layout.tied,
                       "encode_like": encode_like})
@@ -453,7 +471,7 @@ def _describe_ids(ids: SpecialIds, vocab: Vocabulary) -> str:
 
 
 def transplant_model(model: torch.nn.Module, old_tokenizer: str | Path, new_tokenizer: str | Path, *,
-                     method: str | list[str] = "fvt", fallback: str = "mean", seed: int = 0,
+                     method: str | list[str] = "auto", fallback: str = "mean", seed: int = 0,
                      pad_to_multiple_of: int | None = None, inplace: bool = True, options: dict | None = None,
                      encode_like: str = "source") -> TransplantResult:
     """Transplant an in-memory `PreTrainedModel` (e.g. inside a fine-tuning script).
@@ -474,10 +492,17 @@ def transplant_model(model: torch.nn.Module, old_tokenizer: str | Path, new_toke
         raise TransplantError(f"old tokenizer has {old_rows} ids but the model only {inp.shape[0]} rows "
                               "(pass the tokenizer that belongs to this model)")
     gen_cfg = getattr(model, "generation_config", None)
+    resources = Resources.from_model(model, old_rows)
+    auto = None
+    if is_auto(method):  # in memory there is no calibration pass (no text): the network or FVT
+        auto = choose_auto(resources, new_src, None, False, options, no_calibration="in memory")
+        stage(auto.line)
+        method, options = auto.method, auto.options
     prep = prepare(old_src, new_src, model.config.to_dict(), gen_cfg.to_dict() if gen_cfg is not None else None,
-                   method, fallback, pad_to_multiple_of, seed, options, encode_like,
-                   resources=Resources.from_model(model, old_rows))
+                   method, fallback, pad_to_multiple_of, seed, options, encode_like, resources=resources)
     plan = prep.plan
+    if auto is not None:
+        plan.meta["auto"] = auto.meta()
     out_mod = model.get_output_embeddings()
     tied = out_mod is None or out_mod.weight is inp
     untie = tied and plan.output is not None and out_mod is not None

@@ -40,7 +40,9 @@ Target tokenizer: `{{ new_tokenizer }}`.
 ## How each new token was initialized
 
 Method chain: {{ chain }} (each token takes the first step that can make it).
-{% if options %}
+{% if auto %}
+Chosen by `--method auto`: {{ auto }}.
+{% endif %}{% if options %}
 Options: {{ options }}.
 {% endif %}{% if resources %}
 Resources: {{ resources }}.

@@ -55,7 +55,9 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
 @click.option("--model", help="Model folder, cached hub id, .gguf file, or smollm2-135m-instruct / gemma-3-270m.")
 @click.option("--new-tok", help="Target tokenizer.json or tokenizer folder.")
 @click.option("--out", type=click.Path(), help="Output folder (written atomically).")
-@click.option("--method", default="fvt", show_default=True, help="Initializer after exact overlap (see `transplant methods`).")
+@click.option("--method", default="auto", show_default=True,
+              help="Initializer after exact overlap (see `transplant methods`); auto: the hypernetwork known for "
+                   "this model (`hypernet list`), else fvt, then calibration when calibration text is known.")
 @click.option("--fallback", default="mean", show_default=True, help="Initializer for tokens the method cannot make.")
 @click.option("--old-tok", default=None, help="Source tokenizer, if not the one in the model folder.")
 @click.option("--pad-to-multiple-of", type=click.IntRange(min=1), default=None, help="Round embedding rows up to a multiple.")
@@ -83,9 +85,11 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
                    "evaluation text): fit the scale of made tokens' output rows on it by likelihood.")
 @click.option("--calibrate-tokens", type=click.IntRange(min=64), default=4096, show_default=True,
               help="How many tokens of the calibration text to read.")
+@click.option("--no-calibrate", is_flag=True,
+              help="No output calibration, not even on the tokenizer's recorded training text (--method auto).")
 def run(recipe, model, new_tok, out, method, fallback, old_tok, pad_to_multiple_of, seed, link, overwrite,
         trust_remote_code, eval_text, eval_bytes, ctx, encode_like, languages, settings, untie, calibrate_text,
-        calibrate_tokens) -> None:
+        calibrate_tokens, no_calibrate=False) -> None:
     """Transplant MODEL onto NEW_TOK and write a checkpoint to OUT (or as a --recipe says)."""
     if recipe:  # fill the flags not given on the command line from the recipe, then run as usual
         from .recipes import merge_cli
@@ -99,13 +103,15 @@ def run(recipe, model, new_tok, out, method, fallback, old_tok, pad_to_multiple_
     from .planner import check_methods, method_chain
 
     methods = method.split("+") if "+" in method else method
+    if no_calibrate and calibrate_text:
+        raise click.UsageError("--no-calibrate and --calibrate-text contradict each other (keep one)")
     check_methods(methods, fallback)  # before anything is loaded
     options = parse_settings(settings)
     resolve_options(method_chain(methods, fallback), options)  # bad options fail before anything is loaded
     texts = _read_texts(eval_text, eval_bytes) if eval_text else None
     calibration = _read_texts(calibrate_text, None) if calibrate_text else None
     result = transplant(model, new_tok, out, method=methods, untie=untie, calibrate_texts=calibration,
-                        calibrate_tokens=calibrate_tokens,
+                        calibrate_tokens=calibrate_tokens, calibrate=not no_calibrate,
                         fallback=fallback, old_tokenizer=old_tok, pad_to_multiple_of=pad_to_multiple_of, seed=seed,
                         overwrite=overwrite, link=link, trust_remote_code=trust_remote_code, eval_texts=texts,
                         eval_name=", ".join(Path(t).name for t in eval_text), eval_ctx=ctx,
@@ -297,7 +303,9 @@ def method_options(name: str) -> list[str]:
 @click.option("--text", "texts", multiple=True, required=True, help="Text of the language or domain (repeatable).")
 @click.option("--add", type=click.IntRange(min=1), required=True, help="How many new tokens to learn.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output checkpoint folder.")
-@click.option("--method", default="fvt", show_default=True, help="Initializer of the new rows (old rows are copied).")
+@click.option("--method", default="auto", show_default=True,
+              help="Initializer of the new rows (old rows are copied); auto: the hypernetwork known for this model, "
+                   "else fvt, with output calibration on TEXT.")
 @click.option("--set", "settings", multiple=True, metavar="METHOD.OPTION=VALUE", help="A method option (repeatable).")
 @click.option("--pad-to-multiple-of", type=click.IntRange(min=1), default=None, help="Pad the vocabulary rows.")
 @click.option("--eval-text", "eval_texts", multiple=True, help="Score before/after into the model card.")
@@ -374,6 +382,10 @@ def methods() -> None:
     descriptions = method_descriptions()
     fixed = ("special", "exact")
     width = max(len(n) for n in descriptions) + 2
+    click.echo(f"{'auto':<{width}}the default: the hypernetwork known for the model, else fvt; then output calibration "
+               "when calibration text is known (--calibrate-text, or the tokenizer's recorded training text)")
+    for line in _known_network_lines():
+        click.echo(f"{'':<{width}}  {line}")
     for name in [*fixed, *[n for n in descriptions if n not in fixed]]:
         if name in descriptions:
             note = " (always applied first)" if name in fixed else ""
@@ -382,6 +394,16 @@ def methods() -> None:
                 click.echo(f"{'':<{width}}  {name}.{line}")
     click.echo("\nUse with `transplant run --method NAME` (chain several with +, e.g. fvt+multivariate), "
                "`--fallback NAME` and `--set METHOD.OPTION=VALUE` for an option.")
+
+
+def _known_network_lines() -> list[str]:
+    """One line per hypernetwork `auto` may pick (see `hypernet list`)."""
+    from hypernet.registry import known_networks
+
+    nets = known_networks()
+    if not nets:
+        return ["no hypernetwork known (train one with `hypernet train`; `hypernet list`)"]
+    return [f"network {n.name} ({n.origin}) for {n.base_model or '?'}: {n.summary}" for n in nets]
 
 
 _NoArgsIsHelp = getattr(click.exceptions, "NoArgsIsHelpError", ())

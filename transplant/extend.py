@@ -39,7 +39,7 @@ class ExtendResult:
     new_tokens: list[str]
 
 
-def extend(model: str | Path, texts: list[str | Path], add: int, out: str | Path, *, method: str = "fvt",
+def extend(model: str | Path, texts: list[str | Path], add: int, out: str | Path, *, method: str = "auto",
            options: dict | None = None, pad_to_multiple_of: int | None = None, overwrite: bool = False,
            eval_texts: list[str] | None = None, min_frequency: int = 2) -> ExtendResult:
     """Add up to `add` tokens learned on `texts` to `model`'s tokenizer and write the checkpoint.
@@ -49,7 +49,9 @@ def extend(model: str | Path, texts: list[str | Path], add: int, out: str | Path
         texts: UTF-8 text files of the language or domain to extend for.
         add: new tokens wanted (fewer when the text has no more pairs seen `min_frequency` times).
         out: output folder (a transplant output: weights, tokenizer, config, card, plan).
-        method: initializer of the new rows (old rows are always exact copies).
+        method: initializer of the new rows (old rows are always exact copies); "auto": the
+            hypernetwork known for the model, else FVT, with the output scale of the new rows
+            calibrated on `texts` (see `transplant.auto`).
         options, pad_to_multiple_of, overwrite, eval_texts: as for `transplant()`.
     """
     from .api import transplant
@@ -94,7 +96,11 @@ def extend(model: str | Path, texts: list[str | Path], add: int, out: str | Path
             if (base / name).is_file():
                 shutil.copy2(base / name, tok_dir / name)
         new_tok.save(str(tok_dir / "tokenizer.json"))
-        result = transplant(folder, tok_dir, out, method=method, options=options,
+        # `auto` calibrates the new rows on the text they were learned from; an explicit method
+        # gives exactly what it gave before `auto` existed.
+        calibration = ([Path(p).read_text(encoding="utf-8", errors="replace") for p in texts]
+                       if method == "auto" else None)
+        result = transplant(folder, tok_dir, out, method=method, options=options, calibrate_texts=calibration,
                             pad_to_multiple_of=pad_to_multiple_of, overwrite=overwrite, eval_texts=eval_texts,
                             input_paths=[Path(p) for p in texts])
     return ExtendResult(result, new_tokens)

@@ -13,11 +13,17 @@ from .vocab import Vocabulary
 
 
 FIXED_STEPS = ("special", "exact")
+# What `auto` may resolve to (transplant/auto.py), for checking options before anything loads.
+AUTO_CANDIDATES = ("hypernet", "fvt")
 
 
 def check_methods(method: str | list[str], fallback: str = "mean") -> None:
     """Refuse unknown methods, the fixed chain steps as methods, and a fallback that cannot fill every row."""
     steps = [method] if isinstance(method, str) else list(method)
+    if "auto" in steps:
+        if len(steps) > 1:
+            raise TransplantError("auto chooses the whole method; it cannot be chained (pass --method auto alone)")
+        steps = ["fvt"]
     for step in steps + [fallback]:
         if step in FIXED_STEPS:
             choices = ", ".join(n for n in available() if n not in FIXED_STEPS)
@@ -42,8 +48,10 @@ def _complete_methods() -> list[str]:
 
 
 def method_chain(method: str | list[str], fallback: str = "mean") -> list[str]:
-    """The initializers tried in order; `method` may itself be a list (e.g. ["fvt", "mean"])."""
+    """The initializers tried in order; `method` may itself be a list (e.g. ["fvt", "mean"]);
+    `auto` stands for every method it may choose (for checking their options)."""
     steps = ["special", "exact"] + ([method] if isinstance(method, str) else list(method)) + [fallback]
+    steps = [s for step in steps for s in (AUTO_CANDIDATES if step == "auto" else (step,))]
     chain: list[str] = []
     for step in steps:
         if step not in chain:
@@ -71,6 +79,9 @@ def build_plan(old: Vocabulary, new: Vocabulary, method: str | list[str] = "fvt"
         {'special': 3, 'exact': 9120, 'fvt': 22880}
     """
     started = time.perf_counter()
+    if method == "auto" or method == ["auto"]:
+        raise TransplantError("method auto is resolved by transplant()/transplant_model() before planning "
+                              "(see transplant.auto.choose)")
     check_methods(method, fallback)
     alignment = alignment or Alignment.build(old, new)
     chain = method_chain(method, fallback)

@@ -55,6 +55,9 @@ class TrainSummary:
     old_vocab_overlap: float | None  # share of this vocabulary's tokens also in `like`'s vocabulary
     seconds: float
     notes: list[str] = field(default_factory=list)
+    # Where the training text is and a fingerprint of it (never the text: tokenizer folders get
+    # published): `transplant run --method auto` calibrates on it while it is there and unchanged.
+    training_texts: list[dict] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         out = [f"tokenizer: {self.out} ({self.algorithm}, {self.vocab_size:,} tokens of {self.vocab_size_requested:,} "
@@ -254,6 +257,14 @@ def _supertokens(stage1: Tokenizer, lines: list[str], n_super: int, like: _Like)
     return result, sum(1 for t in new if space in t[1:] and t.strip(space))
 
 
+def _text_records(texts: list[str | Path]) -> list[dict]:
+    """Absolute path, content fingerprint and size of each training text (see `TrainSummary`)."""
+    from .resources import file_fingerprint
+
+    return [{"path": str(Path(t).resolve()), "sha256": file_fingerprint(t), "bytes": Path(t).stat().st_size}
+            for t in texts]
+
+
 def train_tokenizer(texts: list[str | Path], vocab_size: int, out: str | Path, *, like: str | None = None,
                     algorithm: str = "bpe", supertokens: bool = False, supertoken_share: float = 0.2,
                     held_out: float = 0.02, overwrite: bool = False) -> TrainSummary:
@@ -317,7 +328,7 @@ def train_tokenizer(texts: list[str | Path], vocab_size: int, out: str | Path, *
         overlap = sum(1 for t in texts_new if old.lookup(t) is not None) / max(1, len(texts_new))
     summary = TrainSummary(str(out), algorithm + ("+supertokens" if supertokens else ""), vocab_size, size, supers,
                            held_bytes, held_bytes / n_tokens if n_tokens else 0.0, overlap,
-                           round(time.perf_counter() - started, 1), notes)
+                           round(time.perf_counter() - started, 1), notes, _text_records(texts))
     roles = {f"{r}_token": v for r, v in like_info.roles.items()}
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **roles)
     if like_info.chat_template:

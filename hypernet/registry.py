@@ -1,0 +1,187 @@
+"""The networks this installation knows: shipped with the package, and registered by the user.
+
+Shipped networks live in `hypernet/networks/<name>/` (one per packaged model). `hypernet train`
+and `hypernet export` register their output by copying it (a few MB) into the user's registry,
+`$TOKENTRANSPLANT_HOME/hypernets/<name>/` (default `~/.cache/tokentransplant/hypernets/`), so a
+network keeps working after its training folder is gone, and a resumed run re-registers its
+newer weights under the same name.
+
+A network is matched to a model by the model's embeddings, as `HyperNet.check_source` does
+(the stored fingerprint rows against the same rows of the model: a fine-tune of the base
+matches, another model does not), never by its name. When several match, the choice is fixed by
+the registry, never by timing: networks the user registered before shipped ones (the user
+trained it on purpose, maybe on their own domain), then by name.
+
+Example:
+    >>> for net in known_networks():  # doctest: +SKIP
+    ...     print(net.name, net.origin, net.base_model)
+    >>> match = find_network(E_in, None)  # the network for this model's embeddings, or None  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from transplant.errors import TransplantError
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "networks"
+# Files of a network folder that are copied into the registry (training checkpoints are not).
+NETWORK_FILES = ("config.json", "model.safetensors", "training.json")
+REGISTERED = "registered.json"
+
+
+def registry_dir() -> Path:
+    """Where the user's networks are registered: `$TOKENTRANSPLANT_HOME/hypernets`, else the cache's."""
+    home = os.environ.get("TOKENTRANSPLANT_HOME")
+    if home:
+        return Path(home) / "hypernets"
+    from transplant.sources import cache_dir
+
+    return cache_dir() / "hypernets"
+
+
+@dataclass(frozen=True)
+class KnownNetwork:
+    """One network of the registry: where it is, whence it came, and what it was trained for."""
+
+    name: str
+    path: Path
+    origin: str  # "registered" or "shipped"
+    base_model: str
+    hidden_size: int
+    vocab_size: int
+    untied: bool
+    training: dict
+
+    @property
+    def summary(self) -> str:
+        """One line of its training: stages, minutes, texts."""
+        t = self.training
+        if not t:
+            return "no training summary"
+        mins = (t.get("stage1_seconds", 0) + t.get("stage2_seconds", 0)) / 60
+        texts = t.get("texts") or []
+        return (f"{t.get('stage1_done', 0)} + {t.get('stage2_done', 0)} steps (stage 1 + 2), {mins:.0f} min, "
+                f"{len(texts)} training texts")
+
+
+def _read(folder: Path, name: str, origin: str) -> KnownNetwork | None:
+    try:
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not (folder / "model.safetensors").is_file() or not isinstance(cfg, dict):
+        return None
+    try:
+        training = json.loads((folder / "training.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        training = {}
+    return KnownNetwork(name, folder, origin, str(cfg.get("base_model", "")), int(cfg.get("hidden_size", 0)),
+                        int(cfg.get("vocab_size", 0)), bool(cfg.get("untied", False)),
+                        training if isinstance(training, dict) else {})
+
+
+def known_networks() -> list[KnownNetwork]:
+    """Every usable network, in the order `find_network` tries them: registered, then shipped, by name."""
+    found = []
+    for origin, root in (("registered", registry_dir()), ("shipped", SHIPPED_DIR)):
+        if not root.is_dir():
+            continue
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            net = _read(folder, folder.name, origin)
+            if net is not None:
+                found.append(net)
+    return found
+
+
+def match_cosine(net: KnownNetwork, E_in, E_out) -> float | None:
+    """Mean cosine of the network's fingerprint rows with the same rows of `E_in`, or None when
+    the shapes say it belongs to another model (reads two small tensors, not the network)."""
+    import torch
+    from safetensors import safe_open
+
+    if E_in.shape[1] != net.hidden_size or (E_out is not None) != net.untied:
+        return None
+    with safe_open(str(net.path / "model.safetensors"), "pt") as fh:
+        ids, rows = fh.get_tensor("fingerprint_ids"), fh.get_tensor("fingerprint_rows").float()
+    keep = ids < E_in.shape[0]
+    if not bool(keep.any()):
+        return None
+    mine = E_in[ids[keep]].float()
+    return float(torch.nn.functional.cosine_similarity(mine, rows[keep], dim=1).sum()) / len(keep)
+
+
+def find_network(E_in, E_out) -> tuple[KnownNetwork, float] | None:
+    """The first known network (see `known_networks` for the order) trained for the model whose
+    embeddings are `E_in` (and head `E_out`, None when tied), with its fingerprint cosine."""
+    from .model import SAME_BASE_COSINE
+
+    for net in known_networks():
+        cos = match_cosine(net, E_in, E_out)
+        if cos is not None and cos >= SAME_BASE_COSINE:
+            return net, cos
+    return None
+
+
+def register(folder: str | Path, name: str | None = None) -> KnownNetwork:
+    """Copy a trained network folder into the user's registry (replacing an earlier copy of the
+    same source folder); returns the registered entry.
+
+    The name is the folder's name; a different network already registered under that name keeps
+    it, and this one gets the name with a short hash of its source path.
+    """
+    folder = Path(folder).resolve()
+    if _read(folder, folder.name, "registered") is None:
+        raise TransplantError(f"{folder} is not a trained hypernetwork folder (config.json and model.safetensors "
+                              "from `hypernet train` or `hypernet export`)")
+    root = registry_dir()
+    name = name or folder.name
+    target = root / name
+    if target.exists() and _source_of(target) != str(folder):
+        name = f"{name}-{hashlib.sha256(str(folder).encode()).hexdigest()[:8]}"
+        target = root / name
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    try:
+        for f in NETWORK_FILES:
+            if (folder / f).is_file():
+                shutil.copy2(folder / f, tmp / f)
+        (tmp / REGISTERED).write_text(json.dumps({"source": str(folder)}, indent=2) + "\n")
+        if target.exists():  # a newer version of the same network: swap it in, then drop the old one
+            old = Path(tempfile.mkdtemp(prefix=f".{name}-old-", dir=root))
+            os.replace(target, old / name)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _read(target, name, "registered")  # type: ignore[return-value]
+
+
+def unregister(name: str) -> Path:
+    """Remove a network from the user's registry (shipped networks cannot be removed)."""
+    target = registry_dir() / name
+    if not (target / REGISTERED).is_file():
+        known = ", ".join(n.name for n in known_networks() if n.origin == "registered") or "none"
+        raise TransplantError(f"no registered network named {name!r} (registered: {known}; see `hypernet list`)")
+    shutil.rmtree(target)
+    return target
+
+
+def _source_of(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / REGISTERED).read_text(encoding="utf-8")).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+__all__ = ["KnownNetwork", "known_networks", "find_network", "match_cosine", "register", "unregister",
+           "registry_dir", "SHIPPED_DIR"]

@@ -176,6 +176,29 @@ def unregister(name: str) -> Path:
     return target
 
 
+def ship(folder: str | Path, name: str, root: Path = SHIPPED_DIR) -> Path:
+    """Write a trained network as a shipped one, `root/name/`: its weights in bfloat16 (half the
+    size; the statistics and fingerprint buffers stay float32, they set the scale of every
+    prediction), its config and training summary. Maintainers' step (BENCHMARKS.md)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from .model import FORMAT
+
+    folder = Path(folder)
+    state = load_file(str(folder / "model.safetensors"))
+    buffers = {"mean_in", "std_in", "mean_out", "std_out", "fingerprint_ids", "fingerprint_rows"}
+    state = {k: (v if k in buffers or not v.is_floating_point() else v.to(torch.bfloat16)).contiguous()
+             for k, v in state.items()}
+    target = root / name
+    target.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(target / "model.safetensors"), metadata={"format": FORMAT})
+    for f in ("config.json", "training.json"):
+        if (folder / f).is_file():
+            shutil.copy2(folder / f, target / f)
+    return target
+
+
 def _source_of(folder: Path) -> str | None:
     try:
         return json.loads((folder / REGISTERED).read_text(encoding="utf-8")).get("source")
@@ -183,5 +206,5 @@ def _source_of(folder: Path) -> str | None:
         return None
 
 
-__all__ = ["KnownNetwork", "known_networks", "find_network", "match_cosine", "register", "unregister",
+__all__ = ["KnownNetwork", "known_networks", "find_network", "match_cosine", "register", "unregister", "ship",
            "registry_dir", "SHIPPED_DIR"]

@@ -176,3 +176,37 @@ def test_cli_no_calibrate_and_auto_chain_errors(llama_bl, tok_dirs, monkeypatch,
     proc = run_inproc(["run", "--model", llama_bl, "--new-tok", tok_dirs["sp"], "--out", tmp_path / "o",
                        "--set", "hypernet.nope=1"], monkeypatch, capsys)
     assert proc.returncode == 2 and "hypernet.nope" in proc.stderr and not (tmp_path / "o").exists()
+
+
+def test_shipped_networks_follow_registered_ones_and_keep_predictions(llama_bl, hypernet_dir, tmp_path,
+                                                                        monkeypatch):
+    import hypernet.registry as reg
+    from hypernet import HyperNet
+    from hypernet.train import load_source
+
+    monkeypatch.setattr(reg, "SHIPPED_DIR", tmp_path / "shipped")
+    folder = reg.ship(hypernet_dir, "tiny", root=reg.SHIPPED_DIR)
+    assert (folder / "model.safetensors").stat().st_size < (hypernet_dir / "model.safetensors").stat().st_size
+    assert [(n.name, n.origin) for n in known_networks()] == [("tiny", "shipped")]
+    registered = register(hypernet_dir)
+    assert [n.origin for n in known_networks()] == ["registered", "shipped"]
+    assert find_network(*load_source(str(llama_bl))[1:3])[0].name == registered.name
+    _, E_in, E_out, _ = load_source(str(llama_bl))
+    decs = [[5, 9], [17, 3, 40], [200]]
+    a = HyperNet.load(hypernet_dir).predict(decs, E_in, E_out)
+    b = HyperNet.load(folder).predict(decs, E_in, E_out)
+    for x, y in zip(a, b):  # bfloat16 weights: the corrections move by well under 1% of a row
+        assert (x - y).norm(dim=1).max() < 0.01 * x.norm(dim=1).min()
+
+
+def test_every_shipped_network_loads_and_names_a_packaged_model():
+    from hypernet import HyperNet
+    from hypernet.registry import SHIPPED_DIR
+    from transplant.sources import PACKAGED
+
+    shipped = [n for n in known_networks() if n.origin == "shipped"]
+    assert {n.name for n in shipped} == {p.name for p in SHIPPED_DIR.iterdir() if p.is_dir()}
+    for n in shipped:
+        net = HyperNet.load(n.path)
+        assert n.name in PACKAGED and net.config.base_model == n.name
+        assert n.training.get("stage2_done", 0) > 0  # trained through the LM, not stage 1 only

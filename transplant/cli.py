@@ -255,7 +255,8 @@ def apply(plan_dir, model, out, link, overwrite, trust_remote_code) -> None:
 @cli.command()
 @click.option("--out", default=None, type=click.Path(),
               help="Output folder [default: smollm2-es-METHOD in the tokentransplant cache, replaced on each run].")
-@click.option("--method", default="fvt", show_default=True, help="Initializer after exact overlap (see `transplant methods`).")
+@click.option("--method", default="auto", show_default=True,
+              help="Initializer after exact overlap (see `transplant methods`); with auto, plain fvt is scored too.")
 @click.option("--vocab-size", type=click.IntRange(min=1), default=8192, show_default=True,
               help="Size of the Spanish tokenizer to train (trained once per size, then cached).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out folder (the default folder is always replaced).")
@@ -267,7 +268,15 @@ def demo(out, method, vocab_size, overwrite) -> None:
     info = run_demo(out, method=method, vocab_size=vocab_size, overwrite=overwrite)
     result = info["result"]
     click.echo(f"held-out text: {info['held_out_bytes']} bytes; tokenizer: {info['tokenizer']}")
-    _print_eval_table(result.evaluation)
+    auto = result.plan.meta.get("auto")
+    rows = dict(result.evaluation)
+    if auto:
+        click.echo(auto["line"])
+        rows = {"original": rows["original"], f"default ({auto['method']}"
+                f"{'+cal' if 'calibration' in result.plan.meta else ''})": rows["transplanted"]}
+    if "fvt" in info:
+        rows["--method fvt"] = info["fvt"]
+    _print_eval_table(rows)
     click.echo(f"transplanted checkpoint: {result.output_dir}")
 
 

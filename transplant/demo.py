@@ -82,9 +82,13 @@ def _tokenizer_complete(folder: Path) -> bool:
     return all((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
 
 
-def run_demo(out: str | Path | None = None, method: str = "fvt", vocab_size: int = 8192, overwrite: bool = False,
-             eval_bytes: int = 40_000, ctx: int = 1024) -> dict:
+def run_demo(out: str | Path | None = None, method: str = "auto", vocab_size: int = 8192, overwrite: bool = False,
+             eval_bytes: int = 40_000, ctx: int = 1024, compare_fvt: bool = True) -> dict:
     """Train (or reuse) the Spanish tokenizer, transplant, score before/after; return the numbers.
+
+    With the default method (`auto`: the network shipped for SmolLM2, calibrated on the
+    tokenizer's own training lines) and `compare_fvt`, plain FVT is transplanted too (into a
+    temporary folder) and scored on the same bytes, as `info["fvt"]`.
 
     `out=None` writes to `default_out(method)` in the tokentransplant cache, replacing an earlier
     demo output there (that folder is ours). An `out` given explicitly that already exists is
@@ -118,8 +122,20 @@ def run_demo(out: str | Path | None = None, method: str = "fvt", vocab_size: int
     held_bytes = len(held_out.encode("utf-8"))
     stage(f"transplanting SmolLM2-135M-Instruct onto the new tokenizer ({method}) -> {out}")
     stage(f"then scoring the original and the transplanted model on {held_bytes:,} held-out bytes "
-          "(1-2 min in all on 2 CPU cores)")
+          "(1-2 min in all on 2 idle CPU cores)")
+    # The tokenizer's training lines are the text a user has in the target language: `auto`
+    # calibrates on them (an explicit method does not, as on the command line).
     result = transplant(model, tok_dir, out, method=methods, overwrite=overwrite,
                         eval_texts=[held_out], eval_name="Reina-Valera 1909, held-out chapters", eval_ctx=ctx,
-                        language=["es"])
-    return {"result": result, "tokenizer": tok_dir, "held_out_bytes": held_bytes}
+                        language=["es"], calibrate_texts=["\n".join(train_lines)] if method == "auto" else None)
+    info = {"result": result, "tokenizer": tok_dir, "held_out_bytes": held_bytes}
+    if method == "auto" and compare_fvt:
+        import tempfile
+
+        from .evaluate import evaluate_bpb
+
+        stage("for comparison: plain FVT (--method fvt) on the same held-out bytes")
+        with tempfile.TemporaryDirectory(prefix="demo-fvt-", dir=out.parent) as tmp:
+            fvt_out = transplant(model, tok_dir, Path(tmp) / "fvt", method="fvt").output_dir
+            info["fvt"] = evaluate_bpb(fvt_out, [held_out], ctx=ctx, label="fvt")
+    return info

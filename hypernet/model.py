@@ -169,8 +169,9 @@ class HyperNet(nn.Module):
                 f"embeddings {got}: train one for this model with `hypernet train --model ...`")
         keep = self.fingerprint_ids < E_in.shape[0]  # a vocabulary cut short cannot match its missing rows
         rows = E_in[self.fingerprint_ids[keep].to(E_in.device)].float()
+        # The mean over the rows kept (a vocabulary cut short has fewer), not over all fingerprint ids.
         cos = float(torch.nn.functional.cosine_similarity(rows, self.fingerprint_rows[keep].to(rows.device), dim=1)
-                    .sum()) / len(keep)
+                    .mean()) if bool(keep.any()) else 0.0
         if not cos >= SAME_BASE_COSINE:
             raise TransplantError(
                 f"this hypernetwork belongs to {cfg.base_model or 'another model'}: the model's embeddings do not "

@@ -114,7 +114,7 @@ def match_cosine(net: KnownNetwork, E_in, E_out) -> float | None:
     if not bool(keep.any()):
         return None
     mine = E_in[ids[keep]].float()
-    return float(torch.nn.functional.cosine_similarity(mine, rows[keep], dim=1).sum()) / len(keep)
+    return float(torch.nn.functional.cosine_similarity(mine, rows[keep], dim=1).mean())
 
 
 def find_network(E_in, E_out) -> tuple[KnownNetwork, float] | None:

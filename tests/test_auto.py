@@ -210,3 +210,15 @@ def test_every_shipped_network_loads_and_names_a_packaged_model():
         net = HyperNet.load(n.path)
         assert n.name in PACKAGED and net.config.base_model == n.name
         assert n.training.get("stage2_done", 0) > 0  # trained through the LM, not stage 1 only
+
+
+def test_a_model_with_fewer_rows_than_the_fingerprint_ids_still_matches(llama_bl, hypernet_dir):
+    """The match is the mean cosine over the fingerprint rows the model has (not over all 256)."""
+    from hypernet import HyperNet
+    from hypernet.train import load_source
+
+    _, E_in, E_out, _ = load_source(str(llama_bl))
+    cut = E_in.shape[0] * 2 // 3  # the last third of the fingerprint ids is past the end
+    net = register(hypernet_dir)
+    assert find_network(E_in[:cut], E_out[:cut])[0].name == net.name
+    assert HyperNet.load(hypernet_dir).check_source(E_in[:cut], E_out[:cut]) > 0.99

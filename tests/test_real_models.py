@@ -104,6 +104,10 @@ def test_demo_end_to_end(smollm2, tmp_path):
     result = info["result"]
     original, transplanted = result.evaluation["original"], result.evaluation["transplanted"]
     assert original.bytes == transplanted.bytes > 0
+    # The default uses the network shipped for SmolLM2, calibrated, and beats plain FVT.
+    assert result.plan.meta["auto"]["network"] == "smollm2-135m-instruct"
+    assert "calibration" in result.plan.meta
+    assert info["fvt"].bytes == transplanted.bytes and transplanted.bpb < info["fvt"].bpb
     assert math.isfinite(original.bpb) and math.isfinite(transplanted.bpb)
     assert 0 < transplanted.bpb < 2 * original.bpb, (original.bpb, transplanted.bpb)
     # The Spanish tokenizer spends fewer tokens on Spanish text.
@@ -164,3 +168,20 @@ def test_smollm2_onto_gemma_tokenizer_keeps_its_chat_format(smollm2, gemma, tmp_
     assert vocab.roles["turn_end"] in result.special_ids.eos and vocab.roles["eos"] in result.special_ids.eos
     # SmolLM2 never saw a start token: the output adds none, although Gemma's tokenizer would.
     assert tok("Hello")["input_ids"] == tok("Hello", add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("name", ["smollm2", "gemma"])
+def test_shipped_network_matches_its_packaged_model(name, request):
+    """Each packaged model finds the network shipped for it, by its embeddings."""
+    import torch
+
+    from hypernet.registry import find_network
+    from hypernet.train import load_source
+
+    folder = request.getfixturevalue(name)[0]
+    _, E_in, E_out, _ = load_source(str(folder))
+    net, cos = find_network(E_in, E_out)
+    assert net.origin == "shipped" and net.name == {"smollm2": "smollm2-135m-instruct",
+                                                    "gemma": "gemma-3-270m"}[name]
+    assert cos > 0.99
+    assert find_network(torch.randn_like(E_in), E_out) is None

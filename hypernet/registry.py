@@ -193,6 +193,7 @@ def ship(folder: str | Path, name: str, root: Path = SHIPPED_DIR) -> Path:
     target = root / name
     target.mkdir(parents=True, exist_ok=True)
     save_file(state, str(target / "model.safetensors"), metadata={"format": FORMAT})
+    os.chmod(target / "model.safetensors", 0o644)  # a package file: readable by everyone, like the rest
     for f in ("config.json", "training.json"):
         if (folder / f).is_file():
             shutil.copy2(folder / f, target / f)

@@ -102,10 +102,12 @@ def setup(task: str) -> dict:
     return {"model": model, "new_tok": str(resolve_model(donor)), "dev": CORPORA / "en" / "dev.txt", "other": other}
 
 
-# `transplant ARGS` that reports its own peak RSS on its last stderr line.
-_WRAPPED = ("import resource, sys\nfrom transplant.cli import main\nsys.argv = ['transplant'] + sys.argv[1:]\n"
+# `transplant ARGS` that reports its own peak RSS on its last stderr line. VmHWM, not ru_maxrss:
+# Linux carries ru_maxrss over fork and exec, so a child of this (large) process would report ours.
+_WRAPPED = ("import re, sys\nfrom transplant.cli import main\nsys.argv = ['transplant'] + sys.argv[1:]\n"
             "try:\n    main()\nfinally:\n"
-            "    print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
+            "    hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+            "    print('PEAK_RSS_KIB', hwm, file=sys.stderr)\n")
 
 
 def run_cli(args: list[str]) -> tuple[float, float, str]:

@@ -131,17 +131,22 @@ def test_same_inputs_same_model(llama_bl, hypernet_dir, es_tok, tmp_path):
     assert _same_weights(a.output_dir, b.output_dir)
 
 
+def _registered() -> list[str]:
+    return [n.name for n in known_networks() if n.origin == "registered"]
+
+
 def test_registry_order_names_and_unregister(hypernet_dir, tmp_path):
     first = register(hypernet_dir)
     again = register(hypernet_dir)  # the same source folder: replaced under its name
-    assert again.name == first.name and len(known_networks()) == 1
+    assert again.name == first.name and _registered() == [first.name]
     twin = tmp_path / hypernet_dir.name
     shutil.copytree(hypernet_dir, twin)
     other = register(twin)  # another folder of the same name: a name of its own
     assert other.name != first.name and other.name.startswith(first.name)
-    assert [n.name for n in known_networks()] == sorted([first.name, other.name])
+    assert _registered() == sorted([first.name, other.name])
+    assert [n.origin for n in known_networks()][:2] == ["registered", "registered"]  # before shipped ones
     unregister(other.name)
-    assert [n.name for n in known_networks()] == [first.name]
+    assert _registered() == [first.name]
     with pytest.raises(TransplantError, match="no registered network"):
         unregister("nope")
     with pytest.raises(TransplantError, match="not a trained hypernetwork"):

@@ -180,7 +180,7 @@ def test_signal_mid_write_leaves_nothing(llama_bl, tok_dirs, tmp_path, sig):
             "def slow(*a, **k):\n    real(*a, **k); print('writing', flush=True); time.sleep(60)\n"
             "api.write_weights = slow\n"
             "from transplant.cli import main\n"
-            "sys.argv = ['transplant', 'run', '--model', sys.argv[1], '--new-tok', sys.argv[2], '--out', sys.argv[3]]\n"
+            "sys.argv = ['transplant', 'run', '--model', sys.argv[1], '--new-tok', sys.argv[2], '--out', sys.argv[3], '--method', 'fvt']\n"
             "main()\n")
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
     proc = subprocess.Popen([sys.executable, "-c", code, str(llama_bl), str(tok_dirs["sp"]), str(out)],

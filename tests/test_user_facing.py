@@ -251,10 +251,10 @@ def test_demo_defaults_to_the_cache_and_reuses_its_tokenizer(monkeypatch, tmp_pa
     monkeypatch.setattr(api, "transplant", fake_transplant)
     monkeypatch.chdir(tmp_path)
     for _ in range(2):
-        info = demo.run_demo(vocab_size=300, eval_bytes=2000)
+        info = demo.run_demo(vocab_size=300, eval_bytes=2000, compare_fvt=False)
     assert calls["train"] == 1  # the second run reused the cached tokenizer
     out, overwrite = calls["transplant"][-1]
-    assert Path(out) == tmp_path / "cache" / "demo" / "smollm2-es-fvt" and overwrite
+    assert Path(out) == tmp_path / "cache" / "demo" / "smollm2-es-auto" and overwrite
     assert Path(info["tokenizer"]).parent == tmp_path / "cache" / "demo"
     assert (Path(info["tokenizer"]) / "tokenizer.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("smollm2")]  # nothing in the current folder

@@ -199,8 +199,6 @@ def _untie_and_calibrate(prep: Prepared, tied: bool, untie: bool, texts: list[st
         plan.output.output, plan.output.meta = None, {}
     if not texts:
         return
-    model = load_model()
-    head = new_head()
     ids = prep.ids
     start = ids.bos if ids.bos is not None else (ids.eos[0] if ids.eos else None)
     if start is None:
@@ -212,8 +210,7 @@ def _untie_and_calibrate(prep: Prepared, tied: bool, untie: bool, texts: list[st
 
     made = plan.side("output").made_rows()
     buckets = row_buckets(plan.side("output"), made)
-    fit = fit_output_scale(model, head, made, encode, start, texts, max_tokens, buckets=buckets)
-    del model, head
+    fit = fit_output_scale(load_model, new_head, made, encode, start, texts, max_tokens, buckets=buckets)
     side = apply_scale(plan, fit, output_only=not tied or untie, buckets=buckets)
     plan.meta["calibration"] = dict(fit.as_meta(), side=side)
     scaled = (f"by {fit.scale:.2f}" if not fit.bucket_scales else
@@ -227,17 +224,27 @@ def _untie_and_calibrate(prep: Prepared, tied: bool, untie: bool, texts: list[st
 
 
 def _loaded_with_new_inputs(folder: Path, layout: EmbeddingLayout, plan: Plan, trust_remote_code: bool):
-    """The source model in float32 with the plan's new input embeddings (for calibration)."""
+    """(the source model in float32, `ids -> the plan's new input rows of those ids`) for calibration.
+
+    The model is not resized to the new vocabulary: calibration reads its text through the rows of
+    the ids it uses (`calibrate.fit_output_scale`), streamed here from the plan, so no
+    new_vocab x dim matrix is made beside the head (600 MB for Gemma's vocabulary at SmolLM2's width).
+    """
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
                                                  trust_remote_code=trust_remote_code)
-    new_in = plan.apply(read_embedding(layout, layout.input_key))
-    model.resize_token_embeddings(plan.new_size, mean_resizing=False)
-    with torch.no_grad():
-        model.get_input_embeddings().weight.copy_(new_in)
     model.eval()
-    return model
+
+    def input_rows(ids: np.ndarray) -> torch.Tensor:
+        pieces, first = [], 0
+        for chunk in plan.iter_apply(read_embedding(layout, layout.input_key)):
+            inside = ids[(ids >= first) & (ids < first + len(chunk))] - first
+            pieces.append(chunk[torch.from_numpy(inside)].to(torch.float32))
+            first += len(chunk)
+        return torch.cat(pieces)
+
+    return model, input_rows
 
 
 def _generation_config(folder: Path) -> dict | None:
@@ -329,7 +336,6 @@ def transplant(model: str | Path | torch.nn.Module, new_tokenizer: str | Path, o
     auto = None
     if is_auto(method):
         auto = choose_auto(resources, new_src, calibrate_texts, calibrate, options)
-        stage(auto.line)
         method, options = auto.method, auto.options
         calibrate_texts = auto.calibration.texts if auto.calibration else None
     elif not calibrate:
@@ -337,7 +343,8 @@ def transplant(model: str | Path | torch.nn.Module, new_tokenizer: str | Path, o
     prep = prepare(old_src, new_src, layout.config, _generation_config(folder), method, fallback,
                    pad_to_multiple_of, seed, options, encode_like, resources=resources)
     plan = prep.plan
-    if auto is not None:
+    if auto is not None:  # said once the inputs passed their checks: a bad input stays one error line
+        stage(auto.line)
         plan.meta["auto"] = auto.meta()
         prep.card["auto"] = auto.line.removeprefix("auto: ")
     plan.record_base(layout.rows, layout.dim)
@@ -496,12 +503,12 @@ def transplant_model(model: torch.nn.Module, old_tokenizer: str | Path, new_toke
     auto = None
     if is_auto(method):  # in memory there is no calibration pass (no text): the network or FVT
         auto = choose_auto(resources, new_src, None, False, options, no_calibration="in memory")
-        stage(auto.line)
         method, options = auto.method, auto.options
     prep = prepare(old_src, new_src, model.config.to_dict(), gen_cfg.to_dict() if gen_cfg is not None else None,
                    method, fallback, pad_to_multiple_of, seed, options, encode_like, resources=resources)
     plan = prep.plan
     if auto is not None:
+        stage(auto.line)
         plan.meta["auto"] = auto.meta()
     out_mod = model.get_output_embeddings()
     tied = out_mod is None or out_mod.weight is inp

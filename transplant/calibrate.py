@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -40,7 +41,8 @@ from .evaluate import pack, split_documents
 from .progress import bar
 
 COARSE = np.round(np.arange(0.40, 1.3001, 0.05), 4)
-BINS = 256  # histogram bins per position and group of made rows (see `_quantize`)
+BINS = 64  # histogram bins per position and group of made rows (see `_quantize`)
+RowsOf = Callable[[np.ndarray], torch.Tensor]  # sorted ids -> their new input rows (len(ids) x dim)
 
 
 @dataclass
@@ -88,7 +90,8 @@ def final_hidden_states(model, chunks: list[list[int]], start_id: int, batch_tok
         for r, c in enumerate(batch):
             ids[r, 1:len(c) + 1] = torch.tensor(c, dtype=torch.long)
             mask[r, :len(c) + 1] = 1
-        out = base(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state[:, :-1]
+        out = base(input_ids=ids.to(device), attention_mask=mask.to(device),
+                   use_cache=False).last_hidden_state[:, :-1]  # no key/value cache to build: one pass
         keep = mask[:, 1:].bool()
         hs.append(out[keep.to(out.device)].float().cpu())
         ys.append(ids[:, 1:][keep])
@@ -97,8 +100,8 @@ def final_hidden_states(model, chunks: list[list[int]], start_id: int, batch_tok
     return torch.cat(hs), torch.cat(ys)
 
 
-def _hidden_states_through_rows(model, input_rows, chunks: list[list[int]], start_id: int
-                                ) -> tuple[torch.Tensor, torch.Tensor]:
+def _hidden_states_through_rows(model: torch.nn.Module, input_rows: RowsOf, chunks: list[list[int]],
+                                start_id: int, new_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`final_hidden_states` with the new input rows of only the ids the text uses.
 
     The model keeps its own embedding matrix; for the read, its embedding module gets a small
@@ -107,6 +110,11 @@ def _hidden_states_through_rows(model, input_rows, chunks: list[list[int]], star
     vocabulary that is 600 MB at SmolLM2's width.
     """
     emb = model.get_input_embeddings()
+    if not isinstance(emb, torch.nn.Embedding):  # a custom module: the whole new matrix, as before
+        model.resize_token_embeddings(new_size, mean_resizing=False)
+        with torch.no_grad():
+            model.get_input_embeddings().weight.copy_(input_rows(np.arange(new_size)))
+        return final_hidden_states(model, chunks, start_id)
     used = np.unique(np.concatenate([np.asarray(c, dtype=np.int64) for c in chunks] + [[start_id]]))
     saved = emb.weight, emb.num_embeddings, emb.padding_idx
     emb.weight = torch.nn.Parameter(input_rows(used).to(saved[0].dtype).to(saved[0].device), requires_grad=False)
@@ -133,34 +141,49 @@ def _calibration_chunks(encode, texts: list[str], max_tokens: int, ctx: int) -> 
     return [c for c in pack(taken, ctx) if c]
 
 
-def fit_output_scale(model, head: torch.Tensor, made: np.ndarray, encode, start_id: int, texts: list[str],
-                     max_tokens: int = 4096, ctx: int = 512, buckets: np.ndarray | None = None,
-                     input_rows=None) -> CalibrationFit:
+def _read(model: torch.nn.Module | Callable[[], tuple[torch.nn.Module, RowsOf]], chunks: list[list[int]],
+          start_id: int, new_size: int) -> tuple[torch.Tensor, torch.Tensor, float, float | None]:
+    """(hidden states, next tokens, logit multiplier, soft cap) of the text; a model given as a
+    loader is let go here, once it has read the text."""
+    input_rows = None
+    if not isinstance(model, torch.nn.Module):
+        model, input_rows = model()
+    mult, cap = _logit_transform(model.config)
+    if input_rows is None:
+        h, y = final_hidden_states(model, chunks, start_id)
+    else:
+        h, y = _hidden_states_through_rows(model, input_rows, chunks, start_id, new_size)
+    return h, y, mult, cap
+
+
+def fit_output_scale(model: torch.nn.Module | Callable[[], tuple[torch.nn.Module, RowsOf]],
+                     head: torch.Tensor | Callable[[], torch.Tensor], made: np.ndarray, encode, start_id: int,
+                     texts: list[str], max_tokens: int = 4096, ctx: int = 512,
+                     buckets: np.ndarray | None = None) -> CalibrationFit:
     """Fit the scale of the made rows' logits by likelihood on `texts` (see the module docstring).
 
     Args:
-        model: any causal LM: the transplanted model (new input embeddings in place) or, with
-            `input_rows`, the source model as loaded.
-        head: the new LM-head matrix (new_size x dim) before calibration.
+        model: the transplanted model (new input embeddings in place), any causal LM; or a
+            function that loads the source model and returns `(model, input_rows)`, where
+            `input_rows(ids)` gives the new input rows of the sorted `ids`: the model then reads
+            the text through those rows alone (`_hidden_states_through_rows`) and is let go
+            before `head` is built.
+        head: the new LM-head matrix (new_size x dim) before calibration, or a function that
+            builds it (called once the text is read: model and head are never held together).
         made: boolean mask of the rows to scale (`Plan.made_rows()` of the head's side).
         encode: `list[str] -> list[list[int]]` with the new tokenizer, no special tokens.
         start_id: the token put before each chunk (bos, else eos), as in the BPB protocol.
         texts: calibration text in the target language or domain (never the evaluation text).
         max_tokens: how many text tokens to read (the leading whole documents).
         buckets: per-row bucket ids (`row_buckets`) to fit one scale per bucket; None: one scale.
-        input_rows: `ids (sorted np.ndarray) -> their new input rows (len(ids) x dim)`; the model
-            then reads the text through those rows alone (its embedding matrix is left as it is).
     """
     chunks = _calibration_chunks(encode, texts, max_tokens, ctx)
-    made_t = torch.from_numpy(np.asarray(made[: head.shape[0]], dtype=bool))
-    if not made_t.any():
+    if not np.asarray(made, dtype=bool).any():
         raise TransplantError("nothing to calibrate: every row of the new vocabulary was copied")
-    if input_rows is None:
-        h, y = final_hidden_states(model, chunks, start_id)
-    else:
-        h, y = _hidden_states_through_rows(model, input_rows, chunks, start_id)
+    h, y, mult, cap = _read(model, chunks, start_id, len(made))
+    head = head() if callable(head) else head
+    made_t = torch.from_numpy(np.asarray(made[: head.shape[0]], dtype=bool))
     digest = hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest()[:16]
-    mult, cap = _logit_transform(model.config)
     transform = (lambda x: cap * torch.tanh(x * mult / cap)) if cap else None
     # The constant multiplier goes on the hidden states (4096 x dim), not on a copy of the head.
     return fit_scale(h if cap or mult == 1.0 else h * mult, y, head, made_t, transform, digest, buckets)
@@ -180,29 +203,6 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class _Columns:
-    """The head's rows as columns of the logits: made rows sorted by group (so a group is one
-    slice of `logits[:, made]`) and kept rows."""
-
-    made: torch.Tensor  # (M,) row ids, sorted by group
-    counts: torch.Tensor  # (G,) made rows per group
-    kept: torch.Tensor  # (V - M,) row ids
-
-    @classmethod
-    def of(cls, group: torch.Tensor, n_groups: int) -> "_Columns":
-        made = torch.nonzero(group >= 0).squeeze(1)
-        made = made[torch.argsort(group[made], stable=True)]
-        return cls(made, torch.bincount(group[made], minlength=n_groups), torch.nonzero(group < 0).squeeze(1))
-
-    def slices(self) -> list[slice]:
-        ends = torch.cumsum(self.counts, 0).tolist()
-        return [slice(e - int(c), e) for e, c in zip(ends, self.counts.tolist())]
-
-    def scale_per_column(self, scales: np.ndarray) -> torch.Tensor:
-        return torch.repeat_interleave(torch.as_tensor(scales, dtype=torch.float32), self.counts)
-
-
-@dataclass
 class _Compact:
     """What the fit needs of every position's logits, a few hundred numbers per position: the made
     logits as weighted points per group (see `_quantize`), and what no scale changes (the kept
@@ -215,41 +215,86 @@ class _Compact:
     target_group: torch.Tensor  # (N,) its group, -1 for a kept row
 
 
-def _quantize(x: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row of `x` (t, m) as 2 * `bins` weighted points: two per bin of equal width between
-    the row's min and max, at the mean -/+ the standard deviation of the bin's members, with half
-    their count each.
+@dataclass
+class _Work:
+    """Buffers for one step of a pass, made once: a fresh 64 MB temporary per operation and step
+    cost more in page faults (zeroing new memory) than the operation itself."""
+
+    logits: torch.Tensor
+    a: torch.Tensor
+    b: torch.Tensor
+    key: torch.Tensor
+
+    @classmethod
+    def of(cls, rows: int, cols: int) -> "_Work":
+        return cls(*(torch.empty(rows, cols) for _ in range(3)), torch.empty(rows, cols, dtype=torch.long))
+
+
+def _quantize(x: torch.Tensor, column_group: torch.Tensor, n_groups: int, bins: int,
+              work: _Work | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row of `x` (t, V) as 2 * `bins` weighted points per group of columns: two per bin of
+    equal width between the row's min and max, at the mean -/+ the standard deviation of the
+    bin's members, with half their count each.
 
     The pair keeps the members' count, sum and sum of squares, so a sum of exp(a * x) over them
     (and its derivatives in a) is right up to terms of third order in a * bin width (~1e-6 of
-    the sum with 256 bins over SmolLM2's logits), and a bin with one or two members is exact. An
-    unbiased deterministic summary: no sampling noise, and no weight to get wrong in the tail.
+    the sum with 64 bins over SmolLM2's logits), and a bin with one or two members is exact. A
+    deterministic summary: no sampling noise, and no weight to get wrong in the tail.
+
+    Args:
+        column_group: (V,) each column's group, 0..n_groups-1; `n_groups` for columns left out.
+        work: buffers of at least x's shape, overwritten (None: new ones).
 
     Returns:
-        (values, log-weights), each (t, 2 * bins); an empty bin has log-weight -inf.
+        (values, log-weights), each (t, n_groups, 2 * bins); an empty bin has log-weight -inf.
     """
-    t, m = x.shape
-    if m == 0:
-        return torch.zeros(t, 2 * bins), torch.full((t, 2 * bins), -math.inf)
-    lo = x.amin(1, keepdim=True)
-    width = (x.amax(1, keepdim=True) - lo).clamp_min(1e-6) / bins
-    pos = (x - lo).div_(width)
-    idx = pos.floor().clamp_(max=bins - 1)
-    frac = pos.sub_(idx)  # where in its bin (0..1): small numbers, so the spread is not lost to rounding
-    idx = idx.long()
-    count = torch.zeros(t, bins).scatter_add_(1, idx, torch.ones(1, 1).expand_as(frac))
-    s1 = torch.zeros(t, bins).scatter_add_(1, idx, frac)
-    s2 = torch.zeros(t, bins).scatter_add_(1, idx, frac.mul_(frac))
+    t = x.shape[0]
+    lo, hi = torch.aminmax(x, dim=1, keepdim=True)
+    # Bins a hair wider than the range on both sides, so that rounding never puts the min or the
+    # max outside them (no clamp pass).
+    lo = lo - (hi - lo).clamp_min(1e-6) * (1e-3 / bins)
+    width = (hi - lo).clamp_min(1e-6) * ((1 + 1e-5) / bins)
+    # Position in bins, shifted by bins * group: floor() is then the key of the (group, bin)
+    # table, and what it leaves is where in its bin the logit lies (0..1; small numbers, so
+    # the spread within a bin is not lost to rounding).
+    work = work or _Work.of(*x.shape)
+    pos, floor, key = work.a[:t], work.b[:t], work.key[:t]
+    torch.addcmul(-lo / width, x, 1 / width, out=pos).add_(column_group * float(bins))
+    torch.floor(pos, out=floor)
+    frac = pos.sub_(floor)
+    key.copy_(floor)
+
+    def per_bin(src: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(t, (n_groups + 1) * bins).scatter_add_(1, key, src)[:, :n_groups * bins].view(
+            t, n_groups, bins)
+
+    count, s1 = per_bin(torch.ones(1, 1).expand_as(frac)), per_bin(frac)
+    s2 = per_bin(frac.mul_(frac))
     per = count.clamp_min(1)
     mean = s1 / per
-    sd = (s2 / per - mean * mean).clamp_min(0).sqrt()
-    centre = lo + (torch.arange(bins) + mean) * width
-    return torch.cat([centre - sd * width, centre + sd * width], 1), torch.log(count / 2).repeat(1, 2)
+    spread = (s2 / per - mean * mean).clamp_min(0).sqrt() * width[:, :, None]
+    centre = lo[:, :, None] + (torch.arange(bins) + mean) * width[:, :, None]
+    return torch.cat([centre - spread, centre + spread], 2), torch.log(count / 2).repeat(1, 1, 2)
+
+
+def _logsumexp(x: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
+    """Row-wise log-sum-exp of `x` (t, V) with `work` (same shape, may be `x`) as its temporary."""
+    top = x.amax(1, keepdim=True)
+    torch.sub(x, top, out=work).exp_()
+    return top.squeeze(1) + work.sum(1).log()
+
+
+def _per_column(a: np.ndarray, group: torch.Tensor) -> torch.Tensor | None:
+    """The per-group scales `a` as one scale per column (1 for kept rows); None when all are 1."""
+    if np.all(a == 1):
+        return None
+    return torch.where(group >= 0, torch.as_tensor(a, dtype=torch.float32)[group.clamp(min=0)], 1.0)
 
 
 def _positions_per_step(vocab: int) -> int:
-    """Positions per step of a pass: about 2**23 logits (32 MB a temporary) whatever the vocabulary."""
-    return max(8, (1 << 23) // max(vocab, 1))
+    """Positions per step of a pass: about 2**24 logits (64 MB a buffer) whatever the vocabulary
+    (fewer than ~64 rows make the product with the head markedly slower per row)."""
+    return max(8, (1 << 24) // max(vocab, 1))
 
 
 def _pass(h: torch.Tensor, y: torch.Tensor, head: torch.Tensor, group: torch.Tensor, scales: np.ndarray,
@@ -264,7 +309,11 @@ def _pass(h: torch.Tensor, y: torch.Tensor, head: torch.Tensor, group: torch.Ten
     """
     tf = transform or _identity
     n_groups = scales.shape[1]
-    cols = _Columns.of(group, n_groups)
+    kept = torch.nonzero(group < 0).squeeze(1)
+    # Whole rows of logits, never gathered by made rows or by group (a copy as large as the
+    # logits): exact sums run over every row (the kept rows' part is subtracted from the
+    # total as a share), and the compact form bins kept rows into a group of its own, dropped.
+    column_group = torch.where(group >= 0, group, n_groups)
     y_group = group[y]
     nll = torch.zeros(len(scales), dtype=torch.float64)
     mass = torch.zeros(len(scales), dtype=torch.float64)
@@ -272,26 +321,26 @@ def _pass(h: torch.Tensor, y: torch.Tensor, head: torch.Tensor, group: torch.Ten
     if bins:
         shape = (len(y), n_groups, 2 * bins)
         compact = _Compact(torch.empty(shape), torch.empty(shape), torch.empty(len(y)), torch.empty(len(y)), y_group)
+    per_column = [_per_column(a, group) for a in scales]
     step = _positions_per_step(head.shape[0])
+    work = _Work.of(min(step, len(y)), head.shape[0])
     for s in bar(range(0, len(y), step), desc="calibrating: scoring", unit="step"):
-        logits = h[s:s + step] @ head.T
-        e = s + len(logits)
+        e = min(s + step, len(y))
+        logits, tmp = work.logits[:e - s], work.a[:e - s]
+        torch.mm(h[s:e], head.T, out=logits)
         target = logits.gather(1, y[s:e, None]).squeeze(1)
-        lse_kept = torch.logsumexp(tf(logits[:, cols.kept]), 1)
-        made = logits[:, cols.made]
-        del logits
+        lse_kept = torch.logsumexp(tf(logits.index_select(1, kept)), 1)
         if compact is not None:
             compact.target[s:e], compact.lse_kept[s:e] = target, lse_kept
-            for g, cut in enumerate(cols.slices()):
-                compact.values[s:e, g], compact.logw[s:e, g] = _quantize(made[:, cut], bins)
+            compact.values[s:e], compact.logw[s:e] = _quantize(logits, column_group, n_groups, bins, work)
         g_y, is_made = y_group[s:e].clamp(min=0), y_group[s:e] >= 0
         for k, a in enumerate(scales):
-            lse_made = torch.logsumexp(tf(made * cols.scale_per_column(a)), 1)
             at = torch.as_tensor(a, dtype=torch.float32)
-            tgt = tf(torch.where(is_made, target * at[g_y], target))
-            chunk_nll, chunk_mass = _nll_and_mass(lse_kept, lse_made, tgt)
-            nll[k] += chunk_nll
-            mass[k] += chunk_mass
+            z = logits if per_column[k] is None else torch.mul(logits, per_column[k], out=tmp)
+            # Every row at once: no pass to mask the kept ones.
+            lse = _logsumexp(tf(z) if transform else z, tmp).double()
+            nll[k] += float((lse - tf(torch.where(is_made, target * at[g_y], target))).sum())
+            mass[k] += float(-torch.expm1(lse_kept.double() - lse).sum())  # the made rows' share
     return nll.numpy(), mass.numpy(), compact
 
 
@@ -304,13 +353,13 @@ def _nll_and_mass(lse_kept: torch.Tensor, lse_made: torch.Tensor, target: torch.
 def _nll_grid(h: torch.Tensor, y: torch.Tensor, head: torch.Tensor, made: torch.Tensor, scales: np.ndarray,
               transform=None) -> tuple[np.ndarray, np.ndarray]:
     """Exact summed NLL and summed made-token probability mass for every scale in `scales` (one
-    pass over the head for all of them)."""
+    pass over the head for all of them; `fit_scale` itself needs no grid over the full logits)."""
     nll, mass, _ = _pass(h, y, head.to(torch.float32), torch.where(made, 0, -1),
                          np.asarray(scales, dtype=np.float64)[:, None], transform)
     return nll, mass
 
 
-def _compact_score(c: _Compact, a: np.ndarray, transform=None, derivs: bool = False, step: int = 256
+def _compact_score(c: _Compact, a: np.ndarray, transform=None, derivs: bool = False
                    ) -> tuple[float, float, np.ndarray | None, np.ndarray | None]:
     """Summed NLL and made mass at the per-group scales `a` on the compact form; with `derivs`
     (no transform) also the gradient and Hessian in `a`: the NLL is a log-sum-exp of functions
@@ -322,6 +371,7 @@ def _compact_score(c: _Compact, a: np.ndarray, transform=None, derivs: bool = Fa
     nll = mass = 0.0
     grad = torch.zeros(n_g, dtype=torch.float64)
     hess = torch.zeros(n_g, n_g, dtype=torch.float64)
+    step = max(1, (1 << 22) // max(1, c.values[0].numel()))  # 16 MB temporaries: the whole text, mostly
     for s in range(0, len(c.target), step):
         v, tg, raw_y = c.values[s:s + step], c.target_group[s:s + step], c.target[s:s + step]
         z = tf(v * at[:, None]) + c.logw[s:s + step]
@@ -343,33 +393,35 @@ def _compact_score(c: _Compact, a: np.ndarray, transform=None, derivs: bool = Fa
     return nll, mass, grad.numpy() if derivs else None, hess.numpy() if derivs else None
 
 
-def _newton_scales(c: _Compact, alpha: np.ndarray, free: np.ndarray, iters: int = 8) -> np.ndarray:
+def _newton_scales(c: _Compact, alpha: np.ndarray, free: np.ndarray, iters: int = 20) -> np.ndarray:
     """Per-group scales of made rows' logits minimising the NLL on the compact form (convex in
-    the scales), by Newton's method on the `free` groups; the best point visited."""
-    best = (np.inf, alpha.copy())
-    step = 1.0
-    a = alpha.astype(np.float64).copy()
+    the scales), by Newton's method on the `free` groups; the best point visited.
+
+    A step that makes the NLL worse is retried a quarter as long from the best point (the NLL is
+    convex, so a short enough step along a Newton direction improves it). Each step costs
+    milliseconds on the compact form, so there are more of them than the passes over the full
+    logits once allowed (8, and an overshoot ended the fit).
+    """
+    idx = np.nonzero(free)[0]
+    best_nll, best = np.inf, alpha.astype(np.float64).copy()
+    a, delta, step = best.copy(), None, 1.0
     for _ in range(iters):
         nll, _, grad, hess = _compact_score(c, a, derivs=True)
-        if nll < best[0] - 1e-9:
-            best = (nll, a.copy())
-            step = 1.0
-        else:  # overshot (convex, so a shorter step from the best point is safe)
+        if nll < best_nll - 1e-9:
+            best_nll, best, step = nll, a.copy(), 1.0
+            if not len(idx):
+                break
+            hm = hess[np.ix_(idx, idx)]
+            delta = np.linalg.solve(hm + 1e-6 * np.eye(len(idx)) * max(1.0, np.trace(hm)), grad[idx])
+            if np.max(np.abs(delta)) < 1e-4:
+                break
+        else:  # overshot
             step /= 4
-            a = best[1].copy()
             if step < 1e-3:
                 break
-            continue
-        idx = np.nonzero(free)[0]
-        if not len(idx):
-            break
-        g, hm = grad[idx], hess[np.ix_(idx, idx)]
-        delta = np.linalg.solve(hm + 1e-6 * np.eye(len(idx)) * max(1.0, np.trace(hm)), g)
-        if np.max(np.abs(delta)) < 1e-4:
-            break
-        a = best[1].copy()
-        a[idx] = np.clip(a[idx] - step * delta, 0.2, 1.6)
-    return best[1]
+        a = best.copy()
+        a[idx] = np.clip(best[idx] - step * delta, 0.2, 1.6)
+    return best
 
 
 def _grid_scale(c: _Compact, transform) -> float:
@@ -427,6 +479,7 @@ def fit_scale(h: torch.Tensor, y: torch.Tensor, head: torch.Tensor, made: torch.
     else:
         group, own, group_of, support, top = _groups(made, y, buckets, min_support)
     start = np.ones((1, len(own)))
+    bins = max(1, min(bins, int(torch.bincount(group[group >= 0]).max())))  # no more bins than rows
     nll, mass, compact = _pass(h, y, head, group, start, transform, bins)
     if transform is not None:
         scales = np.array([_grid_scale(compact, transform)])

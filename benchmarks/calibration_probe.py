@@ -35,10 +35,10 @@ def main() -> None:
 
     from harness import method_kwargs, task_setup
     from transplant import transplant
-    from transplant.calibrate import _nll_grid, final_hidden_states, fit_scale, row_buckets
-    from transplant.evaluate import pack, split_documents, take_bytes
-    from transplant.sources import resolve_model
-    from transplant.vocab import load_tokenizer
+    from transplant.methods.calibrate import _nll_grid, final_hidden_states, fit_scale, row_buckets
+    from transplant.measure.evaluate import pack, split_documents, take_bytes
+    from transplant.io.sources import resolve_model
+    from transplant.core.vocab import load_tokenizer
 
     setup = task_setup(args.task)
     kwargs = method_kwargs(args.method, setup)

@@ -41,7 +41,7 @@ TASKS = {"de": "de", "gemma": "en"}  # task -> the corpus whose train.txt calibr
 def _tokenizer(task: str) -> str:
     if task == "gemma":
         sys.path.insert(0, str(ROOT))
-        from transplant.sources import resolve_model
+        from transplant.io.sources import resolve_model
 
         return str(resolve_model("gemma-3-270m"))
     tok = WORK / "de-tok"
@@ -108,7 +108,7 @@ def _run_child(task: str, calibrate: bool, code: str, tok: str, ref_dir: Path) -
 def child(task: str, tok: str, out_json: Path, calibrate: bool) -> None:
     """Run in the child: one `transplant(..., method="fvt")` writing its checkpoint."""
     import transplant.api as api
-    import transplant.calibrate as cal_module
+    import transplant.methods.calibrate as cal_module
     from transplant import transplant
 
     text = (CORPORA / TASKS[task] / "train.txt").read_text(encoding="utf-8")

@@ -93,7 +93,7 @@ def setup(task: str) -> dict:
             other_code(other) if task == "code" else ui_text(task, other)
         return {"model": "smollm2-135m-instruct", "new_tok": str(tok), "dev": CORPORA / task / "dev.txt",
                 "other": other}
-    from transplant.sources import resolve_model
+    from transplant.io.sources import resolve_model
 
     model, donor = CROSS[task]
     other = WORK / "en-other.txt"
@@ -122,8 +122,8 @@ def run_cli(args: list[str]) -> tuple[float, float, str]:
 
 
 def measure(task: str, method: str, eval_bytes: int) -> dict:
-    from transplant.evaluate import evaluate_bpb, take_bytes
-    from transplant.sources import resolve_model
+    from transplant.measure.evaluate import evaluate_bpb, take_bytes
+    from transplant.io.sources import resolve_model
 
     s = setup(task)
     texts = {k: take_bytes(Path(s[k]).read_text(encoding="utf-8"), eval_bytes) for k in ("dev", "other")}

@@ -22,8 +22,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from transplant import transplant
-    from transplant.evaluate import take_bytes
-    from transplant.sources import resolve_model
+    from transplant.measure.evaluate import take_bytes
+    from transplant.io.sources import resolve_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--text", type=Path, default=HERE.parents[1] / "shared" / "corpora" / "en" / "dev.txt")

@@ -31,7 +31,7 @@ def hf_mean_resized(ext: Path, out: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from transplant.sources import resolve_model
+    from transplant.io.sources import resolve_model
 
     if (out / "config.json").exists():
         return out
@@ -58,8 +58,8 @@ def main() -> None:
     if args.table:
         print_table(results)
         return
-    from transplant.evaluate import evaluate_bpb, take_bytes
-    from transplant.extend import extend
+    from transplant.measure.evaluate import evaluate_bpb, take_bytes
+    from transplant.train.extend import extend
 
     text = take_bytes((CORPORA / "de" / "dev.txt").read_text(encoding="utf-8"), 20_000)
     WORK.mkdir(parents=True, exist_ok=True)

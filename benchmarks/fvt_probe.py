@@ -46,10 +46,10 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from transplant import transplant
-    from transplant.align import Alignment
-    from transplant.evaluate import score, take_bytes
-    from transplant.sources import resolve_model
-    from transplant.vocab import load_tokenizer
+    from transplant.core.align import Alignment
+    from transplant.measure.evaluate import score, take_bytes
+    from transplant.io.sources import resolve_model
+    from transplant.core.vocab import load_tokenizer
 
     folder = resolve_model(args.model)
     old_src, new_src = load_tokenizer(folder), load_tokenizer(args.new_tok)

@@ -47,7 +47,7 @@ ALL_TASKS = list(LANG_TASKS) + list(CROSS_TASKS)
 
 def task_setup(task: str) -> dict:
     """model, new tokenizer, donor (or None), train text, dev text, source language for the task."""
-    from transplant.sources import resolve_model
+    from transplant.io.sources import resolve_model
 
     if task in LANG_TASKS:
         lang = LANG_TASKS[task]
@@ -72,7 +72,7 @@ def method_kwargs(method: str, setup: dict) -> dict:
     if name == "omp" and setup["donor"]:
         options["omp.donor"] = setup["donor"]
     if name in ("wechsel", "focus"):
-        from transplant.vectors import train_vectors
+        from transplant.methods.vectors import train_vectors
 
         if name == "wechsel":
             if setup["lang"] == "en":
@@ -98,12 +98,12 @@ def run_one(task: str, method: str, eval_bytes: int, ctx: int) -> dict:
     import resource
 
     from transplant import transplant
-    from transplant.evaluate import evaluate_bpb, take_bytes
+    from transplant.measure.evaluate import evaluate_bpb, take_bytes
 
     setup = task_setup(task)
     text = take_bytes(Path(setup["dev"]).read_text(encoding="utf-8"), eval_bytes)
     if method == "original":
-        from transplant.sources import resolve_model
+        from transplant.io.sources import resolve_model
 
         res = evaluate_bpb(resolve_model(setup["model"]), [text], ctx=ctx)
         return {"task": task, "method": method, "bpb": res.bpb, "bytes_per_token": res.bytes_per_token,

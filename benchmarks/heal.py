@@ -51,7 +51,7 @@ def ui_messages(out: Path) -> Path:
 
 
 def eval_texts() -> dict[str, str]:
-    from transplant.evaluate import take_bytes
+    from transplant.measure.evaluate import take_bytes
 
     WORK.mkdir(parents=True, exist_ok=True)
     ui = WORK / "de-ui.txt"
@@ -71,7 +71,7 @@ def transplanted() -> Path:
 
 
 def score(name: str, folder, texts: dict[str, str], results: dict) -> None:
-    from transplant.evaluate import evaluate_bpb
+    from transplant.measure.evaluate import evaluate_bpb
 
     row = results.setdefault(name, {})
     for text_name, text in texts.items():
@@ -95,7 +95,7 @@ def main() -> None:
     if args.table:
         print_table(results)
         return
-    from transplant.heal import HealConfig, heal
+    from transplant.train.heal import HealConfig, heal
 
     texts = eval_texts()
     model = transplanted()

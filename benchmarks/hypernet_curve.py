@@ -47,7 +47,7 @@ def score(task: str, net: Path, eval_bytes: int, work: Path) -> dict:
     from harness import CORPORA, task_setup
 
     from transplant import transplant
-    from transplant.evaluate import evaluate_bpb, take_bytes
+    from transplant.measure.evaluate import evaluate_bpb, take_bytes
 
     setup = task_setup(task)
     out = work / f"model-{task}-{net.name}"

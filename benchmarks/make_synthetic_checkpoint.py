@@ -152,7 +152,7 @@ def main() -> None:
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args()
 
-    from transplant.sources import resolve_model
+    from transplant.io.sources import resolve_model
 
     if args.out.exists():
         if not args.overwrite:

@@ -42,12 +42,12 @@ def speed_and_fit(args, work: Path) -> dict:
     import torch
 
     from transplant import transplant
-    from transplant.align import Alignment
-    from transplant.initializers.omp import donor_ids, shared_atoms
-    from transplant.resources import Resources
-    from transplant.sources import resolve_model
-    from transplant.sparse_coding import omp
-    from transplant.vocab import load_tokenizer
+    from transplant.core.align import Alignment
+    from transplant.methods.initializers.omp import donor_ids, shared_atoms
+    from transplant.methods.resources import Resources
+    from transplant.io.sources import resolve_model
+    from transplant.methods.sparse_coding import omp
+    from transplant.core.vocab import load_tokenizer
 
     new_tok = resolve_model(args.donor)  # the donor's own tokenizer is the target
     out = work / "smollm2-gemma-omp"
@@ -108,8 +108,8 @@ def speed_and_fit(args, work: Path) -> dict:
 
 def bpb_rows(args, work: Path) -> list[dict]:
     from transplant import transplant
-    from transplant.evaluate import evaluate_bpb, take_bytes
-    from transplant.sources import resolve_model
+    from transplant.measure.evaluate import evaluate_bpb, take_bytes
+    from transplant.io.sources import resolve_model
 
     text = take_bytes((CORPORA / "en" / "dev.txt").read_text(), args.eval_bytes)
     new_tok = resolve_model(args.model)  # Gemma onto SmolLM2's tokenizer: donor = SmolLM2

@@ -144,7 +144,7 @@ def progress_note(log: str, seconds: float, unit: str) -> str:
 
 
 def score(folder: Path, setup: dict, eval_bytes: int, ctx: int):
-    from transplant.evaluate import evaluate_bpb, take_bytes
+    from transplant.measure.evaluate import evaluate_bpb, take_bytes
 
     text = take_bytes(Path(setup["dev"]).read_text(encoding="utf-8"), eval_bytes)
     return evaluate_bpb(folder, [text], ctx=ctx)
@@ -178,7 +178,7 @@ def failed(task: str, method: str, child: dict, what: str) -> None:
 # -- tokensurgeon ------------------------------------------------------------------------------
 
 def run_tokensurgeon(python: Path, task: str, method: str, args) -> None:
-    from transplant.sources import resolve_model
+    from transplant.io.sources import resolve_model
 
     setup = task_setup(task)
     name = f"peer:tokensurgeon-{method}"
@@ -204,8 +204,8 @@ def run_tokensurgeon(python: Path, task: str, method: str, args) -> None:
 
 def source_matrix(model: str) -> tuple[Path, str, object]:
     """(folder, input embedding key, layout) of the source model; a tied model is required."""
-    from transplant.checkpoint import locate_embeddings
-    from transplant.sources import resolve_model
+    from transplant.io.checkpoint import locate_embeddings
+    from transplant.io.sources import resolve_model
 
     folder = resolve_model(model)
     layout = locate_embeddings(folder)
@@ -227,7 +227,7 @@ def overwrite_rows(folder: Path, matrix, rows=None) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from transplant.checkpoint import locate_embeddings
+    from transplant.io.checkpoint import locate_embeddings
 
     layout = locate_embeddings(folder)
     shard = folder / layout.shard_of[layout.input_key]
@@ -245,7 +245,7 @@ def overwrite_rows(folder: Path, matrix, rows=None) -> None:
 
 def matrix_run(python: Path, peer: str, task: str, args) -> tuple[dict, dict, Path] | None:
     """Run a peer's glue script; returns (setup, child, matrix file) or None when it failed."""
-    from transplant.vectors import train_vectors
+    from transplant.methods.vectors import train_vectors
 
     setup = task_setup(task)
     folder, key, layout = source_matrix(setup["model"])
@@ -274,7 +274,7 @@ def matrix_run(python: Path, peer: str, task: str, args) -> tuple[dict, dict, Pa
 def run_wechsel(python: Path, task: str, args) -> None:
     from safetensors.numpy import load_file
 
-    from transplant.checkpoint import read_embedding
+    from transplant.io.checkpoint import read_embedding
 
     got = matrix_run(python, "wechsel", task, args)
     if got is None:

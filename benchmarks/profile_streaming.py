@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 WRAPPER = """
 import sys
 chunk_rows = sys.argv.pop(1)
-import transplant.checkpoint as c
+import transplant.io.checkpoint as c
 if chunk_rows != "default":
     c.write_weights.__defaults__ = (False, int(chunk_rows))
 from transplant.cli import main
@@ -113,7 +113,7 @@ def kernels(src: Path, plan_dir: Path) -> dict:
     import torch.nn.functional as F
     from safetensors import safe_open
 
-    from transplant.plan import LINEAR, Plan
+    from transplant.core.plan import LINEAR, Plan
 
     plan = Plan.load(plan_dir)
     index = json.loads((src / "model.safetensors.index.json").read_text())["weight_map"]

@@ -7,7 +7,7 @@ What it measures
   pre-tokenizer + ByteLevel decoder) on `de/train.txt` and saves it with
   `PreTrainedTokenizerFast(..., bos_token='<|im_start|>', eos_token='<|im_end|>',
   unk_token='<|endoftext|>')`.
-* Scores, with the shared BPB protocol (`transplant.evaluate`), the leading whole documents of
+* Scores, with the shared BPB protocol (`transplant.measure.evaluate`), the leading whole documents of
   `de/dev.txt` up to 50,000 bytes at ctx 1024: the original model with its own tokenizer, and the
   transplanted model for each initializer (mean, multivariate, fvt, random).
 * Records each transplant's wall time (plan + streamed checkpoint write, no evaluation) and its
@@ -84,8 +84,8 @@ def main() -> None:
     import torch
 
     from transplant import transplant
-    from transplant.evaluate import evaluate_bpb, take_bytes
-    from transplant.sources import resolve_model
+    from transplant.measure.evaluate import evaluate_bpb, take_bytes
+    from transplant.io.sources import resolve_model
 
     git = git_state()  # the code this run imports
     torch.manual_seed(0)

@@ -136,7 +136,7 @@ def embed_rows(folder: Path, new_vocab: int) -> dict[str, list[int]]:
     """Shapes of the embedding tensors in an output folder, checked against its config (sanity check)."""
     from transformers import AutoConfig
 
-    from transplant.shardio import read_header
+    from transplant.io.shardio import read_header
 
     idx = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
     out = {}
@@ -204,7 +204,7 @@ def run_one(args: argparse.Namespace, src: Path, results: Path) -> dict:
     generated = False
     if not (src / "model.safetensors.index.json").exists():
         from make_synthetic_checkpoint import build
-        from transplant.sources import resolve_model
+        from transplant.io.sources import resolve_model
 
         print(f"generating {src}", flush=True)
         rm(src)

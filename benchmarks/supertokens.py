@@ -49,8 +49,8 @@ def main() -> None:
         print_table(results)
         return
     from transplant import transplant
-    from transplant.evaluate import evaluate_bpb, take_bytes
-    from transplant.tokenizer_train import train_tokenizer
+    from transplant.measure.evaluate import evaluate_bpb, take_bytes
+    from transplant.train.tokenizer_train import train_tokenizer
 
     WORK.mkdir(parents=True, exist_ok=True)
     methods = ["fvt"] + (["hypernet"] if (HYPERNET / "config.json").exists() else [])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from transplant.errors import TransplantError
+from transplant.common.errors import TransplantError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,7 +24,7 @@ from transplant.errors import TransplantError
 def cli(quiet: bool) -> None:
     """Train and inspect ZeTT-style hypernetworks (one per base model)."""
     if quiet:
-        from transplant.progress import set_quiet
+        from transplant.common.progress import set_quiet
 
         set_quiet(True)
 

@@ -30,9 +30,9 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from transplant.align import shortest_segmentation
-from transplant.errors import TransplantError
-from transplant.vocab import NORMAL, Vocabulary
+from transplant.core.align import shortest_segmentation
+from transplant.common.errors import TransplantError
+from transplant.core.vocab import NORMAL, Vocabulary
 
 MAX_PIECE_CHARS = 16  # ZeTT's longest substring
 
@@ -120,8 +120,8 @@ class TokenizerSampler:
                  noise: float = 1.0, train_chars: int = 2_000_000) -> None:
         from tokenizers import models, pre_tokenizers, trainers
 
-        from transplant.align import Alignment
-        from transplant.progress import set_quiet
+        from transplant.core.align import Alignment
+        from transplant.common.progress import set_quiet
 
         self.spec = json.loads(old.to_str())
         self.min_share, self.noise = min_share, noise

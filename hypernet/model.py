@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from transplant.errors import TransplantError
+from transplant.common.errors import TransplantError
 
 FORMAT = "tokentransplant-hypernet/1"
 # Rows of the source matrix kept in the saved network to recognise its base model (and fine-tunes).

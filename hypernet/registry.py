@@ -28,7 +28,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from transplant.errors import TransplantError
+from transplant.common.errors import TransplantError
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "networks"
 # Files of a network folder that are copied into the registry (training checkpoints are not).
@@ -41,7 +41,7 @@ def registry_dir() -> Path:
     home = os.environ.get("TOKENTRANSPLANT_HOME")
     if home:
         return Path(home) / "hypernets"
-    from transplant.sources import cache_dir
+    from transplant.io.sources import cache_dir
 
     return cache_dir() / "hypernets"
 

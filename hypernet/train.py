@@ -38,9 +38,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from transplant.errors import TransplantError
-from transplant.progress import bar, stage
-from transplant.trainloop import LOG_FILE, Checkpoints, any_process, restore, step_seed
+from transplant.common.errors import TransplantError
+from transplant.common.progress import bar, stage
+from transplant.train.trainloop import LOG_FILE, Checkpoints, any_process, restore, step_seed
 
 from .model import HyperNet, pad_pieces, parameter_count
 
@@ -83,7 +83,7 @@ def load_source(spec: str, device: torch.device | str = "cpu"):
     """(model, input rows, head rows or None when tied, folder) of a base model, float32, frozen."""
     from transformers import AutoModelForCausalLM
 
-    from transplant.sources import resolve_model
+    from transplant.io.sources import resolve_model
 
     folder = resolve_model(spec)
     lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
@@ -105,7 +105,7 @@ def train(cfg: TrainConfig, *, die_at_step: int | None = None) -> Path:
     out = Path(cfg.out)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     if not accelerator.is_main_process:  # one process speaks
-        from transplant.progress import set_quiet
+        from transplant.common.progress import set_quiet
 
         set_quiet(True)
     device = accelerator.device
@@ -126,7 +126,7 @@ def train(cfg: TrainConfig, *, die_at_step: int | None = None) -> Path:
     lm, E_in, E_out, folder = load_source(cfg.model, device)
     from tokenizers import Tokenizer
 
-    from transplant.vocab import Vocabulary
+    from transplant.core.vocab import Vocabulary
 
     from .data import TextPool, TokenizerSampler, withheld_decompositions
 

@@ -93,7 +93,7 @@ def with_extra_tokens(tok: Tokenizer, words: list[str]) -> Tokenizer:
     tokenizes exactly as before. New ids start after every existing id (added tokens included);
     words already in the vocabulary are skipped.
     """
-    from transplant.vocab import detect_family, gpt2_byte_alphabet
+    from transplant.core.vocab import detect_family, gpt2_byte_alphabet
 
     spec = json.loads(tok.to_str())
     family, marker = detect_family(spec)

@@ -17,7 +17,7 @@ import arch_builders as A
 import builders as B
 from conftest import ROLES
 from transplant.api import transplant
-from transplant.errors import TransplantError
+from transplant.common.errors import TransplantError
 
 FAMILIES = ["bl", "sp", "wp"]
 CASES = [(arch, tied) for arch in A.ARCHS for tied in (True, False)]

@@ -13,8 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from hypernet.registry import find_network, known_networks, register, registry_dir, unregister
 from transplant import transplant
-from transplant.errors import TransplantError
-from transplant.tokenizer_train import train_tokenizer
+from transplant.common.errors import TransplantError
+from transplant.train.tokenizer_train import train_tokenizer
 
 import builders as B
 from test_bad_inputs import run_inproc
@@ -207,7 +207,7 @@ def test_shipped_networks_follow_registered_ones_and_keep_predictions(llama_bl, 
 def test_every_shipped_network_loads_and_names_a_packaged_model():
     from hypernet import HyperNet
     from hypernet.registry import SHIPPED_DIR
-    from transplant.sources import PACKAGED
+    from transplant.io.sources import PACKAGED
 
     shipped = [n for n in known_networks() if n.origin == "shipped"]
     assert {n.name for n in shipped} == {p.name for p in SHIPPED_DIR.iterdir() if p.is_dir()}

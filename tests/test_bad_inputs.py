@@ -337,8 +337,8 @@ def test_missing_package_in_core_path(llama_bl, tok_dirs, tmp_path, monkeypatch,
 
 
 def test_missing_package_of_a_method(llama_bl, tok_dirs, tmp_path, monkeypatch, capsys):
-    import transplant.initializers as inits
-    from transplant.initializers import registry
+    import transplant.methods.initializers as inits
+    from transplant.methods.initializers import registry
 
     plugin = tmp_path / "plugins"
     plugin.mkdir()
@@ -480,7 +480,7 @@ def test_valid_plan_still_applies(plan_out, llama_bl, tmp_path, monkeypatch, cap
 # The checks themselves, without the command line.
 
 def test_validate_shard_accepts_real_checkpoints(llama_bl, build_model, tmp_path):
-    from transplant.shardio import validate_shard
+    from transplant.io.shardio import validate_shard
 
     header, start = validate_shard(llama_bl / "model.safetensors")
     assert "model.embed_tokens.weight" in header and start > 8
@@ -490,7 +490,7 @@ def test_validate_shard_accepts_real_checkpoints(llama_bl, build_model, tmp_path
 
 
 def test_check_methods_accepts_the_complete_fallbacks():
-    from transplant.planner import check_methods
+    from transplant.methods.planner import check_methods
 
     for fallback in ("mean", "multivariate", "random"):
         check_methods("fvt", fallback)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from transplant.calibrate import (_compact_score, _hidden_states_through_rows, _pass, _quantize, final_hidden_states,
+from transplant.methods.calibrate import (_compact_score, _hidden_states_through_rows, _pass, _quantize, final_hidden_states,
                                   fit_scale)
 
 KEPT, MADE, DIM, N = 300, 20_000, 16, 1500

@@ -13,9 +13,9 @@ import torch
 from vector_fixtures import TEXT, TINY, crosslingual_options
 
 from transplant import TransplantError, transplant
-from transplant.crosslingual import fit_alignment, procrustes, read_dictionary, sparsemax
-from transplant.vectors import token_word, train_vectors
-from transplant.vocab import load_tokenizer
+from transplant.methods.crosslingual import fit_alignment, procrustes, read_dictionary, sparsemax
+from transplant.methods.vectors import token_word, train_vectors
+from transplant.core.vocab import load_tokenizer
 
 fasttext = pytest.importorskip("fasttext")
 
@@ -61,7 +61,7 @@ def test_sparsemax_known_values_and_dim():
 
 
 def test_focus_rows_one_hot_on_an_equal_anchor_and_exact_past_the_candidates():
-    from transplant.initializers.focus import sparse_anchor_rows
+    from transplant.methods.initializers.focus import sparse_anchor_rows
 
     anchors = torch.eye(8)
     old_ids = np.arange(100, 108)
@@ -77,7 +77,7 @@ def test_focus_rows_one_hot_on_an_equal_anchor_and_exact_past_the_candidates():
 
 
 def test_wechsel_rows_favour_an_equal_old_vector():
-    from transplant.initializers.wechsel import neighbour_rows
+    from transplant.methods.initializers.wechsel import neighbour_rows
 
     old = torch.eye(6)
     (block,) = neighbour_rows(np.array([9]), old[2:3], np.arange(10, 16), old, k=3, temperature=0.1, label="wechsel")
@@ -121,7 +121,7 @@ def options(tok_dirs, tmp_path_factory):
 
 
 def test_alignment_of_a_space_onto_itself_is_the_identity(options, tmp_path):
-    from transplant.crosslingual import dictionary_vectors
+    from transplant.methods.crosslingual import dictionary_vectors
 
     opts = options["wechsel"]["sp"]
     model = fasttext.load_model(opts["wechsel.source_vectors"])
@@ -231,7 +231,7 @@ def test_focus_end_to_end(llama_bl, tok_dirs, options):
     plan = result.plan
     rows = _rows(plan, "focus")
     assert len(rows) > 20, plan.counts()
-    from transplant.align import Alignment
+    from transplant.core.align import Alignment
 
     alignment = Alignment.build(load_tokenizer(llama_bl).vocabulary(), load_tokenizer(tok_dirs["wp"]).vocabulary())
     anchors_old = set(alignment.exact.values())

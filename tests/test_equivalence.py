@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 import builders as B
 from conftest import ROLES, TEXT
 from transplant import transplant
-from transplant.vocab import Vocabulary
+from transplant.core.vocab import Vocabulary
 
 
 def _tensors(folder):

@@ -40,6 +40,6 @@ def test_bpb_charges_the_same_bytes_across_tokenizers(build_model, tok_dirs, tmp
 
 
 def _docs(text):
-    from transplant.evaluate import split_documents
+    from transplant.measure.evaluate import split_documents
 
     return split_documents(text)

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
-from transplant.errors import TransplantError
-from transplant.extend import extend
+from transplant.common.errors import TransplantError
+from transplant.train.extend import extend
 
 import builders as B
 

@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from transplant import transplant
-from transplant.errors import TransplantError
-from transplant.heal import HealConfig, aligned_windows, clean_cuts, heal
-from transplant.plan import Plan
+from transplant.common.errors import TransplantError
+from transplant.train.heal import HealConfig, aligned_windows, clean_cuts, heal
+from transplant.core.plan import Plan
 
 import builders as B
 
@@ -135,7 +135,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(transplanted, tmp_path
     _, t = transplanted[False]
     whole = heal(_cfg(t, tmp_path / "whole"))
     cfg = _cfg(t, tmp_path / "killed")
-    code = ("import sys; sys.path.insert(0, %r); from transplant.heal import heal, HealConfig; import json; "
+    code = ("import sys; sys.path.insert(0, %r); from transplant.train.heal import heal, HealConfig; import json; "
             "heal(HealConfig(**json.loads(sys.argv[1])), die_at_step=8)" % str(ROOT))
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(cfg))], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
@@ -192,7 +192,7 @@ def test_accelerate_launch_two_processes(transplanted, tmp_path):
 
 
 def test_heals_an_extended_vocabulary_and_keeps_its_old_rows(transplanted, tmp_path):
-    from transplant.extend import extend
+    from transplant.train.extend import extend
 
     model, _ = transplanted[True]
     ext = tmp_path / "ext"
@@ -212,7 +212,7 @@ def test_resume_writes_the_best_state_of_its_checkpoint(transplanted, tmp_path):
     kw = dict(steps=6, eval_every=1, checkpoint_every=6)
     six = heal(_cfg(t, tmp_path / "six", **kw))
     cfg = _cfg(t, tmp_path / "killed", **{**kw, "steps": 12})
-    code = ("import sys; sys.path.insert(0, %r); from transplant.heal import heal, HealConfig; import json; "
+    code = ("import sys; sys.path.insert(0, %r); from transplant.train.heal import heal, HealConfig; import json; "
             "heal(HealConfig(**json.loads(sys.argv[1])), die_at_step=8)" % str(ROOT))
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(cfg))], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"})

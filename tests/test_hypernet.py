@@ -17,8 +17,8 @@ from hypernet import HyperNet, TrainConfig, train
 from hypernet.data import TextPool, TokenizerSampler, withheld_decompositions
 from hypernet.train import load_source
 from transplant import transplant
-from transplant.errors import TransplantError
-from transplant.vocab import Vocabulary
+from transplant.common.errors import TransplantError
+from transplant.core.vocab import Vocabulary
 
 import builders as B
 

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from transplant import Plan, apply_plan, transplant
-from transplant.initializers import available
-from transplant.vocab import load_tokenizer
+from transplant.methods.initializers import available
+from transplant.core.vocab import load_tokenizer
 
 METHODS = [m for m in available() if m not in ("special", "exact")]
 COPIED = ("exact", "byte", "special")

@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from transplant import TransplantError, transplant
-from transplant.align import Alignment
-from transplant.sparse_coding import omp, residuals, spherical_kmeans
-from transplant.vocab import SPECIAL, load_tokenizer
+from transplant.core.align import Alignment
+from transplant.methods.sparse_coding import omp, residuals, spherical_kmeans
+from transplant.core.vocab import SPECIAL, load_tokenizer
 
 
 def _dictionary(m: int = 200, d: int = 32, seed: int = 0) -> torch.Tensor:
@@ -226,7 +226,7 @@ def test_bad_option_values_are_one_line_errors(omp_setup, llama_bl, tok_dirs, ke
 
 
 def test_donor_ids_identity_on_the_same_tokenizer(tok_dirs):
-    from transplant.initializers.omp import donor_ids
+    from transplant.methods.initializers.omp import donor_ids
 
     vocab = load_tokenizer(tok_dirs["sp"]).vocabulary()
     ids = donor_ids(vocab, vocab, len(vocab))

@@ -12,11 +12,11 @@ import pytest
 from test_bad_inputs import run_inproc
 from test_cli_errors import assert_clean_failure
 
-from transplant.errors import TransplantError
-from transplant.initializers import InitContext, Option, declared_options, format_options, resolve_options
-from transplant.initializers import registry
-from transplant.plan import MEAN, Row
-from transplant.planner import method_chain
+from transplant.common.errors import TransplantError
+from transplant.methods.initializers import InitContext, Option, declared_options, format_options, resolve_options
+from transplant.methods.initializers import registry
+from transplant.core.plan import MEAN, Row
+from transplant.methods.planner import method_chain
 
 
 class KnobInitializer(registry.BaseInitializer):

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 import transplant.api as api
-import transplant.outdir as outdir
+import transplant.io.outdir as outdir
 from transplant import transplant
-from transplant.errors import TransplantError
+from transplant.common.errors import TransplantError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,7 @@ def test_folder_created_mid_run_is_never_deleted(llama_bl, tok_dirs, tmp_path, m
 
 def test_concurrent_runs_to_one_output_exactly_one_wins(llama_bl, tok_dirs, tmp_path):
     out = tmp_path / "out"
-    code = ("import sys; from transplant import transplant; from transplant.errors import TransplantError\n"
+    code = ("import sys; from transplant import transplant; from transplant.common.errors import TransplantError\n"
             "try:\n    transplant(sys.argv[1], sys.argv[2], sys.argv[3])\n"
             "except TransplantError as e:\n    print('error:', e, file=sys.stderr); sys.exit(2)\n")
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1")

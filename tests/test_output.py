@@ -10,7 +10,7 @@ import yaml
 import builders as B
 from conftest import ROLES
 from transplant import transplant
-from transplant.plan import PLAN_JSON, PLAN_WEIGHTS
+from transplant.core.plan import PLAN_JSON, PLAN_WEIGHTS
 
 
 HUB_ID = "tiny-org/tiny-llama"

@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from transplant import Plan, apply_plan, transplant
-from transplant.calibrate import apply_scale, fit_scale
-from transplant.errors import TransplantError
-from transplant.plan import MEAN, OVERRIDE, PLAN_FORMAT, Row, RowBlock
+from transplant.methods.calibrate import apply_scale, fit_scale
+from transplant.common.errors import TransplantError
+from transplant.core.plan import MEAN, OVERRIDE, PLAN_FORMAT, Row, RowBlock
 
 from builders import sample_text
 
@@ -189,7 +189,7 @@ def test_calibration_scales_made_output_rows_and_reapplies(llama_tied, llama_bl,
         scales = side.scales
         assert np.all(scales[~made] == 1)
         want = cal["bucket_scales"] or [cal["scale"]] * 5
-        from transplant.calibrate import row_buckets
+        from transplant.methods.calibrate import row_buckets
 
         b = row_buckets(side, made)
         assert np.allclose(scales[made], np.asarray(want, dtype=np.float32)[b[made]])
@@ -201,8 +201,8 @@ def test_calibration_scales_made_output_rows_and_reapplies(llama_tied, llama_bl,
 
 
 def test_plan_with_head_rows_refused_when_config_stays_tied(tmp_path):
-    from transplant.specials import SpecialIds
-    from transplant.validate import validate_output
+    from transplant.io.specials import SpecialIds
+    from transplant.io.validate import validate_output
 
     plan = _meta(Plan.from_rows([Row("exact", (0,), (1.0,), output=Row("x", (1,), (1.0,)))], 3))
     (tmp_path / "config.json").write_text(json.dumps({"tie_word_embeddings": True}))

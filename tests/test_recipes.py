@@ -14,7 +14,7 @@ import pytest
 from test_bad_inputs import run_inproc
 from test_cli_errors import assert_clean_failure
 
-from transplant.plan import Plan
+from transplant.core.plan import Plan
 from transplant.recipes import RecipeError, check_recipe, load_recipe, recipe_kwargs, shipped_recipes, variables
 
 ROOT = Path(__file__).resolve().parents[1]

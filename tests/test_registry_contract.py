@@ -14,11 +14,11 @@ import math
 import numpy as np
 import pytest
 
-from transplant.align import Alignment
-from transplant.initializers import InitContext, available, get_initializer, resolve_options
-from transplant.plan import OVERRIDE, Row, RowBlock
-from transplant.resources import Resources
-from transplant.vocab import load_tokenizer
+from transplant.core.align import Alignment
+from transplant.methods.initializers import InitContext, available, get_initializer, resolve_options
+from transplant.core.plan import OVERRIDE, Row, RowBlock
+from transplant.methods.resources import Resources
+from transplant.core.vocab import load_tokenizer
 
 METHODS = [m for m in available() if m not in ("special", "exact")]
 
@@ -61,7 +61,7 @@ def _check_block(block: RowBlock, old_size: int, dim: int, where: str) -> None:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_initializer_contract(method, llama_bl, tok_dirs, resource_options):
-    from transplant.checkpoint import locate_embeddings
+    from transplant.io.checkpoint import locate_embeddings
 
     old_vocab = load_tokenizer(llama_bl).vocabulary()
     new_vocab = load_tokenizer(tok_dirs["sp"]).vocabulary()

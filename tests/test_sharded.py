@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 import builders as B
 from conftest import TEXT
 from transplant import transplant
-from transplant.checkpoint import INDEX_NAME
+from transplant.io.checkpoint import INDEX_NAME
 
 
 def _weights(folder):
@@ -136,7 +136,7 @@ def test_padded_embedding_rows(toks, tok_dirs, tmp_path):
 def test_tied_head_is_named_by_its_own_module_first():
     # In a materialized tied model the head's parameter *is* the embedding's; a checkpoint that
     # stores the head stores it as `lm_head.weight`, so that name must be tried first.
-    from transplant.checkpoint import _weight_names
+    from transplant.io.checkpoint import _weight_names
 
     model = B.tiny_model("llama", 50, tied=True, bos=1, eos=0)
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight

@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from transplant.errors import TransplantError
-from transplant.sources import base_model_id, resolve_model
+from transplant.common.errors import TransplantError
+from transplant.io.sources import base_model_id, resolve_model
 
 
 def _fake_hub_cache(root, repo_id: str, model_dir):

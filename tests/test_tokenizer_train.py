@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-from transplant.errors import TransplantError
-from transplant.tokenizer_train import train_tokenizer
+from transplant.common.errors import TransplantError
+from transplant.train.tokenizer_train import train_tokenizer
 
 import builders as B
 

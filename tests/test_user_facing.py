@@ -19,8 +19,8 @@ import yaml
 from click.testing import CliRunner
 
 import transplant.cli as cli_mod
-from transplant.card import build_card, gguf_metadata, source_card_metadata
-from transplant.errors import TransplantError
+from transplant.io.card import build_card, gguf_metadata, source_card_metadata
+from transplant.common.errors import TransplantError
 
 EVAL_TEXT = "In the beginning God created the heaven and the earth.\n\nAnd the earth was without form, and void.\n"
 
@@ -80,7 +80,7 @@ def test_help_lists_quiet_and_language():
 
 
 def test_methods_have_descriptions():
-    from transplant.initializers import available
+    from transplant.methods.initializers import available
 
     result = invoke("methods")
     lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
@@ -153,7 +153,7 @@ def test_eval_refuses_custom_code_without_prompting(custom_code_model, text_file
 
 
 def test_evaluate_bpb_refuses_custom_code_in_process(custom_code_model):
-    from transplant.evaluate import evaluate_bpb
+    from transplant.measure.evaluate import evaluate_bpb
 
     folder, marker = custom_code_model
     with pytest.raises(TransplantError, match="needs custom code"):
@@ -174,7 +174,7 @@ def test_quiet_silences_progress(bars_on, llama_bl, text_file):
     assert "scoring" not in result.stderr and "%|" not in result.stderr, result.stderr
     assert result.stdout.splitlines()[1].startswith("llama-bl")
     # --quiet lasts for its command only.
-    from transplant.progress import bars_disabled
+    from transplant.common.progress import bars_disabled
 
     assert not bars_disabled()
 
@@ -215,7 +215,7 @@ def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
 
 def test_demo_refuses_existing_output_before_any_work(monkeypatch, capsys, tmp_path):
     import transplant.demo as demo
-    import transplant.sources as sources
+    import transplant.io.sources as sources
 
     for name in ("train_byte_level_bpe", "demo_split"):
         monkeypatch.setattr(demo, name, _forbid(name))
@@ -231,7 +231,7 @@ def test_demo_refuses_existing_output_before_any_work(monkeypatch, capsys, tmp_p
 def test_demo_defaults_to_the_cache_and_reuses_its_tokenizer(monkeypatch, tmp_path):
     import transplant.api as api
     import transplant.demo as demo
-    import transplant.sources as sources
+    import transplant.io.sources as sources
 
     monkeypatch.setenv("TOKENTRANSPLANT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(sources, "packaged_gguf", lambda name: tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf")

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import builders as B
-from transplant.align import Alignment, shortest_segmentation
-from transplant.vocab import BYTE, NORMAL, SPECIAL, Vocabulary, detect_family, gpt2_byte_alphabet, load_tokenizer
+from transplant.core.align import Alignment, shortest_segmentation
+from transplant.core.vocab import BYTE, NORMAL, SPECIAL, Vocabulary, detect_family, gpt2_byte_alphabet, load_tokenizer
 
 ACCENTED = "áéíóúñüçÁÉÑÜàèßøå"
 EMOJI = "😀🎉👍🏽❤️🇪🇸"  # includes a skin-tone modifier, a variation selector and a flag

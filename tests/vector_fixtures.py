@@ -33,7 +33,7 @@ def crosslingual_options(root: Path, tok_dirs: dict[str, Path]) -> dict[str, dic
 
     Training caches under `root` (never in the user's cache).
     """
-    from transplant.vectors import train_vectors
+    from transplant.methods.vectors import train_vectors
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TOKENTRANSPLANT_CACHE", str(root / "cache"))

@@ -5,10 +5,10 @@ Example:
     >>> result = transplant("smollm2-135m-instruct", "tok.json", "out/", method="fvt")  # doctest: +SKIP
 """
 
-from .api import TransplantResult, apply_plan, transplant, transplant_model
-from .errors import TransplantError
-from .evaluate import evaluate_bpb
-from .plan import Plan
+from transplant.api import TransplantResult, apply_plan, transplant, transplant_model
+from transplant.common.errors import TransplantError
+from transplant.measure.evaluate import evaluate_bpb
+from transplant.core.plan import Plan
 
 __all__ = ["transplant", "apply_plan", "transplant_model", "evaluate_bpb", "Plan", "TransplantResult",
            "TransplantError"]

@@ -23,26 +23,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .align import Alignment
-from .auto import choose as choose_auto
-from .auto import is_auto
-from .card import build_card, source_card_metadata
-from .checkpoint import EmbeddingLayout, check_vocab_fits, copy_side_files, locate_embeddings, read_embedding, write_weights
-from .configs import check_required_roles, remap_config, remap_generation_config
-from .errors import TransplantError
-from .evaluate import EvalResult, evaluate_bpb
-from .initializers import format_options
-from .outdir import check_output_path, staged_output
-from .plan import OVERRIDE, Plan
-from .planner import build_plan
-from .progress import stage
-from .resources import Resources
-from .sources import base_model_id, resolve_model
-from .specials import (SpecialIds, added_by_encode, choose_chat_template, map_added, old_role_ids,
+from transplant.core.align import Alignment
+from transplant.methods.auto import choose as choose_auto
+from transplant.methods.auto import is_auto
+from transplant.io.card import build_card, source_card_metadata
+from transplant.io.checkpoint import EmbeddingLayout, check_vocab_fits, copy_side_files, locate_embeddings, read_embedding, write_weights
+from transplant.io.configs import check_required_roles, remap_config, remap_generation_config
+from transplant.common.errors import TransplantError
+from transplant.measure.evaluate import EvalResult, evaluate_bpb
+from transplant.methods.initializers import format_options
+from transplant.io.outdir import check_output_path, staged_output
+from transplant.core.plan import OVERRIDE, Plan
+from transplant.methods.planner import build_plan
+from transplant.common.progress import stage
+from transplant.methods.resources import Resources
+from transplant.io.sources import base_model_id, resolve_model
+from transplant.io.specials import (SpecialIds, added_by_encode, choose_chat_template, map_added, old_role_ids,
                        resolve_special_ids)
-from .tokenizer_out import is_lossless, write_tokenizer
-from .validate import validate_output
-from .vocab import ADDED, SPECIAL, TokenizerSource, Vocabulary, load_tokenizer
+from transplant.io.tokenizer_out import is_lossless, write_tokenizer
+from transplant.io.validate import validate_output
+from transplant.core.vocab import ADDED, SPECIAL, TokenizerSource, Vocabulary, load_tokenizer, vocab_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +75,6 @@ def _gc_paused(fn):
             if was_enabled:
                 gc.enable()
     return wrapper
-
-
-def vocab_fingerprint(vocab: Vocabulary) -> str:
-    """Hash of (canonical bytes, kind) per id: two tokenizers with equal fingerprints align identically."""
-    h = hashlib.sha256()
-    for tok in vocab.tokens:
-        h.update(tok.kind.encode() + b"\0" + tok.text + b"\0")
-    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -189,7 +181,7 @@ def _untie_and_calibrate(prep: Prepared, tied: bool, untie: bool, texts: list[st
     """Give the plan an LM-head side of its own when asked (`untie`), and fit the output scale."""
     from copy import deepcopy
 
-    from .calibrate import apply_scale, fit_output_scale, row_buckets
+    from transplant.methods.calibrate import apply_scale, fit_output_scale, row_buckets
 
     plan = prep.plan
     if untie and not tied:
@@ -289,9 +281,9 @@ def transplant(model: str | Path | torch.nn.Module, new_tokenizer: str | Path, o
             `old_tokenizer` given and `out=None`: the new tensors are returned, the model is untouched.
         new_tokenizer: a `tokenizer.json` or a tokenizer folder.
         out: output folder; None returns the new embedding tensors without writing anything.
-        method: initializer after special tokens and exact overlap (see `transplant.initializers.available()`);
+        method: initializer after special tokens and exact overlap (see `transplant.methods.initializers.available()`);
             "auto" (default): the hypernetwork known for this base model, else FVT, then output
-            calibration when calibration text is known (`transplant.auto`; the choice is recorded).
+            calibration when calibration text is known (`transplant.methods.auto`; the choice is recorded).
         fallback: initializer for tokens the method cannot make.
         pad_to_multiple_of: round the embedding rows up (e.g. 64 for tensor cores).
         link: hard-link untouched shards instead of copying them.
@@ -304,7 +296,7 @@ def transplant(model: str | Path | torch.nn.Module, new_tokenizer: str | Path, o
             e.g. be calibrated alone); costs new_vocab x hidden parameters.
         calibrate_texts: text in the target language/domain (e.g. the new tokenizer's training
             text, never the evaluation text): fit the scale of made tokens' output rows on it by
-            likelihood (see `transplant.calibrate`); recorded in the plan.
+            likelihood (see `transplant.methods.calibrate`); recorded in the plan.
         calibrate_tokens: how many tokens of that text to read.
         calibrate: False: no calibration, not even on the text `auto` would find.
 

@@ -15,8 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .evaluate import split_documents
-from .progress import stage
+from transplant.measure.evaluate import split_documents
+from transplant.common.progress import stage
 
 DATA = Path(__file__).parent / "data"
 DEMO_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -65,7 +65,7 @@ def train_byte_level_bpe(lines: list[str], vocab_size: int, folder: Path) -> Pat
 
 def demo_tokenizer_dir(train_lines: list[str], vocab_size: int) -> Path:
     """Cache folder of the demo tokenizer, keyed by its training data and settings."""
-    from .sources import cache_dir
+    from transplant.io.sources import cache_dir
 
     key = hashlib.sha256("\n".join([str(vocab_size), *DEMO_SPECIALS, *train_lines]).encode()).hexdigest()[:12]
     return cache_dir() / "demo" / f"es-bpe-{vocab_size}-{key}"
@@ -73,7 +73,7 @@ def demo_tokenizer_dir(train_lines: list[str], vocab_size: int) -> Path:
 
 def default_out(method: str) -> Path:
     """Where the demo writes its checkpoint unless told otherwise: our cache, not the current folder."""
-    from .sources import cache_dir
+    from transplant.io.sources import cache_dir
 
     return cache_dir() / "demo" / f"smollm2-es-{method}"
 
@@ -93,12 +93,12 @@ def run_demo(out: str | Path | None = None, method: str = "auto", vocab_size: in
     `out=None` writes to `default_out(method)` in the tokentransplant cache, replacing an earlier
     demo output there (that folder is ours). An `out` given explicitly that already exists is
     refused at once, before any work, unless `overwrite=True`. Stage messages go to stderr
-    (silenced by `transplant --quiet`, see `transplant.progress`).
+    (silenced by `transplant --quiet`, see `transplant.common.progress`).
     """
-    from .api import transplant
-    from .errors import TransplantError
-    from .planner import check_methods
-    from .sources import PACKAGED, cache_dir, packaged_gguf, resolve_model
+    from transplant.api import transplant
+    from transplant.common.errors import TransplantError
+    from transplant.methods.planner import check_methods
+    from transplant.io.sources import PACKAGED, cache_dir, packaged_gguf, resolve_model
 
     if out is None:
         out, overwrite = default_out(method), True
@@ -132,7 +132,7 @@ def run_demo(out: str | Path | None = None, method: str = "auto", vocab_size: in
     if method == "auto" and compare_fvt:
         import tempfile
 
-        from .evaluate import evaluate_bpb
+        from transplant.measure.evaluate import evaluate_bpb
 
         stage("for comparison: plain FVT (--method fvt) on the same held-out bytes")
         with tempfile.TemporaryDirectory(prefix="demo-fvt-", dir=out.parent) as tmp:

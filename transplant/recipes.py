@@ -73,7 +73,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, StrictFloat, StrictInt,
                       StrictStr, ValidationError, field_validator)
 
-from .errors import TransplantError
+from transplant.common.errors import TransplantError
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +370,7 @@ class _Resolver:
 
     def model(self, value: str, field: str) -> str:
         """A model argument: a path when it reads as one (resolved here), else as written."""
-        from .sources import PACKAGED
+        from transplant.io.sources import PACKAGED
 
         text = self.text(value, field)
         if text in PACKAGED:
@@ -404,7 +404,7 @@ def resolve_fields(recipe: Recipe, skip: set[str] = frozenset(), env: dict | Non
             value = res.model(value, name)
         elif name == "new_tokenizer":
             if isinstance(value, TokenizerOf):
-                from .sources import resolve_model
+                from transplant.io.sources import resolve_model
 
                 value = str(resolve_model(res.model(value.model, "new_tokenizer.model")))
             else:
@@ -431,7 +431,7 @@ def chain_options(fields: dict[str, Any], chain: list[str], drop_unused: bool) -
         drop_unused: drop options of methods outside the chain (the command line changed the
             method) instead of refusing them.
     """
-    from .initializers import declared_options, resolve_options
+    from transplant.methods.initializers import declared_options, resolve_options
 
     res: _Resolver = fields["_resolver"]
     options = dict(fields.get("options") or {})
@@ -474,7 +474,7 @@ def check_recipe(spec: str | Path) -> Recipe:
         >>> check_recipe("mistral-7b-code").method
         ['fvt']
     """
-    from .planner import check_methods, method_chain
+    from transplant.methods.planner import check_methods, method_chain
 
     recipe = load_recipe(spec)
     methods, fallback = recipe.method or _api_default("method"), recipe.fallback or _api_default("fallback")
@@ -484,7 +484,7 @@ def check_recipe(spec: str | Path) -> Recipe:
         raise RecipeError(f"{recipe.where}: {exc}") from None
     chain = method_chain(methods, fallback)
     # Resources are checked by name only here (their files may not exist on this machine).
-    from .initializers import resolve_options
+    from transplant.methods.initializers import resolve_options
 
     typed = {k: v for k, v in (recipe.options or {}).items() if not (isinstance(v, str) and "${" in v)}
     try:
@@ -507,8 +507,8 @@ def recipe_kwargs(spec: str | Path, env: dict | None = None, **overrides: Any) -
         >>> kwargs = recipe_kwargs("gemma-to-smollm2", out="g2s", calibrate_texts=None)  # doctest: +SKIP
         >>> transplant(**kwargs)  # doctest: +SKIP
     """
-    from .cli import _read_texts
-    from .planner import check_methods, method_chain
+    from transplant.cli import _read_texts
+    from transplant.methods.planner import check_methods, method_chain
 
     recipe = load_recipe(spec)
     unknown = set(overrides) - set(Recipe.model_fields)
@@ -547,7 +547,7 @@ def _api_default(name: str) -> Any:
     """The default of `transplant.transplant`'s keyword `name` (a recipe that omits a key gets the API's choice)."""
     import inspect
 
-    from .api import transplant
+    from transplant.api import transplant
 
     return inspect.signature(transplant).parameters[name].default
 
@@ -584,8 +584,8 @@ def merge_cli(spec: str, ctx) -> dict[str, Any]:
     """
     from click.core import ParameterSource
 
-    from .cli import parse_settings
-    from .planner import check_methods, method_chain
+    from transplant.cli import parse_settings
+    from transplant.methods.planner import check_methods, method_chain
 
     params = dict(ctx.params, recipe=None)
     given = {name for name in params

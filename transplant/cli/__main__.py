@@ -1,0 +1,3 @@
+from transplant.cli.main import main
+
+main()

@@ -1,0 +1,497 @@
+"""`transplant` command line: run, eval, apply, demo, methods, recipes.
+
+Example:
+    $ transplant run --model smollm2-135m-instruct --new-tok de/tokenizer.json --out smollm2-de --method fvt
+    $ transplant eval --model smollm2-de --text dev.txt --compare smollm2-135m-instruct
+    $ transplant run --recipe smollm2-de --new-tok de/tokenizer.json --out smollm2-de
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from transplant.common.errors import TransplantError
+
+
+def _read_texts(paths: tuple[str, ...], max_bytes: int | None) -> list[str]:
+    from transplant.measure.evaluate import take_bytes
+
+    texts = []
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise TransplantError(f"text file not found: {path}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise TransplantError(f"{path} is not UTF-8 text (convert it with iconv first)") from None
+        texts.append(take_bytes(text, max_bytes) if max_bytes else text)
+    return texts
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log progress.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="No progress bars or stage messages (progress bars alone: HF_HUB_DISABLE_PROGRESS_BARS=1).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
+    """Move a pretrained Hugging Face language model onto a new tokenizer."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if quiet:
+        from transplant.common.progress import set_quiet
+
+        ctx.call_on_close(set_quiet(True))
+
+
+@cli.command()
+@click.option("--recipe", default=None, metavar="FILE_OR_NAME",
+              help="A YAML recipe (or a shipped one by name, see `transplant recipes`): its fields fill every "
+                   "flag not given here; flags given here win.")
+@click.option("--model", help="Model folder, cached hub id, .gguf file, or smollm2-135m-instruct / gemma-3-270m.")
+@click.option("--new-tok", help="Target tokenizer.json or tokenizer folder.")
+@click.option("--out", type=click.Path(), help="Output folder (written atomically).")
+@click.option("--method", default="auto", show_default=True,
+              help="Initializer after exact overlap (see `transplant methods`); auto: the hypernetwork known for "
+                   "this model (`hypernet list`), else fvt, then calibration when calibration text is known.")
+@click.option("--fallback", default="mean", show_default=True, help="Initializer for tokens the method cannot make.")
+@click.option("--old-tok", default=None, help="Source tokenizer, if not the one in the model folder.")
+@click.option("--pad-to-multiple-of", type=click.IntRange(min=1), default=None, help="Round embedding rows up to a multiple.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the sampled rows (multivariate, random); the same seed gives the same checkpoint.")
+@click.option("--link", is_flag=True, help="Hard-link untouched shards instead of copying.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the model folder.")
+@click.option("--eval-text", multiple=True, help="Score original and new model on this text (model card).")
+@click.option("--eval-bytes", type=click.IntRange(min=1), default=50_000, show_default=True, help="Score the leading whole documents up to this many bytes.")
+@click.option("--ctx", type=click.IntRange(min=1), default=1024, show_default=True, help="Evaluation context length.")
+@click.option("--encode-like", type=click.Choice(["source", "target"]), default="source", show_default=True,
+              help="What a plain tokenizer(text) adds: the source model's convention (e.g. Gemma's start token), "
+                   "re-expressed in the new tokens, or the target tokenizer's own.")
+@click.option("--language", "languages", multiple=True, metavar="CODE",
+              help="Language of the model card's metadata, e.g. de (repeatable; default: the source card's).")
+@click.option("--set", "settings", multiple=True, metavar="METHOD.OPTION=VALUE",
+              help="Set an option of a method in the chain, e.g. --set knn.k=20 (repeatable; "
+                   "`transplant methods` lists each method's options).")
+@click.option("--untie", is_flag=True,
+              help="Write a tied model with an LM head of its own (its rows may then differ from the input "
+                   "rows, e.g. be calibrated alone); costs new-vocab x hidden parameters.")
+@click.option("--calibrate-text", "calibrate_text", multiple=True, metavar="FILE",
+              help="Text in the target language/domain (e.g. the tokenizer's training text; never the "
+                   "evaluation text): fit the scale of made tokens' output rows on it by likelihood.")
+@click.option("--calibrate-tokens", type=click.IntRange(min=64), default=4096, show_default=True,
+              help="How many tokens of the calibration text to read.")
+@click.option("--no-calibrate", is_flag=True,
+              help="No output calibration, not even on the tokenizer's recorded training text (--method auto).")
+def run(recipe, model, new_tok, out, method, fallback, old_tok, pad_to_multiple_of, seed, link, overwrite,
+        trust_remote_code, eval_text, eval_bytes, ctx, encode_like, languages, settings, untie, calibrate_text,
+        calibrate_tokens, no_calibrate=False) -> None:
+    """Transplant MODEL onto NEW_TOK and write a checkpoint to OUT (or as a --recipe says)."""
+    if recipe:  # fill the flags not given on the command line from the recipe, then run as usual
+        from transplant.recipes import merge_cli
+
+        return run.callback(**merge_cli(recipe, click.get_current_context()))
+    for value, flag in ((model, "--model"), (new_tok, "--new-tok"), (out, "--out")):
+        if not value:
+            raise click.UsageError(f"Missing option '{flag}' (or give it in a --recipe)")
+    from transplant.api import transplant
+    from transplant.methods.initializers import resolve_options
+    from transplant.methods.planner import check_methods, method_chain
+
+    methods = method.split("+") if "+" in method else method
+    if no_calibrate and calibrate_text:
+        raise click.UsageError("--no-calibrate and --calibrate-text contradict each other (keep one)")
+    check_methods(methods, fallback)  # before anything is loaded
+    options = parse_settings(settings)
+    resolve_options(method_chain(methods, fallback), options)  # bad options fail before anything is loaded
+    texts = _read_texts(eval_text, eval_bytes) if eval_text else None
+    calibration = _read_texts(calibrate_text, None) if calibrate_text else None
+    result = transplant(model, new_tok, out, method=methods, untie=untie, calibrate_texts=calibration,
+                        calibrate_tokens=calibrate_tokens, calibrate=not no_calibrate,
+                        fallback=fallback, old_tokenizer=old_tok, pad_to_multiple_of=pad_to_multiple_of, seed=seed,
+                        overwrite=overwrite, link=link, trust_remote_code=trust_remote_code, eval_texts=texts,
+                        eval_name=", ".join(Path(t).name for t in eval_text), eval_ctx=ctx,
+                        encode_like=encode_like, input_paths=list(eval_text) + list(calibrate_text),
+                        options=options or None,
+                        **({"language": list(languages)} if languages else {}))
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(result.plan.counts().items(), key=lambda kv: -kv[1]))
+    click.echo(f"wrote {result.output_dir} ({result.plan.new_size} rows: {counts})")
+    if result.evaluation:
+        _print_eval_table(result.evaluation)
+
+
+@cli.command("recipes")
+@click.option("--check", "checks", multiple=True, metavar="FILE_OR_NAME",
+              help="Validate this recipe (schema, methods, options) without running it; repeatable.")
+@click.option("--show", default=None, metavar="NAME", help="Print a shipped recipe (to start one of your own from).")
+def recipes_cmd(checks, show) -> None:
+    """List the shipped recipes (`transplant run --recipe NAME`), or check or show one."""
+    from transplant.recipes import check_recipe, recipe_text, shipped_recipes, variables
+
+    if show:
+        click.echo(recipe_text(show)[0], nl=False)
+        return
+    for spec in checks:
+        recipe = check_recipe(spec)
+        needs = variables(recipe)
+        click.echo(f"ok: {recipe.where}" + (f" (reads {', '.join('$' + v for v in needs)})" if needs else ""))
+    if checks:
+        return
+    found = shipped_recipes()
+    width = max(len(n) for n in found) + 2
+    for name, description in found.items():
+        click.echo(f"{name:<{width}}{description}")
+    click.echo("\nRun one with `transplant run --recipe NAME` (flags given there override its fields); "
+               "`transplant recipes --show NAME` prints it.")
+
+
+def parse_settings(settings: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """`--set` values (`METHOD.OPTION=VALUE`) as `{"METHOD.OPTION": "VALUE"}`; values stay strings.
+
+    Raises:
+        TransplantError: a setting without `=` or without a METHOD.OPTION key, or one set twice.
+
+    Example:
+        >>> parse_settings(["knn.k=20", "knn.temperature=0.5"])
+        {'knn.k': '20', 'knn.temperature': '0.5'}
+    """
+    out: dict[str, str] = {}
+    for item in settings:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        method, dot, option = key.partition(".")
+        if not eq or not (method and dot and option):
+            raise TransplantError(f"malformed --set {item!r} (expected METHOD.OPTION=VALUE, e.g. --set knn.k=20)")
+        if key in out:
+            raise TransplantError(f"option {key} is set twice (--set {key}={out[key]} and --set {item}; keep one)")
+        out[key] = value
+    return out
+
+
+def _print_eval_table(evaluation: dict, base: str | None = "original") -> None:
+    """One row per model; with `base` (a key of `evaluation`) a ratio column of bits per byte against it."""
+    ref = evaluation.get(base) if base else None
+    width = max([14] + [len(name) + 2 for name in evaluation])
+    click.echo(f"{'model':<{width}}{'bits/byte':>11}{'bytes/token':>13}" + (f"{'ratio':>8}" if ref else ""))
+    for name, r in evaluation.items():
+        ratio = f"{r.bpb / ref.bpb:>8.3f}" if ref else ""
+        click.echo(f"{name:<{width}}{r.bpb:>11.4f}{r.bytes_per_token:>13.2f}{ratio}")
+    for name, r in evaluation.items():
+        if not getattr(r, "lossless", True):
+            click.echo(f"warning: {name}'s tokenizer does not reproduce the text (decode(encode(text)) != text): "
+                       "its bits per byte are not comparable with another tokenizer's", err=True)
+
+
+def _model_label(spec: str) -> str:
+    """How a model argument is named in tables: a local folder by its name, anything else as given."""
+    path = Path(spec)
+    if path.exists():
+        return path.resolve().name if path.is_dir() else path.name
+    return spec
+
+
+@cli.command("eval")
+@click.option("--model", required=True, help="Model folder (or any model argument `run` accepts).")
+@click.option("--tokenizer", default=None, help="Tokenizer to use (default: the model's own).")
+@click.option("--text", "texts", multiple=True, required=True, help="UTF-8 text file(s); documents separated by blank lines.")
+@click.option("--max-bytes", type=click.IntRange(min=1), default=None, help="Score only the leading whole documents up to this many bytes.")
+@click.option("--ctx", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Context length in tokens: documents are packed into chunks of at most this many tokens.")
+@click.option("--compare", default=None,
+              help="Also score this model (with its own tokenizer) and print MODEL's ratio of bits per byte to it.")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Allow custom model code (config.json auto_map) from the model folders; refused otherwise.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print JSON: {"model": {...}, "compare": {...}, "ratio": ...}, each result with its "name".')
+def eval_cmd(model, tokenizer, texts, max_bytes, ctx, compare, trust_remote_code, as_json) -> None:
+    """Bits per byte and bytes per token of MODEL on TEXT."""
+    from transplant.measure.evaluate import evaluate_bpb
+    from transplant.io.sources import refuse_custom_code, resolve_model
+
+    data = _read_texts(texts, max_bytes)
+    # Refuse custom code in either model before spending minutes scoring the other.
+    for spec in [s for s in (compare, model) if s]:
+        refuse_custom_code(resolve_model(spec), trust_remote_code)
+    name = _model_label(model)
+    other = _model_label(compare) if compare else None
+    if other is not None and other == name:
+        name, other = (model, compare) if model != compare else (f"{name} (model)", f"{other} (compare)")
+    results = {}
+    if compare:
+        results["compare"] = evaluate_bpb(compare, data, ctx=ctx, trust_remote_code=trust_remote_code, label=other)
+    results["model"] = evaluate_bpb(model, data, tokenizer=tokenizer, ctx=ctx, trust_remote_code=trust_remote_code,
+                                    label=name)
+    if as_json:
+        doc = {"model": {"name": name, **results["model"].as_dict()}}
+        if compare:
+            doc["compare"] = {"name": other, **results["compare"].as_dict()}
+            doc["ratio"] = results["model"].bpb / results["compare"].bpb
+        click.echo(json.dumps(doc, indent=2))
+    elif compare:
+        _print_eval_table({other: results["compare"], name: results["model"]}, base=other)
+    else:
+        _print_eval_table({name: results["model"]}, base=None)
+
+
+@cli.command()
+@click.option("--plan", "plan_dir", required=True, help="Output folder of an earlier `transplant run` (holds the plan).")
+@click.option("--model", required=True, help="Another checkpoint of the same base model (e.g. a fine-tune).")
+@click.option("--out", required=True, type=click.Path(), help="Output folder (written atomically).")
+@click.option("--link", is_flag=True, help="Hard-link untouched shards instead of copying.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the model folder.")
+def apply(plan_dir, model, out, link, overwrite, trust_remote_code) -> None:
+    """Re-apply a saved plan to MODEL."""
+    from transplant.api import apply_plan
+
+    result = apply_plan(plan_dir, model, out, overwrite=overwrite, link=link, trust_remote_code=trust_remote_code)
+    click.echo(f"wrote {result.output_dir} ({result.plan.new_size} rows)")
+
+
+@cli.command()
+@click.option("--out", default=None, type=click.Path(),
+              help="Output folder [default: smollm2-es-METHOD in the tokentransplant cache, replaced on each run].")
+@click.option("--method", default="auto", show_default=True,
+              help="Initializer after exact overlap (see `transplant methods`); with auto, plain fvt is scored too.")
+@click.option("--vocab-size", type=click.IntRange(min=1), default=8192, show_default=True,
+              help="Size of the Spanish tokenizer to train (trained once per size, then cached).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out folder (the default folder is always replaced).")
+def demo(out, method, vocab_size, overwrite) -> None:
+    """SmolLM2-135M-Instruct onto a Spanish tokenizer; prints before/after bits per byte."""
+    from transplant.demo import run_demo
+
+    click.echo("SmolLM2-135M-Instruct -> Spanish byte-level BPE (Reina-Valera 1909 sample)")
+    info = run_demo(out, method=method, vocab_size=vocab_size, overwrite=overwrite)
+    result = info["result"]
+    click.echo(f"held-out text: {info['held_out_bytes']} bytes; tokenizer: {info['tokenizer']}")
+    auto = result.plan.meta.get("auto")
+    rows = dict(result.evaluation)
+    if auto:
+        click.echo(auto["line"])
+        rows = {"original": rows["original"], f"default ({auto['method']}"
+                f"{'+cal' if 'calibration' in result.plan.meta else ''})": rows["transplanted"]}
+    if "fvt" in info:
+        rows["--method fvt"] = info["fvt"]
+    _print_eval_table(rows)
+    click.echo(f"transplanted checkpoint: {result.output_dir}")
+
+
+def method_descriptions() -> dict[str, str]:
+    """Registered initializer -> one-line description (its `description`, else its docstring's first line)."""
+    from transplant.methods.initializers import available, get_initializer
+
+    out = {}
+    for name in available():
+        try:
+            init = get_initializer(name)
+        except TransplantError as exc:  # an optional dependency is missing
+            out[name] = f"(unavailable: {exc})"
+            continue
+        text = getattr(init, "description", None) or (type(init).__doc__ or "").strip().splitlines()[0:1]
+        out[name] = text if isinstance(text, str) else (text[0] if text else "")
+    return out
+
+
+def method_options(name: str) -> list[str]:
+    """`NAME (TYPE, default VALUE): HELP` for each option of method `name` (none when unavailable)."""
+    from transplant.methods.initializers import declared_options
+
+    try:
+        declared = declared_options(name)
+    except TransplantError:  # an optional dependency is missing: already said in its description
+        return []
+    return [f"{key} ({opt.describe()})" + (f": {opt.help}" if opt.help else "") for key, opt in declared.items()]
+
+
+@cli.command("extend")
+@click.option("--model", required=True, help="Model to extend: folder, .gguf, cached hub id or packaged name.")
+@click.option("--text", "texts", multiple=True, required=True, help="Text of the language or domain (repeatable).")
+@click.option("--add", type=click.IntRange(min=1), required=True, help="How many new tokens to learn.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output checkpoint folder.")
+@click.option("--method", default="auto", show_default=True,
+              help="Initializer of the new rows (old rows are copied); auto: the hypernetwork known for this model, "
+                   "else fvt, with output calibration on TEXT.")
+@click.option("--set", "settings", multiple=True, metavar="METHOD.OPTION=VALUE", help="A method option (repeatable).")
+@click.option("--pad-to-multiple-of", type=click.IntRange(min=1), default=None, help="Pad the vocabulary rows.")
+@click.option("--eval-text", "eval_texts", multiple=True, help="Score before/after into the model card.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier output folder.")
+def extend_cmd(model, texts, add, out, method, settings, pad_to_multiple_of, eval_texts, overwrite) -> None:
+    """Learn ADD new tokens from TEXT on top of MODEL's tokenizer (old ids unchanged) and write the checkpoint."""
+    from transplant.train.extend import extend
+
+    res = extend(model, list(texts), add, out, method=method, options=parse_settings(settings) or None,
+                 pad_to_multiple_of=pad_to_multiple_of, overwrite=overwrite,
+                 eval_texts=[Path(t).read_text(encoding="utf-8") for t in eval_texts] or None)
+    click.echo(f"extended: {len(res.new_tokens):,} new tokens -> {out}")
+    for note in res.transplant.notes:
+        click.echo(f"note: {note}")
+
+
+@cli.command("heal")
+@click.option("--model", required=True, help="A transplant output folder (from `transplant run` or `transplant extend`).")
+@click.option("--text", "texts", multiple=True, required=True,
+              help="Text in the new tokenizer's language or domain (repeatable; 2-5% of it is held out).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder for the healed checkpoint.")
+@click.option("--minutes", type=click.FloatRange(min=0), default=None, help="Training budget in wall-clock minutes.")
+@click.option("--steps", type=click.IntRange(min=0), default=0, help="Training budget in steps (instead of --minutes).")
+@click.option("--teacher", default=None, help="The model before the transplant (default: the plan's base model).")
+@click.option("--run", "run_dir", default=None, type=click.Path(file_okay=False),
+              help="Training folder: log, checkpoints (default: OUT.heal-run beside OUT).")
+@click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint (a larger budget trains longer).")
+@click.option("--lr", type=float, default=1e-2, show_default=True, help="Adam learning rate (offsets in units of the matrix's std).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Windows per step and process.")
+@click.option("--seq-len", type=click.IntRange(min=8), default=256, show_default=True, help="Tokens per window.")
+@click.option("--lm-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Weight of the next-token loss beside distillation: 1 pulls the student up to the original "
+                   "model's likelihood and never past it; 0 is symmetric distillation; above 1 fits the corpus "
+                   "(risks other genres).")
+@click.option("--anchor-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Weight of the L2 pull toward the initial rows.")
+@click.option("--patience", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Held-out evaluations without improvement before stopping (0: never stop early).")
+@click.option("--eval-every", type=click.IntRange(min=1), default=25, show_default=True, help="Steps between held-out scores.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=25, show_default=True, help="Steps between checkpoints.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the batch order (one per step and process).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier output folder.")
+def heal_cmd(model, texts, out, minutes, steps, teacher, run_dir, resume, lr, batch_size, seq_len, lm_weight,
+             anchor_weight, patience, eval_every, checkpoint_every, seed, overwrite) -> None:
+    """Train the rows a transplant made, distilling the original model, and write the healed checkpoint.
+
+    Two CPU processes: `accelerate launch --multi_gpu --num_processes 2 -m transplant.cli heal ...`.
+    """
+    from transplant.train.heal import HealConfig, heal
+
+    if minutes is None and not steps:
+        raise click.UsageError("pass a budget: --minutes M or --steps N")
+    if minutes is not None and steps:
+        raise click.UsageError("pass one budget: --minutes M or --steps N, not both")
+    cfg = HealConfig(model=model, texts=list(texts), out=out, run=run_dir, teacher=teacher, steps=steps,
+                     minutes=minutes, lr=lr, batch_size=batch_size, seq_len=seq_len, lm_weight=lm_weight,
+                     anchor_weight=anchor_weight, patience=patience, eval_every=eval_every,
+                     checkpoint_every=checkpoint_every, seed=seed, resume=resume, overwrite=overwrite)
+    res = heal(cfg)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch`, one process speaks
+        return
+    s = res.summary
+    if s["best_bpb"] is not None:
+        click.echo(f"healed: held-out {s['start_bpb']:.4f} -> {s['best_bpb']:.4f} bits/byte (original model "
+                   f"{s['teacher_bpb']:.4f}), {s['rows_trained']:,} rows, {s['step']} steps -> {res.out}")
+    click.echo(f"run folder (log, checkpoints; --resume with a larger budget continues it): {res.run}")
+
+
+@cli.command()
+def methods() -> None:
+    """List the initializers, each with a one-line description and its options."""
+    descriptions = method_descriptions()
+    fixed = ("special", "exact")
+    width = max(len(n) for n in descriptions) + 2
+    click.echo(f"{'auto':<{width}}the default: the hypernetwork known for the model, else fvt; then output calibration "
+               "when calibration text is known (--calibrate-text, or the tokenizer's recorded training text)")
+    for line in _known_network_lines():
+        click.echo(f"{'':<{width}}  {line}")
+    for name in [*fixed, *[n for n in descriptions if n not in fixed]]:
+        if name in descriptions:
+            note = " (always applied first)" if name in fixed else ""
+            click.echo(f"{name:<{width}}{descriptions[name]}{note}")
+            for line in method_options(name):
+                click.echo(f"{'':<{width}}  {name}.{line}")
+    click.echo("\nUse with `transplant run --method NAME` (chain several with +, e.g. fvt+multivariate), "
+               "`--fallback NAME` and `--set METHOD.OPTION=VALUE` for an option.")
+
+
+def _known_network_lines() -> list[str]:
+    """One line per hypernetwork `auto` may pick (see `hypernet list`)."""
+    from hypernet.registry import known_networks
+
+    nets = known_networks()
+    if not nets:
+        return ["no hypernetwork known (train one with `hypernet train`; `hypernet list`)"]
+    return [f"network {n.name} ({n.origin}) for {n.base_model or '?'}: {n.summary}" for n in nets]
+
+
+_NoArgsIsHelp = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+class _Interrupted(BaseException):
+    """Ctrl-C, raised by our SIGINT handler instead of KeyboardInterrupt: click would print a bare
+    newline for a KeyboardInterrupt; `main` prints one line instead."""
+
+
+def _on_sigint(signum, frame) -> None:
+    raise _Interrupted()
+
+
+def _close_progress_bars() -> bool:
+    """Close the progress bars still open (an interrupted loop); True if there were any."""
+    std = sys.modules.get("tqdm.std")
+    bars = list(getattr(getattr(std, "tqdm", None), "_instances", None) or [])
+    for pbar in bars:
+        try:
+            pbar.close()
+        except Exception:
+            pass
+    return bool(bars)
+
+
+def main() -> None:
+    """Entry point: every failure is one `error: <problem> (<fix>)` line on stderr and a non-zero exit."""
+    import signal
+
+    try:
+        previous = signal.signal(signal.SIGINT, _on_sigint)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        cli.main(prog_name="transplant", standalone_mode=False)
+    except TransplantError as exc:
+        click.echo(f"error: {_one_line(exc)}", err=True)
+        sys.exit(2)
+    except (_Interrupted, KeyboardInterrupt, click.exceptions.Abort):
+        # Start a new line after the terminal's "^C" or an unfinished progress bar; outputs are
+        # written atomically, so none is left.
+        lead = "\n" if sys.stderr.isatty() or _close_progress_bars() else ""
+        click.echo(f"{lead}error: interrupted (no output was written)", err=True)
+        sys.exit(130)
+    except _NoArgsIsHelp as exc:  # bare `transplant` (click >= 8.2): the help, not an error
+        click.echo(exc.ctx.get_help())
+    except click.UsageError as exc:
+        # click would print usage + hint + error on three lines; keep to one.
+        where = exc.ctx.command_path if exc.ctx is not None else "transplant"
+        click.echo(f"error: {_one_line(exc.format_message())} (see `{where} --help`)", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"error: {_one_line(exc.format_message())}", err=True)
+        sys.exit(exc.exit_code)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] in ("transplant", "hypernet"):
+            raise  # our own code is broken: that is a bug to see in full, not a missing package
+        from transplant.common.optional import missing_package
+
+        click.echo(f"error: {missing_package(exc)}", err=True)
+        sys.exit(1)
+    except (OSError, MemoryError) as exc:
+        click.echo(f"error: {_one_line(exc)}", err=True)
+        sys.exit(1)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+from transplant.cli.vectors import vectors as vectors_group  # noqa: E402  (registered last: imports nothing of cli)
+cli.add_command(vectors_group)
+from transplant.cli.tokenizer import tokenizer as tokenizer_group  # noqa: E402
+cli.add_command(tokenizer_group)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Shared basics every layer may use: errors, progress bars, text reading."""

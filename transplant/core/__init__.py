@@ -1,0 +1,1 @@
+"""The model-free core: vocabularies, alignment of old to new tokens, and the plan."""

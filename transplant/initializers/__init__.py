@@ -1,7 +1,0 @@
-"""Embedding initializers: each file one method, registered by name in `registry.py`."""
-
-from .registry import (BaseInitializer, InitContext, Initializer, Option, available, declared_options,
-                       format_options, get_initializer, resolve_options)
-
-__all__ = ["BaseInitializer", "InitContext", "Initializer", "Option", "available", "declared_options",
-           "format_options", "get_initializer", "resolve_options"]

@@ -1,0 +1,1 @@
+"""Reading and writing checkpoints, tokenizers, configs and model cards."""

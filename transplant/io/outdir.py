@@ -1,0 +1,235 @@
+"""The output folder's life cycle: stage in a hidden sibling, publish by one rename, never lose data.
+
+Rules (each one a test in tests/test_outdir.py):
+
+* Without ``overwrite`` nothing at ``out`` is ever deleted or replaced: the finished folder is
+  moved into place with ``renameat2(RENAME_NOREPLACE)``, so a folder that appeared at ``out``
+  while we were writing (another run, the user) wins and this run fails with one line. Of two
+  concurrent runs to one ``out`` exactly one publishes.
+* With ``overwrite`` the path holds the complete old output or the complete new one at every
+  instant: the two are swapped with ``renameat2(RENAME_EXCHANGE)`` and the old one is deleted
+  only afterwards, from its hidden name. ``overwrite`` refuses a folder that is not a previous
+  output (or empty), a mount point, and a folder that holds one of the run's inputs.
+* A hidden staging folder is named after the process that owns it
+  (``.NAME.partial-PID-XXXX``); folders left by a killed process (pid no longer alive) are
+  removed by the next run that writes to the same ``out``.
+* The output folder gets the user's umask (``mkdtemp`` makes 0700 folders).
+* SIGTERM cleans up like Ctrl-C (see `terminate_like_interrupt`).
+
+Example:
+    >>> with staged_output(Path("out"), overwrite=False, inputs=[Path("model")]) as stage:  # doctest: +SKIP
+    ...     (stage.path / "config.json").write_text("{}")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import re
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from transplant.common.errors import TransplantError
+
+log = logging.getLogger(__name__)
+
+# Files whose presence marks a folder as an earlier tokentransplant output (safe to replace).
+OUTPUT_MARKERS = ("transplant_plan.json", "training_summary.json")  # a transplant; a trained tokenizer
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+_AT_FDCWD = -100
+_STAGE = re.compile(r"^\.(?P<name>.+)\.(?:partial|old)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+
+
+def _renameat2(src: Path, dst: Path, flags: int) -> bool:
+    """Linux renameat2; False when the call is unavailable here (other OS, old libc, some filesystems)."""
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL):  # not supported by this kernel / filesystem
+        return False
+    raise OSError(err, os.strerror(err), str(dst))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_stages(out: Path) -> list[Path]:
+    """Delete hidden staging/old folders of `out` whose owning process is gone; return them."""
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    for entry in out.parent.iterdir():
+        m = _STAGE.match(entry.name)
+        if not m or m.group("name") != out.name or _pid_alive(int(m.group("pid"))):
+            continue
+        _remove(entry)
+        removed.append(entry)
+        log.info("removed %s left by a process that no longer runs", entry)
+    return removed
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _is_previous_output(folder: Path) -> bool:
+    try:
+        names = {p.name for p in folder.iterdir()}
+    except OSError:
+        return False
+    return not names or any(m in names for m in OUTPUT_MARKERS)
+
+
+def check_output_path(out: Path, inputs: list[Path], overwrite: bool) -> Path:
+    """Validate `out` before any work starts; return it with its parent resolved.
+
+    Args:
+        out: the requested output folder.
+        inputs: every file or folder the run reads (model, tokenizers, plan, texts).
+        overwrite: whether an existing output may be replaced.
+    """
+    out = Path(os.path.abspath(out))
+    out = out.parent.resolve() / out.name
+    real_out = out.resolve()
+    for src in inputs:
+        src = Path(src).resolve()
+        if real_out == src or src in real_out.parents:
+            what = "folder" if src.is_dir() else "file"
+            raise TransplantError(f"output folder {out} is inside the input {what} {src} (choose an output elsewhere)")
+        if real_out in src.parents:
+            raise TransplantError(f"the input {src} lies inside the output folder {out}; writing there could "
+                                  "delete it (move the input or choose another --out)")
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise TransplantError(f"output folder {out} already exists (pass --overwrite to replace it)")
+        if os.path.ismount(out):
+            raise TransplantError(f"output folder {out} is a mount point; refusing to replace it "
+                                  "(write to a folder inside it)")
+        if not out.is_dir():
+            raise TransplantError(f"{out} exists and is not a folder; refusing to replace it (remove it or "
+                                  "choose another --out)")
+        if not _is_previous_output(out):
+            raise TransplantError(f"{out} is not empty and is not a tokentransplant output (no "
+                                  f"{OUTPUT_MARKERS[0]}); refusing to delete it with --overwrite (remove it "
+                                  "yourself or choose another --out)")
+    return out
+
+
+class Stage:
+    """A hidden folder beside `out` that becomes `out` on `publish()`."""
+
+    def __init__(self, out: Path, overwrite: bool):
+        self.out = out
+        self.overwrite = overwrite
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_stages(out)
+        self.path = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+        os.chmod(self.path, 0o777 & ~_umask())
+        self.published = False
+
+    def publish(self) -> None:
+        """Move the finished folder into place (see the module rules)."""
+        out, path = self.out, self.path
+        if self.overwrite and (out.exists() or out.is_symlink()):
+            if not _is_previous_output(out) and not out.is_symlink():
+                raise TransplantError(f"{out} changed while this run was writing and is no longer a "
+                                      "tokentransplant output; left it untouched (remove it or choose another --out)")
+            if _renameat2(path, out, _RENAME_EXCHANGE):
+                self.published = True  # `path` now holds the old output
+            else:
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))
+                os.rmdir(old)
+                os.rename(out, old)
+                os.rename(path, out)
+                self.published = True
+                path = old
+            _remove(path)
+            return
+        try:
+            done = _renameat2(path, out, _RENAME_NOREPLACE)
+        except FileExistsError:
+            raise TransplantError(f"{out} appeared while this run was writing (another run?); left it untouched "
+                                  "and discarded this run's output (pass --overwrite to replace it)") from None
+        if not done:
+            # No renameat2 here: os.rename refuses a non-empty target; an empty folder that
+            # appeared in the last instant would be replaced, the only gap of this fallback.
+            if out.exists() or out.is_symlink():
+                raise TransplantError(f"{out} appeared while this run was writing (another run?); left it "
+                                      "untouched (pass --overwrite to replace it)")
+            try:
+                os.rename(path, out)
+            except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                    raise TransplantError(f"{out} appeared while this run was writing (another run?); left it "
+                                          "untouched (pass --overwrite to replace it)") from None
+                raise
+        self.published = True
+
+    def discard(self) -> None:
+        if not self.published:
+            _remove(self.path)
+
+
+@contextlib.contextmanager
+def staged_output(out: Path, overwrite: bool) -> Iterator[Stage]:
+    """Stage into a hidden folder; publish on success, delete the stage on any failure or signal."""
+    stage = Stage(out, overwrite)
+    try:
+        with terminate_like_interrupt():
+            yield stage
+            stage.publish()
+    finally:
+        stage.discard()
+
+
+@contextlib.contextmanager
+def terminate_like_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt while the block runs (main thread only), so `finally`
+    clauses clean up as they do for Ctrl-C."""
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def handler(signum, frame):
+            raise KeyboardInterrupt("terminated")
+
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,1 @@
+"""Scoring language models: bits per byte on held-out text."""

@@ -1,0 +1,177 @@
+"""Bits per byte (BPB): the quality measure that compares models across tokenizers.
+
+Protocol (shared by every benchmark here): split the text into documents on blank lines; each
+document is scored as its text plus the blank line that ends it, so every tokenizer sees and is
+charged for exactly the same bytes; whole documents are packed into chunks of at most `ctx`
+tokens (a longer document is cut into `ctx`-token pieces); one start token (bos, else eos) goes
+before each chunk so every text token is predicted; BPB = summed NLL of the text tokens /
+ln 2 / UTF-8 bytes. Bytes per token = those bytes / text tokens.
+
+Example:
+    >>> result = evaluate_bpb("out/", texts=[open("dev.txt").read()])  # doctest: +SKIP
+    >>> round(result.bpb, 3), round(result.bytes_per_token, 2)  # doctest: +SKIP
+    (1.762, 3.1)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from transplant.common.errors import TransplantError
+from transplant.common.progress import bar
+from transplant.io.sources import refuse_custom_code
+
+
+@dataclass
+class EvalResult:
+    bpb: float
+    bytes_per_token: float
+    nll_bits: float
+    bytes: int
+    tokens: int
+    documents: int
+    seconds: float
+    # False when the tokenizer does not reproduce the scored text (decode(encode(doc)) != doc,
+    # e.g. WordPiece drops newlines): it was charged for bytes it never predicted, so its bits
+    # per byte are not comparable with another tokenizer's.
+    lossless: bool = True
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def split_documents(text: str) -> list[str]:
+    """Documents are separated by blank lines; each keeps its trailing blank line."""
+    docs = [d.strip("\n") for d in text.replace("\r\n", "\n").split("\n\n")]
+    return [d + "\n\n" for d in docs if d.strip()]
+
+
+def take_bytes(text: str, limit: int) -> str:
+    """The leading whole documents of `text` totalling at most `limit` UTF-8 bytes (at least one)."""
+    out, used = [], 0
+    for doc in split_documents(text):
+        size = len(doc.encode("utf-8"))
+        if out and used + size > limit:
+            break
+        out.append(doc)
+        used += size
+    return "".join(out)
+
+
+def pack(doc_ids: list[list[int]], ctx: int) -> list[list[int]]:
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    for ids in doc_ids:
+        pieces = [ids[i:i + ctx] for i in range(0, len(ids), ctx)] or [[]]
+        for piece in pieces:
+            if current and len(current) + len(piece) > ctx:
+                chunks.append(current)
+                current = []
+            current = current + piece
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+@torch.inference_mode()
+def score(model, encode, start_id: int, texts: list[str], ctx: int = 1024, batch_size: int | None = None,
+          desc: str = "scoring") -> EvalResult:
+    """Score an in-memory model; `encode(list[str]) -> list[list[int]]` without special tokens.
+
+    `batch_size` defaults to what keeps the float32 logits near 1 GB (1 for a 262k vocabulary).
+    A progress bar over the batches (counted in tokens) is labelled `desc` (see `transplant.common.progress`).
+    """
+    started = time.perf_counter()
+    docs = [d for t in texts for d in split_documents(t)]
+    if not docs:
+        raise TransplantError("no text to score (the evaluation text is empty)")
+    total_bytes = sum(len(d.encode("utf-8")) for d in docs)
+    doc_ids = encode(docs)
+    n_tokens = sum(len(x) for x in doc_ids)
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    positions = getattr(cfg, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 1:
+        # The start token takes one position: a GPT-2 (1024 positions) scores 1023-token chunks.
+        ctx = min(ctx, positions - 1)
+    chunks = pack(doc_ids, ctx)
+    vocab_rows = model.get_output_embeddings().weight.shape[0]
+    if batch_size is None:
+        batch_size = max(1, int(2.5e8 // ((ctx + 1) * vocab_rows)))
+    device = next(model.parameters()).device
+    nll = 0.0
+    pbar = bar(total=sum(len(c) for c in chunks), desc=desc, unit="tok", unit_scale=True)
+    for b in range(0, len(chunks), batch_size):
+        batch = chunks[b:b + batch_size]
+        width = max(len(c) for c in batch) + 1
+        ids = torch.full((len(batch), width), start_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, c in enumerate(batch):
+            ids[r, 1:len(c) + 1] = torch.tensor(c, dtype=torch.long)
+            mask[r, :len(c) + 1] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+        nll += float(torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                                                       ignore_index=-100, reduction="sum"))
+        del logits
+        pbar.update(sum(len(c) for c in batch))
+    pbar.close()
+    bits = nll / math.log(2)
+    return EvalResult(bits / total_bytes, total_bytes / max(n_tokens, 1), bits, total_bytes, n_tokens, len(docs),
+                      round(time.perf_counter() - started, 2))
+
+
+def _label(folder: Path) -> str:
+    """A readable name for a model folder: an unfinished output `.name.partial-xyz` reads `name`, a
+    cached GGUF conversion `name-<16 hex>` reads `name`."""
+    name = folder.name
+    if name.startswith(".") and ".partial-" in name:
+        name = name[1:].split(".partial-")[0]
+    name = re.sub(r"-[0-9a-f]{16}$", "", name)
+    return name or str(folder)
+
+
+def evaluate_bpb(model_dir: str | Path, texts: list[str], tokenizer: str | Path | None = None, ctx: int = 1024,
+                 batch_size: int | None = None, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
+                 label: str | None = None) -> EvalResult:
+    """Load a checkpoint folder (and its tokenizer, or `tokenizer`) and score `texts`.
+
+    A folder whose config.json asks for custom code (`auto_map`) is refused unless
+    `trust_remote_code=True`. `label` names the progress bar ("scoring <label>"; default: the folder's name).
+    """
+    from transformers import AutoModelForCausalLM
+
+    from transplant.io.sources import resolve_model
+    from transplant.core.vocab import load_tokenizer
+
+    folder = resolve_model(model_dir)
+    refuse_custom_code(folder, trust_remote_code)
+    src = load_tokenizer(tokenizer or folder)
+    vocab = src.vocabulary()
+    start = vocab.roles.get("bos", vocab.roles.get("eos"))
+    if start is None:
+        raise TransplantError(f"tokenizer {src.path} has neither bos nor eos; cannot start a chunk "
+                              "(add a special start token)")
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, trust_remote_code=trust_remote_code)
+    model.eval()
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(vocab) > rows:
+        raise TransplantError(f"tokenizer has {len(vocab)} ids but the model only {rows} rows "
+                              "(pass the tokenizer that belongs to this model)")
+
+    def encode(docs: list[str]) -> list[list[int]]:
+        return [e.ids for e in src.tokenizer.encode_batch(docs, add_special_tokens=False)]
+
+    result = score(model, encode, start, texts, ctx=ctx, batch_size=batch_size,
+                   desc=f"scoring {label or _label(folder)}")
+    docs = [d for t in texts for d in split_documents(t)]
+    decoded = [src.tokenizer.decode(e.ids, skip_special_tokens=False)
+               for e in src.tokenizer.encode_batch(docs, add_special_tokens=False)]
+    result.lossless = all(a == b for a, b in zip(decoded, docs))
+    return result

@@ -1,0 +1,1 @@
+"""Filling new rows: the initializers, their resources, calibration and the planner."""

@@ -1,0 +1,148 @@
+"""`method="auto"`: the best transplant this installation can make, chosen from the inputs alone.
+
+The rule (measured in BENCHMARKS.md: a trained hypernetwork beats every heuristic on every task
+of the harness, and output calibration helps every method):
+1. special tokens and exact overlap are copied, as always;
+2. the other rows come from the hypernetwork trained for this base model when one is known
+   (`hypernet list`: registered by `hypernet train`, or shipped for the packaged models), matched
+   by the model's own embeddings, so a fine-tune of the base matches too; else from `fvt`;
+3. the made rows' output scale is calibrated whenever calibration text is known: the
+   `calibrate_texts` given, else the text the target tokenizer was trained on, as recorded by
+   `transplant tokenizer train` (used only while it is still there and unchanged).
+
+The choice depends on the inputs and on the networks known, never on timing or randomness; it
+is printed on one line and recorded in the plan (`meta["auto"]`) and the model card. An explicit
+method (`--method fvt`) never calibrates unless calibration text is passed, so it gives exactly
+what it gave before `auto` existed.
+
+Example:
+    >>> choice = choose(resources, new_tokenizer_source, calibrate_texts=None)  # doctest: +SKIP
+    >>> choice.method, choice.line  # doctest: +SKIP
+    ('hypernet', 'auto: hypernet smollm2-135m-instruct (shipped; ...) + calibration on de/train.txt (...)')
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transplant.common.errors import TransplantError
+from transplant.core.vocab import TokenizerSource
+
+AUTO = "auto"
+# Where `transplant tokenizer train` records its training texts, inside the tokenizer folder.
+TRAINING_SUMMARY = "training_summary.json"
+
+
+@dataclass
+class CalibrationSource:
+    """The calibration text a run uses: the files, where they came from, and their content."""
+
+    texts: list[str]
+    origin: str  # "given" or "tokenizer"
+    names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AutoChoice:
+    """What `auto` resolved to, and why (one line)."""
+
+    method: str
+    options: dict
+    network: str | None
+    calibration: CalibrationSource | None
+    line: str
+
+    def meta(self) -> dict:
+        return {"method": self.method, "network": self.network, "line": self.line,
+                "calibration": None if self.calibration is None else
+                {"origin": self.calibration.origin, "texts": self.calibration.names}}
+
+
+def is_auto(method) -> bool:
+    return method == AUTO or (isinstance(method, (list, tuple)) and list(method) == [AUTO])
+
+
+def recorded_texts(new_src: TokenizerSource) -> tuple[list[Path], str]:
+    """The training texts `transplant tokenizer train` recorded for this tokenizer, when every one
+    is still there and unchanged; else ([], why not)."""
+    from transplant.common.fingerprint import file_fingerprint
+
+    folder = new_src.folder or new_src.path.parent
+    path = folder / TRAINING_SUMMARY
+    try:
+        record = json.loads(path.read_text(encoding="utf-8")).get("training_texts")
+    except (OSError, ValueError, AttributeError):
+        record = None
+    if not record or not isinstance(record, list):
+        return [], "the target tokenizer records no training text"
+    files = []
+    for entry in record:
+        if not isinstance(entry, dict) or not entry.get("path"):
+            return [], f"{path} has a malformed training_texts entry"
+        p = Path(entry["path"])
+        if not p.is_file():
+            return [], f"its training text {p} is gone"
+        if file_fingerprint(p) != entry.get("sha256"):
+            return [], f"its training text {p} changed since the tokenizer was trained"
+        files.append(p)
+    return files, ""
+
+
+def choose(resources, new_src: TokenizerSource, calibrate_texts: list[str] | None, calibrate: bool = True,
+           options: dict | None = None, no_calibration: str = "--no-calibrate") -> AutoChoice:
+    """Resolve `auto` for a model whose embeddings `resources` reads, onto `new_src`.
+
+    Args:
+        resources: the run's `Resources` (the old input and head matrices are read from it).
+        new_src: the target tokenizer.
+        calibrate_texts: calibration text given by the caller (wins over the recorded one).
+        calibrate: False turns calibration off (`--no-calibrate`).
+        options: the run's `METHOD.OPTION` settings; `hypernet.path` names the network itself.
+        no_calibration: why there is no calibration when `calibrate` is False.
+    """
+    from hypernet.registry import find_network
+
+    options = dict(options or {})
+    given_path = options.get("hypernet.path")
+    if given_path:
+        method, network, why = "hypernet", str(given_path), f"hypernet {given_path} (hypernet.path given)"
+    else:
+        E_in = resources.old_input()
+        E_out = None if resources.tied else resources.old_output()
+        found = find_network(E_in, E_out)
+        if found is not None:
+            net, cos = found
+            options["hypernet.path"] = str(net.path)
+            method, network = "hypernet", net.name
+            why = (f"hypernet {net.name} ({net.origin}, trained for {net.base_model or '?'}; embeddings match at "
+                   f"cosine {cos:.3f})")
+        else:
+            method, network = "fvt", None
+            why = "fvt (no hypernetwork known for this model: `hypernet list`; train one with `hypernet train`)"
+    calibration, cal_why = None, ""
+    if not calibrate:
+        cal_why = f"no calibration ({no_calibration})"
+    elif calibrate_texts:
+        calibration = CalibrationSource(list(calibrate_texts), "given", ["the calibration text given"])
+        cal_why = "calibration on the text given"
+    else:
+        files, reason = recorded_texts(new_src)
+        if files:
+            texts = []
+            for p in files:
+                try:
+                    texts.append(p.read_text(encoding="utf-8"))
+                except UnicodeDecodeError:
+                    raise TransplantError(f"{p} (the tokenizer's recorded training text) is not UTF-8 "
+                                          "(pass --calibrate-text FILE or --no-calibrate)") from None
+            calibration = CalibrationSource(texts, "tokenizer", [str(p) for p in files])
+            cal_why = f"calibration on the tokenizer's training text {', '.join(p.name for p in files)}"
+        else:
+            cal_why = (f"no calibration: {reason} (--calibrate-text FILE, text in the target language or domain, "
+                       "would fit the made rows' output scale: a few % lower bits per byte)")
+    return AutoChoice(method, options, network, calibration, f"auto: {why}; {cal_why}")
+
+
+__all__ = ["AUTO", "AutoChoice", "CalibrationSource", "choose", "is_auto", "recorded_texts", "TRAINING_SUMMARY"]

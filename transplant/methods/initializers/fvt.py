@@ -1,0 +1,30 @@
+"""Fast Vocabulary Transfer (Gee et al., 2022): the mean of the old decomposition's rows."""
+
+from __future__ import annotations
+
+from transplant.core.plan import Row
+from transplant.methods.initializers.registry import BaseInitializer, InitContext
+
+
+class FVTInitializer(BaseInitializer):
+    """Each new token = mean of the old embeddings of its old-tokenizer pieces.
+
+    Example:
+        >>> rows = FVTInitializer().assign(ctx, todo)  # doctest: +SKIP
+    """
+
+    name = "fvt"
+    description = "Fast Vocabulary Transfer: mean of the old rows of the token's old-tokenizer pieces"
+
+    def assign(self, ctx: InitContext, todo: list[int]) -> dict[int, Row]:
+        out = {}
+        for i in todo:
+            pieces = ctx.alignment.decomposition(i)
+            if pieces:
+                w = 1.0 / len(pieces)
+                # A piece repeated in the decomposition counts once per occurrence.
+                merged: dict[int, float] = {}
+                for j in pieces:
+                    merged[j] = merged.get(j, 0.0) + w
+                out[i] = Row("fvt", tuple(merged), tuple(merged.values()))
+        return out

@@ -1,0 +1,239 @@
+"""Initializers by name, imported lazily so heavy optional dependencies load only when used.
+
+Adding an initializer is one new file in this folder plus one line in `_REGISTRY`. An initializer
+declares its tunable settings in `options` (name -> `Option`); a run sets them as `METHOD.OPTION`
+keys (`transplant run --set knn.k=20`), checked and typed by `resolve_options`.
+
+Example:
+    >>> get_initializer("fvt").name
+    'fvt'
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from importlib import import_module
+from typing import Any, ClassVar, Protocol
+
+from transplant.core.align import Alignment
+from transplant.common.errors import TransplantError
+from transplant.core.plan import Row, RowBlock  # noqa: F401  (the types methods return)
+
+# name -> "module:Class" in this folder (imported on first use), or the class itself.
+_REGISTRY: dict[str, str | type] = {
+    "special": "special:SpecialInitializer",
+    "exact": "exact:ExactInitializer",
+    "fvt": "fvt:FVTInitializer",
+    "mean": "mean:MeanInitializer",
+    "multivariate": "multivariate:MultivariateInitializer",
+    "random": "random:RandomInitializer",
+    "knn": "knn:KNNInitializer",
+    "hull": "hull:HullInitializer",
+    "tokenadapt": "tokenadapt:TokenAdaptInitializer",
+    "wechsel": "wechsel:WECHSELInitializer",
+    "focus": "focus:FOCUSInitializer",
+    "omp": "omp:OMPInitializer",
+    "hypernet": "hypernet:HyperNetInitializer",
+}
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting an initializer accepts: its name, type (int, float, str or bool), default and help.
+
+    Example:
+        >>> Option("k", int, 20, "neighbours per new token").parse("32")
+        32
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str = ""
+
+    def parse(self, value: Any) -> Any:
+        """`value` (a command-line string or an already typed value) as this option's type.
+
+        Raises:
+            ValueError: the value is not one of this type (the message says what was expected).
+        """
+        if self.type is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+                return value.strip().lower() in _TRUE
+            raise ValueError(f"expects true or false, not {value!r}")
+        if self.type is str:
+            if isinstance(value, str):
+                return value
+            raise ValueError(f"expects a string, not {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ValueError(f"expects {_TYPE_WORDS[self.type]}, not {value!r}")
+        try:
+            if self.type is int and isinstance(value, float):
+                raise ValueError
+            parsed = self.type(value.strip() if isinstance(value, str) else value)
+        except ValueError:
+            raise ValueError(f"expects {_TYPE_WORDS[self.type]}, not {value!r}") from None
+        if isinstance(parsed, float) and not math.isfinite(parsed):
+            raise ValueError(f"expects a finite number, not {value!r}")
+        return parsed
+
+    def describe(self) -> str:
+        """`type, default VALUE` (e.g. `int, default 20`)."""
+        default = str(self.default).lower() if self.type is bool else self.default
+        if default == "":
+            default = '"" (unset)'
+        return f"{self.type.__name__}, default {default}"
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+class BaseInitializer:
+    """Shared defaults of initializers: no options."""
+
+    options: ClassVar[dict[str, Option]] = {}
+
+
+@dataclass
+class InitContext:
+    """What an initializer may look at: the alignment and its validated options.
+
+    `options` maps method name -> option name -> typed value (see `resolve_options`).
+
+    Example:
+        >>> ctx.options_for("knn")  # doctest: +SKIP
+        {'k': 20, 'temperature': 1.0}
+    """
+
+    alignment: Alignment
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The door to everything else a method may read (old matrices, a donor, vectors, indices):
+    # lazily loaded and cached, see `transplant.methods.resources.Resources`. None in bare unit tests.
+    resources: Any = None
+    seed: int = 0
+
+    def need_resources(self, method: str):
+        """The run's resources, or a one-line error naming what `method` needs."""
+        if self.resources is None:
+            raise TransplantError(f"method {method} needs the model's embeddings (plan through transplant(), "
+                                  "apply or the CLI, or pass resources= to build_plan)")
+        return self.resources
+
+    def options_for(self, method: str) -> dict[str, Any]:
+        """The typed options of `method`, defaults filled in where the run set none."""
+        return {**defaults(method), **self.options.get(method, {})}
+
+
+class Initializer(Protocol):
+    name: str
+    options: dict[str, Option]
+
+    def assign(self, ctx: InitContext, todo: list[int]) -> "dict[int, Row] | RowBlock | list[RowBlock]":
+        """Rows for those of `todo` (new ids) this method can make; the rest go down the chain.
+
+        Small methods return `{new_id: Row}`; methods making many rows return `RowBlock`s (arrays).
+        """
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_initializer(name: str) -> Initializer:
+    if name not in _REGISTRY:
+        raise TransplantError(f"unknown method {name!r} (choose one of: {', '.join(available())})")
+    target = _REGISTRY[name]
+    if not isinstance(target, str):  # a class registered directly (e.g. by a test)
+        return target()
+    module, cls = target.split(":")
+    try:
+        found = import_module(f"{__package__}.{module}")
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").startswith(__package__):
+            raise
+        from transplant.common.optional import missing_package
+
+        raise TransplantError(missing_package(exc, f"method {name!r}")) from None
+    return getattr(found, cls)()
+
+
+def declared_options(name: str) -> dict[str, Option]:
+    """The options method `name` declares (empty for a method without any)."""
+    return dict(getattr(get_initializer(name), "options", None) or {})
+
+
+def defaults(name: str) -> dict[str, Any]:
+    """Option name -> default value of method `name`."""
+    return {key: opt.default for key, opt in declared_options(name).items()}
+
+
+def _valid(name: str) -> str:
+    keys = [f"{name}.{key}" for key in declared_options(name)]
+    return f"valid: {', '.join(keys)}" if keys else f"method {name} has no options"
+
+
+def _flatten(raw: dict) -> dict[str, Any]:
+    """`{"knn": {"k": 20}}` and `{"knn.k": 20}` alike as `{"knn.k": 20}`."""
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{sub}": v for sub, v in value.items()})
+        else:
+            flat[str(key)] = value
+    return flat
+
+
+def resolve_options(chain: list[str], raw: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Check and type `METHOD.OPTION` settings against the methods of a chain, defaults filled in.
+
+    Args:
+        chain: the initializers of the run (see `planner.method_chain`).
+        raw: `{"knn.k": "20"}` (strings from the command line, or typed values); a nested
+            `{"knn": {"k": 20}}` is read the same way.
+
+    Returns:
+        Method -> option -> typed value, for every method of `chain` that declares options.
+
+    Raises:
+        TransplantError: (one line) a key that is not METHOD.OPTION, an unknown method or option, a
+            method the chain does not use, or a value of the wrong type.
+
+    Example:
+        >>> resolve_options(["special", "exact", "knn", "mean"], {"knn.k": "20"})  # doctest: +SKIP
+        {'knn': {'k': 20, 'temperature': 1.0}}
+    """
+    resolved = {name: defaults(name) for name in chain if declared_options(name)}
+    for key, value in _flatten(raw or {}).items():
+        method, dot, option = key.partition(".")
+        if not dot or not method or not option:
+            raise TransplantError(f"malformed option {key!r} (expected METHOD.OPTION, e.g. knn.k)")
+        if method not in _REGISTRY:
+            raise TransplantError(f"unknown method {method!r} in option {key} (choose one of: {', '.join(available())})")
+        if method not in chain:
+            raise TransplantError(f"option {key} is for method {method}, which this run does not use "
+                                  f"(chain: {', '.join(chain)})")
+        declared = declared_options(method)
+        if option not in declared:
+            raise TransplantError(f"unknown option {key} ({_valid(method)})")
+        try:
+            resolved[method][option] = declared[option].parse(value)
+        except ValueError as exc:
+            raise TransplantError(f"option {key} {exc} ({key}: {declared[option].describe()})") from None
+    return resolved
+
+
+def format_options(resolved: dict[str, dict[str, Any]]) -> str:
+    """`knn.k=20, knn.temperature=1.0` (the model card's line); empty when there are none.
+
+    Example:
+        >>> format_options({"knn": {"k": 20}})
+        'knn.k=20'
+    """
+    return ", ".join(f"{method}.{key}={str(v).lower() if isinstance(v, bool) else v}"
+                     for method, opts in resolved.items() for key, v in opts.items())

@@ -1,0 +1,24 @@
+"""Special tokens: copy the old row of the token with the same content or the same role."""
+
+from __future__ import annotations
+
+from transplant.core.plan import MEAN, Row
+from transplant.methods.initializers.registry import BaseInitializer, InitContext
+
+
+class SpecialInitializer(BaseInitializer):
+    """`<|im_end|>` -> `<|im_end|>`, or `<end_of_turn>` -> `<|im_end|>` by role; never by raw id.
+
+    Example:
+        >>> rows = SpecialInitializer().assign(ctx, [0, 1, 2])  # doctest: +SKIP
+    """
+
+    name = "special"
+    description = "special tokens: the old row of the same token, else of the token with the same role (bos, eos, chat turns)"
+
+    def assign(self, ctx: InitContext, todo: list[int]) -> dict[int, Row]:
+        rows = ctx.alignment.special_rows
+        made = {i: Row("special", (rows[i],), (1.0,)) for i in todo if i in rows}
+        # A pad without a pad of its own in the old model: the mean row, which never wins the argmax.
+        made.update({i: Row("special-mean", kind=MEAN) for i in todo if i in ctx.alignment.never_win})
+        return made

@@ -1,0 +1,1 @@
+"""Training after or around a transplant: healing, tokenizer training, extension."""

@@ -1,0 +1,342 @@
+"""Train the target tokenizer: byte-level BPE or Unigram with byte fallback, optionally with
+supertokens (multi-word tokens) and the conventions of an existing model (`like=`).
+
+- **Lossless on any UTF-8.** Byte-level BPE maps every byte to a symbol; Unigram keeps the 256
+  `<0xNN>` byte pieces as a fallback and no normalizer, so decode(encode(x)) == x (property-tested).
+- **Deterministic**: the same texts and settings give the same tokenizer.
+- **`like=MODEL`** copies the model's special tokens (content and roles: bos, eos, pad, unk),
+  its chat template and, for BPE, its normalizer, pre-tokenizer and decoder (digits split or
+  not, byte-level or not), so the result transplants cleanly and chat works on day one.
+- **Supertokens** (BPE only), after SuperBPE (Liu et al., 2025): stage 1 learns ordinary
+  subwords, with pre-tokens that end at spaces, up to `vocab_size - n_super`; stage 2 learns
+  `n_super` more merges over pre-tokens that span runs of words (`" of the"`, `" in the
+  following"`), so superwords build on the subwords. Both stages use `tokenizers`' trainer:
+  stage 2 trains on the stage-1 tokenization with each stage-1 token written as one private-use
+  character, and its merges are mapped back. Stage-2 merges rank after every stage-1 merge, so
+  inside a word the tokenizer acts exactly as the stage-1 one.
+
+Example:
+    >>> summary = train_tokenizer(["de/train.txt"], 32000, "de-tok", like="smollm2-135m-instruct",
+    ...                           supertokens=True)  # doctest: +SKIP
+    >>> summary.bytes_per_token  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from transplant.common.errors import TransplantError
+from transplant.common.progress import bar, bars_disabled, stage
+
+# GPT-2's pre-tokenization, and the same with runs of space-separated words kept together (stage 2).
+GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+SUPER_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+(?: \p{L}+)*| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+DEFAULT_SPECIALS = ["<|endoftext|>"]
+PRIVATE_USE = 0xF0000  # stage-2 symbols: planes 15-16, 131,068 code points
+MAX_SUPER_TOKENS = 6  # stage-1 tokens in one supertoken (about 2-4 words)
+
+
+@dataclass
+class TrainSummary:
+    """What `train_tokenizer` made, measured on a held-out slice of the text."""
+
+    out: str
+    algorithm: str
+    vocab_size_requested: int
+    vocab_size: int
+    supertokens: int
+    held_out_bytes: int
+    bytes_per_token: float
+    old_vocab_overlap: float | None  # share of this vocabulary's tokens also in `like`'s vocabulary
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+    # Where the training text is and a fingerprint of it (never the text: tokenizer folders get
+    # published): `transplant run --method auto` calibrates on it while it is there and unchanged.
+    training_texts: list[dict] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"tokenizer: {self.out} ({self.algorithm}, {self.vocab_size:,} tokens of {self.vocab_size_requested:,} "
+               f"asked{f', {self.supertokens:,} supertokens' if self.supertokens else ''})",
+               f"held-out bytes per token: {self.bytes_per_token:.3f} (on {self.held_out_bytes:,} bytes)"]
+        if self.old_vocab_overlap is not None:
+            out.append(f"shared with the model's vocabulary: {self.old_vocab_overlap:.1%} of tokens")
+        return out + [f"note: {n}" for n in self.notes]
+
+
+@dataclass
+class _Like:
+    tokenizer: Tokenizer | None
+    specials: list[str]
+    roles: dict[str, str]
+    chat_template: str | None
+
+
+def _read_texts(texts: list[str | Path]) -> list[str]:
+    out = []
+    for p in texts:
+        p = Path(p)
+        if not p.is_file():
+            raise TransplantError(f"training text not found: {p} (pass UTF-8 text files with --text)")
+        out.append(p.read_text(encoding="utf-8", errors="replace"))
+    if not any(t.strip() for t in out):
+        raise TransplantError("the training texts are empty (pass real text with --text)")
+    return out
+
+
+def split_held_out(texts: list[str], share: float) -> tuple[list[str], str]:
+    """Training lines and a held-out slice: the last `share` of each text, cut at a line start."""
+    train_lines, held = [], []
+    for t in texts:
+        cut = t.rfind("\n", 0, int(len(t) * (1 - share))) + 1 if share > 0 else len(t)
+        cut = cut or len(t)
+        train_lines += [line for line in t[:cut].splitlines() if line.strip()]
+        held.append(t[cut:])
+    return train_lines, "".join(held)
+
+
+def _load_like(like: str | None) -> _Like:
+    if like is None:
+        return _Like(None, list(DEFAULT_SPECIALS), {"bos": DEFAULT_SPECIALS[0], "eos": DEFAULT_SPECIALS[0]}, None)
+    from transplant.io.sources import resolve_model
+    from transplant.core.vocab import load_tokenizer
+
+    try:
+        src = load_tokenizer(like)
+    except TransplantError:
+        src = load_tokenizer(resolve_model(like))
+    spec = json.loads(src.tokenizer.to_str())
+    specials = [a["content"] for a in sorted(spec.get("added_tokens") or [], key=lambda a: a["id"]) if a.get("special")]
+    roles = {}
+    for role in ("bos", "eos", "pad", "unk"):
+        value = src.config.get(f"{role}_token")
+        if isinstance(value, dict):
+            value = value.get("content")
+        if isinstance(value, str) and value:
+            roles[role] = value
+            if value not in specials:
+                specials.append(value)
+    return _Like(src.tokenizer, specials, roles, src.chat_template)
+
+
+def _bpe_pipeline(tok: Tokenizer, like: _Like, pattern: str) -> None:
+    """Normalizer, pre-tokenizer and decoder: `like`'s own for BPE, else byte-level GPT-2 splitting."""
+    if like.tokenizer is not None and like.tokenizer.pre_tokenizer is not None and pattern == GPT2_PATTERN:
+        tok.normalizer = like.tokenizer.normalizer
+        tok.pre_tokenizer = like.tokenizer.pre_tokenizer
+        tok.decoder = like.tokenizer.decoder
+        return
+    if like.tokenizer is not None and like.tokenizer.normalizer is not None:
+        tok.normalizer = like.tokenizer.normalizer
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+
+
+def _byte_level(tok: Tokenizer) -> bool:
+    return "ByteLevel" in json.dumps(json.loads(tok.to_str()).get("pre_tokenizer"))
+
+
+def _train_bpe(lines: list[str], vocab_size: int, like: _Like) -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    _bpe_pipeline(tok, like, GPT2_PATTERN)
+    alphabet = pre_tokenizers.ByteLevel.alphabet() if _byte_level(tok) else []
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=like.specials, initial_alphabet=alphabet,
+                                  show_progress=not bars_disabled())
+    tok.train_from_iterator(lines, trainer=trainer)
+    return tok
+
+
+def _train_unigram(lines: list[str], vocab_size: int, like: _Like) -> Tokenizer:
+    byte_pieces = [f"<0x{b:02X}>" for b in range(256)]
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True)
+    # tokenizers' Unigram needs an unk piece even when byte fallback covers every character.
+    unk = like.roles.get("unk", "<unk>")
+    specials = like.specials + ([unk] if unk not in like.specials else [])
+    trainer = trainers.UnigramTrainer(vocab_size=max(1, vocab_size - 256), special_tokens=specials,
+                                      unk_token=unk, show_progress=not bars_disabled(), max_piece_length=16)
+    tok.train_from_iterator(lines, trainer=trainer)
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    have = {p for p, _ in vocab}
+    floor = min((s for _, s in vocab), default=0.0) - 10.0
+    vocab += [[p, floor] for p in byte_pieces if p not in have]
+    spec["model"]["byte_fallback"] = True
+    spec["decoder"] = {"type": "Sequence", "decoders": [
+        {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "never", "split": True},
+        {"type": "ByteFallback"}, {"type": "Fuse"}]}
+    return Tokenizer.from_str(json.dumps(spec))
+
+
+def append_merges(base: Tokenizer, pieces, n_new: int, *, max_symbols: int, min_frequency: int = 2,
+                  pre_tokenizer: dict | None = None) -> tuple[Tokenizer, list[str]]:
+    """`base` (a BPE tokenizer) with up to `n_new` merges learned on `pieces` appended after its own.
+
+    `pieces` are pre-tokenized strings in the model's alphabet. Each is tokenized by `base`, every
+    base token is written as one private-use character, and `tokenizers`' BPE trainer learns merges
+    over those (a new token spans at most `max_symbols` base tokens); the merges are mapped back
+    and appended at the lowest priority, so wherever no new merge applies the encoding is the
+    base's. Every existing id is kept; new tokens take the ids after the largest one.
+    Returns the tokenizer and the new tokens in id order.
+    """
+    spec = json.loads(base.to_str())
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE":
+        raise TransplantError(f"learning new merges needs a BPE tokenizer, not {model.get('type')} "
+                              "(retrain one with `transplant tokenizer train`)")
+    vocab: dict[str, int] = model["vocab"]
+    id_to_tok = {i: t for t, i in vocab.items()}
+    if max(id_to_tok, default=0) >= 131_000:
+        raise TransplantError("learning new merges supports vocabularies up to 131k tokens")
+    corpus: list[str] = []
+    line: list[str] = []
+    for piece in pieces:
+        if piece is None:  # end of a line of text
+            if line:
+                corpus.append(" ".join(line))
+            line = []
+            continue
+        ids = [t.id for t in base.model.tokenize(piece)]
+        if len(ids) > 1:
+            line.append("".join(chr(PRIVATE_USE + i) for i in ids))
+    if line:
+        corpus.append(" ".join(line))
+    alphabet = sorted({c for text in corpus for c in text if c != " "})
+    if not alphabet:
+        return base, []
+    trainer = trainers.BpeTrainer(vocab_size=len(alphabet) + n_new, initial_alphabet=alphabet, show_progress=False,
+                                  max_token_length=max_symbols, min_frequency=min_frequency)
+    learner = Tokenizer(models.BPE())
+    learner.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    learner.train_from_iterator(corpus, trainer=trainer)
+    learned = json.loads(learner.to_str())["model"]["merges"]
+
+    def text(symbols: str) -> str:
+        return "".join(id_to_tok[ord(c) - PRIVATE_USE] for c in symbols)
+
+    merges = list(model["merges"])
+    next_id = max(list(vocab.values()) + [a["id"] for a in spec.get("added_tokens") or []], default=-1) + 1
+    new_tokens: list[str] = []
+    for m in learned:
+        a, b = (m.split(" ", 1) if isinstance(m, str) else m)
+        left, right = text(a), text(b)
+        merges.append([left, right])
+        if left + right not in vocab:
+            vocab[left + right] = next_id
+            next_id += 1
+            new_tokens.append(left + right)
+    model["vocab"], model["merges"] = vocab, merges
+    if pre_tokenizer is not None:
+        spec["pre_tokenizer"] = pre_tokenizer
+    return Tokenizer.from_str(json.dumps(spec)), new_tokens
+
+
+def _supertokens(stage1: Tokenizer, lines: list[str], n_super: int, like: _Like) -> tuple[Tokenizer, int]:
+    """Stage 2 of the SuperBPE curriculum (module docstring); returns the tokenizer and how many
+    supertokens (tokens spanning a space) it gained."""
+    chunker = Tokenizer(models.BPE())
+    _bpe_pipeline(chunker, like, SUPER_PATTERN)
+    space = "Ġ"
+
+    def pieces():
+        for line in bar(lines, desc="supertokens: chunking", unit="line"):
+            for piece, _ in chunker.pre_tokenizer.pre_tokenize_str(line):
+                if space in piece[1:]:  # one word alone: stage 1 covers it
+                    yield piece
+            yield None
+
+    stage("supertokens: learning merges across spaces")
+    result, new = append_merges(stage1, pieces(), n_super, max_symbols=MAX_SUPER_TOKENS,
+                                pre_tokenizer=json.loads(chunker.to_str())["pre_tokenizer"])
+    return result, sum(1 for t in new if space in t[1:] and t.strip(space))
+
+
+def _text_records(texts: list[str | Path]) -> list[dict]:
+    """Absolute path, content fingerprint and size of each training text (see `TrainSummary`)."""
+    from transplant.common.fingerprint import file_fingerprint
+
+    return [{"path": str(Path(t).resolve()), "sha256": file_fingerprint(t), "bytes": Path(t).stat().st_size}
+            for t in texts]
+
+
+def train_tokenizer(texts: list[str | Path], vocab_size: int, out: str | Path, *, like: str | None = None,
+                    algorithm: str = "bpe", supertokens: bool = False, supertoken_share: float = 0.2,
+                    held_out: float = 0.02, overwrite: bool = False) -> TrainSummary:
+    """Train a tokenizer on `texts` and save it as a transformers tokenizer folder `out`.
+
+    Args:
+        texts: UTF-8 text files.
+        vocab_size: tokens asked for (a small corpus may saturate below it; the summary says).
+        like: a model (any `--model` form) or tokenizer whose conventions to copy (module docstring).
+        algorithm: "bpe" (byte-level unless `like` says otherwise) or "unigram" (byte fallback).
+        supertokens: learn multi-word tokens in a second stage (BPE only).
+        supertoken_share: share of the vocabulary given to stage 2.
+        held_out: share of each text (its end) kept out of training to measure bytes per token.
+        overwrite: replace an earlier output folder.
+
+    Returns:
+        A `TrainSummary` (also written as `training_summary.json` in `out`).
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    from transplant.io.outdir import check_output_path, staged_output
+
+    started = time.perf_counter()
+    if algorithm not in ("bpe", "unigram"):
+        raise TransplantError(f"unknown algorithm {algorithm!r} (choose bpe or unigram)")
+    if supertokens and algorithm != "bpe":
+        raise TransplantError("--supertokens needs --algorithm bpe (supertokens are BPE merges across spaces)")
+    if not 0 < supertoken_share < 1:
+        raise TransplantError(f"supertoken share must be between 0 and 1, not {supertoken_share}")
+    if vocab_size < 300:
+        raise TransplantError(f"--vocab-size {vocab_size} is too small (at least 300: 256 bytes plus merges)")
+    out = check_output_path(Path(out), [Path(t) for t in texts], overwrite)
+    like_info = _load_like(like)
+    lines, held = split_held_out(_read_texts(texts), held_out)
+    notes = []
+    n_super = int(round(vocab_size * supertoken_share)) if supertokens else 0
+    stage(f"training a {algorithm} tokenizer ({vocab_size:,} tokens) on {sum(map(len, lines)):,} characters")
+    if algorithm == "unigram":
+        tok = _train_unigram(lines, vocab_size, like_info)
+    else:
+        tok = _train_bpe(lines, vocab_size - n_super, like_info)
+    supers = 0
+    if supertokens:
+        if not _byte_level(tok) or like_info.tokenizer is not None and "ByteLevel" not in json.dumps(
+                json.loads(like_info.tokenizer.to_str()).get("pre_tokenizer")):
+            raise TransplantError("--supertokens needs a byte-level BPE (the --like model's tokenizer is not one)")
+        # A small text saturates stage 1 below its share: give stage 2 the rest of the vocabulary.
+        n_super = max(n_super, vocab_size - tok.get_vocab_size(with_added_tokens=True))
+        tok, supers = _supertokens(tok, lines, n_super, like_info)
+    size = tok.get_vocab_size(with_added_tokens=True)
+    if size < vocab_size * 0.98:
+        notes.append(f"the text saturated at {size:,} tokens of the {vocab_size:,} asked (more text gives more tokens)")
+    held_bytes = len(held.encode("utf-8"))
+    n_tokens = len(tok.encode(held, add_special_tokens=False).ids) if held else 0
+    overlap = None
+    if like_info.tokenizer is not None:
+        from transplant.core.vocab import Vocabulary
+
+        old, new = Vocabulary.from_tokenizer(like_info.tokenizer), Vocabulary.from_tokenizer(tok)
+        texts_new = [t.text for t in new.tokens if t.text]
+        overlap = sum(1 for t in texts_new if old.lookup(t) is not None) / max(1, len(texts_new))
+    summary = TrainSummary(str(out), algorithm + ("+supertokens" if supertokens else ""), vocab_size, size, supers,
+                           held_bytes, held_bytes / n_tokens if n_tokens else 0.0, overlap,
+                           round(time.perf_counter() - started, 1), notes, _text_records(texts))
+    roles = {f"{r}_token": v for r, v in like_info.roles.items()}
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **roles)
+    if like_info.chat_template:
+        fast.chat_template = like_info.chat_template
+    with staged_output(out, overwrite) as staged:
+        fast.save_pretrained(staged.path)
+        (staged.path / "training_summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
+    return summary
+
+
+__all__ = ["train_tokenizer", "TrainSummary", "split_held_out", "append_merges"]

@@ -16,22 +16,7 @@ from pathlib import Path
 import click
 
 from transplant.common.errors import TransplantError
-
-
-def _read_texts(paths: tuple[str, ...], max_bytes: int | None) -> list[str]:
-    from transplant.measure.evaluate import take_bytes
-
-    texts = []
-    for p in paths:
-        path = Path(p)
-        if not path.is_file():
-            raise TransplantError(f"text file not found: {path}")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise TransplantError(f"{path} is not UTF-8 text (convert it with iconv first)") from None
-        texts.append(take_bytes(text, max_bytes) if max_bytes else text)
-    return texts
+from transplant.common.texts import read_texts
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -108,8 +93,8 @@ def run(recipe, model, new_tok, out, method, fallback, old_tok, pad_to_multiple_
     check_methods(methods, fallback)  # before anything is loaded
     options = parse_settings(settings)
     resolve_options(method_chain(methods, fallback), options)  # bad options fail before anything is loaded
-    texts = _read_texts(eval_text, eval_bytes) if eval_text else None
-    calibration = _read_texts(calibrate_text, None) if calibrate_text else None
+    texts = read_texts(eval_text, eval_bytes) if eval_text else None
+    calibration = read_texts(calibrate_text, None) if calibrate_text else None
     result = transplant(model, new_tok, out, method=methods, untie=untie, calibrate_texts=calibration,
                         calibrate_tokens=calibrate_tokens, calibrate=not no_calibrate,
                         fallback=fallback, old_tokenizer=old_tok, pad_to_multiple_of=pad_to_multiple_of, seed=seed,
@@ -212,7 +197,7 @@ def eval_cmd(model, tokenizer, texts, max_bytes, ctx, compare, trust_remote_code
     from transplant.measure.evaluate import evaluate_bpb
     from transplant.io.sources import refuse_custom_code, resolve_model
 
-    data = _read_texts(texts, max_bytes)
+    data = read_texts(texts, max_bytes)
     # Refuse custom code in either model before spending minutes scoring the other.
     for spec in [s for s in (compare, model) if s]:
         refuse_custom_code(resolve_model(spec), trust_remote_code)

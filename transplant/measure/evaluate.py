@@ -25,6 +25,7 @@ import torch
 
 from transplant.common.errors import TransplantError
 from transplant.common.progress import bar
+from transplant.common.texts import split_documents, take_bytes  # noqa: F401  (re-exported)
 from transplant.io.sources import refuse_custom_code
 
 
@@ -44,24 +45,6 @@ class EvalResult:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def split_documents(text: str) -> list[str]:
-    """Documents are separated by blank lines; each keeps its trailing blank line."""
-    docs = [d.strip("\n") for d in text.replace("\r\n", "\n").split("\n\n")]
-    return [d + "\n\n" for d in docs if d.strip()]
-
-
-def take_bytes(text: str, limit: int) -> str:
-    """The leading whole documents of `text` totalling at most `limit` UTF-8 bytes (at least one)."""
-    out, used = [], 0
-    for doc in split_documents(text):
-        size = len(doc.encode("utf-8"))
-        if out and used + size > limit:
-            break
-        out.append(doc)
-        used += size
-    return "".join(out)
 
 
 def pack(doc_ids: list[list[int]], ctx: int) -> list[list[int]]:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transplant.common.errors import TransplantError
+from transplant.common.texts import read_texts
 from transplant.core.vocab import TokenizerSource
 
 AUTO = "auto"
@@ -130,13 +131,7 @@ def choose(resources, new_src: TokenizerSource, calibrate_texts: list[str] | Non
     else:
         files, reason = recorded_texts(new_src)
         if files:
-            texts = []
-            for p in files:
-                try:
-                    texts.append(p.read_text(encoding="utf-8"))
-                except UnicodeDecodeError:
-                    raise TransplantError(f"{p} (the tokenizer's recorded training text) is not UTF-8 "
-                                          "(pass --calibrate-text FILE or --no-calibrate)") from None
+            texts = read_texts(files)
             calibration = CalibrationSource(texts, "tokenizer", [str(p) for p in files])
             cal_why = f"calibration on the tokenizer's training text {', '.join(p.name for p in files)}"
         else:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from transplant.common.errors import TransplantError
+from transplant.common.texts import read_texts
 from transplant.common.progress import bar, stage
 
 if TYPE_CHECKING:
@@ -63,12 +64,8 @@ def extend(model: str | Path, texts: list[str | Path], add: int, out: str | Path
         raise TransplantError(f"--add must be at least 1, not {add}")
     folder = resolve_model(model)
     src = load_tokenizer(folder)
-    lines = []
-    for p in texts:
-        p = Path(p)
-        if not p.is_file():
-            raise TransplantError(f"training text not found: {p} (pass UTF-8 text files with --text)")
-        lines += [line for line in p.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    lines = [line for text in read_texts(texts, what="training text", fix=" (pass UTF-8 text files with --text)")
+             for line in text.splitlines() if line.strip()]
     if not lines:
         raise TransplantError("the training texts are empty (pass real text with --text)")
     tok = src.tokenizer
@@ -98,7 +95,7 @@ def extend(model: str | Path, texts: list[str | Path], add: int, out: str | Path
         new_tok.save(str(tok_dir / "tokenizer.json"))
         # `auto` calibrates the new rows on the text they were learned from; an explicit method
         # gives exactly what it gave before `auto` existed.
-        calibration = ([Path(p).read_text(encoding="utf-8", errors="replace") for p in texts]
+        calibration = (read_texts(texts)
                        if method == "auto" else None)
         result = transplant(folder, tok_dir, out, method=method, options=options, calibrate_texts=calibration,
                             pad_to_multiple_of=pad_to_multiple_of, overwrite=overwrite, eval_texts=eval_texts,

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from transplant.common.errors import TransplantError
+from transplant.common.texts import read_texts, split_documents
 from transplant.common.progress import bar, stage
 from transplant.train.trainloop import LOG_FILE, Checkpoints, any_process, append_log, restore, step_seed
 
@@ -529,14 +530,7 @@ def _check_same_run(cfg: HealConfig, saved: dict, run: Path) -> None:
 
 
 def _documents(texts: list[str]) -> list[str]:
-    from transplant.measure.evaluate import split_documents
-
-    docs = []
-    for t in texts:
-        try:
-            docs += split_documents(Path(t).read_text(encoding="utf-8"))
-        except UnicodeDecodeError:
-            raise TransplantError(f"{t} is not UTF-8 text (convert it, e.g. with iconv)") from None
+    docs = [doc for text in read_texts(texts) for doc in split_documents(text)]
     if not docs:
         raise TransplantError("the healing text is empty")
     return docs

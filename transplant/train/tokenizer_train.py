@@ -31,6 +31,7 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from transplant.common.errors import TransplantError
+from transplant.common.texts import read_texts
 from transplant.common.progress import bar, bars_disabled, stage
 
 # GPT-2's pre-tokenization, and the same with runs of space-separated words kept together (stage 2).
@@ -77,12 +78,7 @@ class _Like:
 
 
 def _read_texts(texts: list[str | Path]) -> list[str]:
-    out = []
-    for p in texts:
-        p = Path(p)
-        if not p.is_file():
-            raise TransplantError(f"training text not found: {p} (pass UTF-8 text files with --text)")
-        out.append(p.read_text(encoding="utf-8", errors="replace"))
+    out = read_texts(texts, what="training text", fix=" (pass UTF-8 text files with --text)")
     if not any(t.strip() for t in out):
         raise TransplantError("the training texts are empty (pass real text with --text)")
     return out

@@ -1,0 +1,64 @@
+"""Reading text files: the one reader every command uses (evaluation, calibration, training, healing).
+
+Every text is UTF-8: a file that is not is refused with one line naming it and the fix, never
+silently repaired (a replaced byte would change what a tokenizer learns or what is scored).
+Documents are separated by blank lines; scoring and healing cut texts at document boundaries.
+
+Example:
+    >>> split_documents("one\\n\\ntwo\\n")
+    ['one\\n\\n', 'two\\n\\n']
+    >>> take_bytes("one\\n\\ntwo\\n", 6)
+    'one\\n\\n'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transplant.common.errors import TransplantError
+
+
+def split_documents(text: str) -> list[str]:
+    """Documents are separated by blank lines; each keeps its trailing blank line."""
+    docs = [d.strip("\n") for d in text.replace("\r\n", "\n").split("\n\n")]
+    return [d + "\n\n" for d in docs if d.strip()]
+
+
+def take_bytes(text: str, limit: int) -> str:
+    """The leading whole documents of `text` totalling at most `limit` UTF-8 bytes (at least one)."""
+    out, used = [], 0
+    for doc in split_documents(text):
+        size = len(doc.encode("utf-8"))
+        if out and used + size > limit:
+            break
+        out.append(doc)
+        used += size
+    return "".join(out)
+
+
+def read_text(path: str | Path, what: str = "text file", fix: str = "") -> str:
+    """One UTF-8 text file, or a one-line `TransplantError` naming it.
+
+    Args:
+        path: the file.
+        what: how the error names the file when it is missing ("training text", ...).
+        fix: appended to the not-found error, e.g. " (pass UTF-8 text files with --text)".
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TransplantError(f"{what} not found: {path}{fix}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise TransplantError(f"{path} is not UTF-8 text (convert it, e.g. with iconv)") from None
+
+
+def read_texts(paths, max_bytes: int | None = None, what: str = "text file", fix: str = "") -> list[str]:
+    """Each file's text (see `read_text`), cut to its leading whole documents within `max_bytes`.
+
+    Example:
+        >>> read_texts([])
+        []
+    """
+    texts = [read_text(p, what, fix) for p in paths]
+    return [take_bytes(t, max_bytes) for t in texts] if max_bytes else texts

@@ -28,9 +28,10 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-CORPORA = Path(os.environ.get("CORPORA", ROOT.parent / "shared" / "corpora"))
+# No checkout_first() here: the child that runs the old code imports `transplant` from its
+# PYTHONPATH, never from this checkout.
+from paths import CORPORA, HERE, ROOT, checkout_first
+
 WORK = HERE / "work"
 RESULTS = HERE / "results" / "calibration_speed.json"
 REF = "3e960652c6e10cf7519c6bcc7cf0aa7e08d12dbb"  # the last commit with the old calibrate.py
@@ -40,7 +41,7 @@ TASKS = {"de": "de", "gemma": "en"}  # task -> the corpus whose train.txt calibr
 
 def _tokenizer(task: str) -> str:
     if task == "gemma":
-        sys.path.insert(0, str(ROOT))
+        checkout_first()
         from transplant.io.sources import resolve_model
 
         return str(resolve_model("gemma-3-270m"))

@@ -24,18 +24,16 @@ from __future__ import annotations
 import argparse
 import gettext
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-CORPORA = Path(os.environ.get("CORPORA", ROOT.parent / "shared" / "corpora"))
+from paths import CORPORA, HERE, checkout_first
+
+checkout_first()
 WORK = HERE / "work" / "default"
 RESULTS = HERE / "results" / "default_vs_fvt.json"
-sys.path.insert(0, str(ROOT))
 
 LANGS = ("de", "fr", "es", "it", "code")
 CROSS = {"s2g": ("smollm2-135m-instruct", "gemma-3-270m"), "g2s": ("gemma-3-270m", "smollm2-135m-instruct")}

@@ -9,12 +9,12 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+from paths import CORPORA, checkout_first
+
+checkout_first()
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     from transplant.io.sources import resolve_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--text", type=Path, default=HERE.parents[1] / "shared" / "corpora" / "en" / "dev.txt")
+    ap.add_argument("--text", type=Path, default=CORPORA / "en" / "dev.txt")
     ap.add_argument("--bytes", type=int, default=3000)
     args = ap.parse_args()
     text = take_bytes(args.text.read_text(encoding="utf-8"), args.bytes)

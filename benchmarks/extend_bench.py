@@ -13,13 +13,11 @@ import argparse
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
-CORPORA = ROOT.parent / "shared" / "corpora"
+from paths import CORPORA, HERE, checkout_first
+
+checkout_first()
 WORK = HERE / "work" / "extend"
 RESULTS = HERE / "results" / "extend.json"
 BASE = "smollm2-135m-instruct"

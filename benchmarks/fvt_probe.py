@@ -23,13 +23,11 @@ import argparse
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-# The shared corpora sit beside the checkout (../shared/corpora).
-CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
-sys.path.insert(0, str(HERE.parent))
+from paths import CORPORA, HERE, checkout_first
+
+checkout_first()
 
 
 def main() -> None:

@@ -33,12 +33,11 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-CORPORA = ROOT.parent / "shared" / "corpora"
+from paths import CORPORA, HERE, ROOT, checkout_first
+
+checkout_first()
 WORK = HERE / "work" / "harness"
 RESULTS = HERE / "results" / "harness.json"
-sys.path.insert(0, str(ROOT))
 
 LANG_TASKS = {"de": "de", "fr": "fr", "es": "es", "code": "code"}
 CROSS_TASKS = {"s2g": ("smollm2-135m-instruct", "gemma-3-270m"), "g2s": ("gemma-3-270m", "smollm2-135m-instruct")}
@@ -53,7 +52,6 @@ def task_setup(task: str) -> dict:
         lang = LANG_TASKS[task]
         tok = WORK / f"{lang}-bpe"
         if not (tok / "tokenizer.json").exists():
-            sys.path.insert(0, str(HERE))
             from quality_de import train_tokenizer
 
             train_tokenizer(CORPORA / lang / "train.txt", 32000, tok)

@@ -20,14 +20,12 @@ from __future__ import annotations
 import argparse
 import gettext
 import json
-import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
-CORPORA = ROOT.parent / "shared" / "corpora"
+from paths import CORPORA, HERE, checkout_first
+
+checkout_first()
 WORK = HERE / "work" / "heal"
 RESULTS = HERE / "results" / "heal.json"
 BASE = "smollm2-135m-instruct"

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from paths import HERE, checkout_first
+
+checkout_first()
 RESULTS = HERE / "results" / "hypernet_curve.json"
 OTHER_GENRE = {"es": "bible/es.txt", "en": "bible/en.txt"}
 

@@ -9,11 +9,8 @@ uniformly). Run once before `hypernet train --recipe hypernet/recipes/*.yaml`:
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from paths import CORPORA, HERE
 
-HERE = Path(__file__).resolve().parent
-CORPORA = Path(os.environ.get("CORPORA", HERE.parent.parent / "shared" / "corpora"))
 OUT = HERE / "work" / "texts"
 
 

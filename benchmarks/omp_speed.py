@@ -23,14 +23,13 @@ import argparse
 import json
 import resource
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
-sys.path.insert(0, str(HERE.parent))
+from paths import CORPORA, HERE, checkout_first
+
+checkout_first()
 
 
 def peak_rss_mib() -> int:

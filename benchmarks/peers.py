@@ -61,13 +61,13 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from paths import HERE, checkout_first
+
+checkout_first()
 from harness import CORPORA, RESULTS, ROOT, WORK, load_results, save_result, task_setup
 
 GLUE = HERE / "peers"

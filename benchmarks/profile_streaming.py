@@ -27,9 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
+from paths import HERE, ROOT, checkout_first
+
+checkout_first()
 
 WRAPPER = """
 import sys

@@ -25,15 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-# The shared corpora sit beside the checkout (../shared/corpora).
-CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
+from paths import CORPORA, HERE, ROOT, checkout_first
+
+checkout_first()
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 REFERENCE = {"original": 1.762, "fvt": 2.388, "mean": 3.185}  # outside quick FVT, same setup

@@ -54,12 +54,9 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-# The shared corpora sit beside the checkout (../shared/corpora).
-CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE))
+from paths import CORPORA, HERE, ROOT, checkout_first
+
+checkout_first()
 
 TIME_BIN = "/usr/bin/time"
 NAIVE = """

@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
-CORPORA = ROOT.parent / "shared" / "corpora"
+from paths import CORPORA, HERE, checkout_first
+
+checkout_first()
 WORK = HERE / "work" / "supertokens"
 RESULTS = HERE / "results" / "supertokens.json"
 BASE = "smollm2-135m-instruct"

@@ -40,7 +40,11 @@ def require(module: str, what: str):
     """Import an optional package, or raise the one-line error naming the extra to install.
 
     Example:
-        >>> faiss = require("faiss", "method knn")  # doctest: +SKIP
+        >>> np = require("numpy", "method knn")
+        >>> require("no_such_package", "method knn")
+        Traceback (most recent call last):
+        ...
+        transplant.common.errors.TransplantError: method knn needs the Python package 'no_such_package', which is not installed (pip install no-such-package)
     """
     try:
         return import_module(module)

@@ -5,9 +5,18 @@ Bars are `huggingface_hub.utils.tqdm`, so they obey the same switches as the hub
 transformers' own bars (e.g. "Loading weights"); `--quiet` turns those off too.
 
 Example:
-    >>> for batch in bar(batches, desc="scoring", unit="batch"):  # doctest: +SKIP
-    ...     ...
-    >>> stage("training the tokenizer")  # doctest: +SKIP
+    >>> total = 0
+    >>> for batch in bar([1, 2, 3], desc="scoring", unit="batch"):  # the bar goes to stderr
+    ...     total += batch
+    >>> total
+    6
+    >>> stage("training the tokenizer")  # one line on stderr
+    >>> restore = set_quiet(True)  # what `--quiet` does: no bars, no stage lines
+    >>> is_quiet(), bars_disabled()
+    (True, True)
+    >>> restore()
+    >>> is_quiet()
+    False
 """
 
 from __future__ import annotations

@@ -57,8 +57,15 @@ def read_texts(paths, max_bytes: int | None = None, what: str = "text file", fix
     """Each file's text (see `read_text`), cut to its leading whole documents within `max_bytes`.
 
     Example:
-        >>> read_texts([])
-        []
+        >>> texts = read_texts([text_file], max_bytes=8000)  # whole documents (chapters) only
+        >>> texts[0].splitlines()[0]
+        'In the beginning was the Word, and the Word was with God, and the Word was God.'
+        >>> len(split_documents(texts[0])), len(texts[0].encode("utf-8"))
+        (2, 7870)
+        >>> read_texts(["missing.txt"], what="training text", fix=" (pass UTF-8 text files with --text)")
+        Traceback (most recent call last):
+        ...
+        transplant.common.errors.TransplantError: training text not found: missing.txt (pass UTF-8 text files with --text)
     """
     texts = [read_text(p, what, fix) for p in paths]
     return [take_bytes(t, max_bytes) for t in texts] if max_bytes else texts

@@ -6,9 +6,15 @@ The decomposition of a new token is the old tokenizer's own encoding of its cano
 shortest segmentation into old canonical pieces, which is exact by construction.
 
 Example:
-    >>> alignment = Alignment.build(old_vocab, new_vocab)  # doctest: +SKIP
-    >>> alignment.decomposition(new_vocab.lookup(b" Straße"))  # doctest: +SKIP
-    [4312, 7781]
+    >>> from transplant.core.vocab import load_tokenizer
+    >>> old_vocab = load_tokenizer(model_dir).vocabulary()  # byte-level BPE, 500 ids
+    >>> new_vocab = load_tokenizer(new_tok_dir).vocabulary()  # SentencePiece style, 759 ids
+    >>> alignment = Alignment.build(old_vocab, new_vocab)
+    >>> ids = alignment.decomposition(new_vocab.lookup(b" thing"))
+    >>> [old_vocab.tokens[i].text for i in ids]
+    [b' th', b'ing']
+    >>> old_vocab.decode_canonical(ids)
+    b' thing'
 """
 
 from __future__ import annotations
@@ -148,6 +154,12 @@ def shortest_segmentation(text: bytes, vocab: Vocabulary, exclude: int | None = 
     `exclude` withholds one token (an old token's decomposition into smaller ones) and
     `max_piece` caps piece length in bytes. Returns None when some byte cannot be covered (an
     old vocabulary without byte fallback).
+
+    Example:
+        >>> from transplant.core.vocab import load_tokenizer
+        >>> vocab = load_tokenizer(model_dir).vocabulary()
+        >>> [vocab.tokens[i].text for i in shortest_segmentation(" Straße".encode(), vocab)]
+        [b' S', b't', b'ra', b'\\xc3', b'\\x9f', b'e']
     """
     n = len(text)
     max_len = min(vocab.max_token_bytes, n, max_piece or n)

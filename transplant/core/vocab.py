@@ -16,9 +16,16 @@ A token is word-initial exactly when its canonical bytes start with a space.
 
 Example:
     >>> from tokenizers import Tokenizer
-    >>> vocab = Vocabulary.from_tokenizer(Tokenizer.from_file("tokenizer.json"))  # doctest: +SKIP
-    >>> vocab.tokens[vocab.lookup(b" the")]  # doctest: +SKIP
+    >>> vocab = Vocabulary.from_tokenizer(Tokenizer.from_file(tok_json))  # SentencePiece style
+    >>> vocab.family
+    'sentencepiece'
+    >>> vocab.tokens[vocab.lookup(b" the")]  # the piece `▁the`
     CanonicalToken(text=b' the', kind='normal')
+    >>> vocab.tokens[vocab.lookup(b"\\n")]  # the byte-fallback piece `<0x0A>`
+    CanonicalToken(text=b'\\n', kind='byte')
+    >>> old = load_tokenizer(model_dir).vocabulary()  # byte-level BPE: `Ġthe` is the same bytes
+    >>> old.family, old.tokens[old.lookup(b" the")]
+    ('byte_level', CanonicalToken(text=b' the', kind='normal'))
 """
 
 from __future__ import annotations
@@ -118,9 +125,12 @@ class Vocabulary:
         config: the parsed `tokenizer_config.json` when the tokenizer came from a folder.
 
     Example:
-        >>> vocab = Vocabulary.from_tokenizer(tok)  # doctest: +SKIP
-        >>> vocab.roles["eos"]  # doctest: +SKIP
-        2
+        >>> src = load_tokenizer(new_tok_dir)
+        >>> vocab = Vocabulary.from_tokenizer(src.tokenizer, src.config)
+        >>> vocab.roles  # bos and eos as tokenizer_config.json declares them, unk by its spelling
+        {'bos': 1, 'eos': 2, 'unk': 0}
+        >>> vocab.roles_of(1), vocab.tokens[1]
+        (['bos'], CanonicalToken(text=b'<s>', kind='special'))
     """
 
     tokenizer: Tokenizer
@@ -250,9 +260,13 @@ def load_tokenizer(spec: str | Path) -> TokenizerSource:
     """Load a `tokenizer.json` file or a folder holding one (with its tokenizer_config.json).
 
     Example:
-        >>> src = load_tokenizer("my-tokenizer/")  # doctest: +SKIP
-        >>> src.vocabulary().family  # doctest: +SKIP
-        'byte_level'
+        >>> src = load_tokenizer(model_dir)
+        >>> src.vocabulary().family, len(src.vocabulary())
+        ('byte_level', 500)
+        >>> load_tokenizer("no-such-tokenizer.json")
+        Traceback (most recent call last):
+        ...
+        transplant.common.errors.TransplantError: tokenizer not found: no-such-tokenizer.json (pass a tokenizer.json file or a folder holding one)
     """
     path = Path(spec)
     folder = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transplant.core.plan import NORMAL, Row
+from transplant.core.plan import MULTIVARIATE, Row
 from transplant.methods.initializers.registry import BaseInitializer, InitContext
 
 
@@ -18,4 +18,4 @@ class MultivariateInitializer(BaseInitializer):
     complete = True  # makes every token it is asked for: may serve as --fallback
 
     def assign(self, ctx: InitContext, todo: list[int]) -> dict[int, Row]:
-        return {i: Row("multivariate", kind=NORMAL) for i in todo}
+        return {i: Row("multivariate", kind=MULTIVARIATE) for i in todo}

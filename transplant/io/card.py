@@ -1,8 +1,18 @@
 """The model card (`README.md`) written next to every transplanted checkpoint.
 
 Example:
-    >>> card = build_card(info)  # doctest: +SKIP
-    >>> card.save("out/README.md")  # doctest: +SKIP
+    >>> card = build_card({"base_model": "/home/me/models/tiny-model", "method": "fvt",
+    ...                    "new_tokenizer": "/home/me/new-tok/tokenizer.json", "license": "apache-2.0",
+    ...                    "counts": {"fvt": 700, "exact": 56, "special": 3}})
+    >>> card.data.tags
+    ['tokenizer-transplant', 'tokentransplant', 'init-fvt']
+    >>> print("\\n".join(line for line in str(card).splitlines() if line.startswith(("# ", "Target", "| fvt"))))
+    # tiny-model (transplanted tokenizer)
+    Target tokenizer: `new-tok/tokenizer.json`.
+    | fvt | 700 | 92.2% |
+    >>> "/home/me" in str(card)  # no local absolute path in a card that may be published
+    False
+    >>> card.save("README.md")
 """
 
 from __future__ import annotations
@@ -96,7 +106,12 @@ def _is_local_path(text: str) -> bool:
 
 def display_name(value: str | Path | None) -> str | None:
     """What a card may show for a model/tokenizer argument: a hub id or packaged name as given,
-    a local path as its last component (no local absolute paths in a published card)."""
+    a local path as its last component (no local absolute paths in a published card).
+
+    Example:
+        >>> display_name("/home/me/models/tiny-model"), display_name("smollm2-135m-instruct")
+        ('tiny-model', 'smollm2-135m-instruct')
+    """
     if value is None:
         return None
     text = str(value)
@@ -180,8 +195,11 @@ def source_card_metadata(folder: str | Path, spec: str | Path | None = None) -> 
     `license`, `language` (list), `source_note`, `base_model_id`.
 
     Example:
-        >>> source_card_metadata("SmolLM2-135M", "SmolLM2-135M")  # doctest: +SKIP
+        >>> _ = open(f"{model_dir}/README.md", "w").write("---\\nlicense: apache-2.0\\nlanguage: en\\n---\\n# Tiny\\n")
+        >>> source_card_metadata(model_dir)
         {'license': 'apache-2.0', 'language': ['en']}
+        >>> source_card_metadata("smollm2-135m-instruct", "smollm2-135m-instruct")  # doctest: +SKIP
+        {'source_note': 'weights dequantized to float32 from the ...GGUF file `...`', ...}
     """
     out: dict = {}
     readme = Path(folder) / "README.md"

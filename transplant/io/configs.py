@@ -6,7 +6,17 @@ config.json's eos is the tokenizer's eos (a list where the source had a list), a
 generation config stops at every id that carries an old end-of-sequence row.
 
 Example:
-    >>> new_cfg, notes = remap_config(old_cfg, SpecialIds(1, [2, 5], 0, 3), new_rows=32768)  # doctest: +SKIP
+    >>> import json
+    >>> old_cfg = json.loads(open(f"{model_dir}/config.json").read())
+    >>> old_cfg["vocab_size"], old_cfg["bos_token_id"], old_cfg["eos_token_id"]
+    (500, 1, 0)
+    >>> ids = SpecialIds(bos=1, eos=[2, 5], pad=None, unk=0)  # as `specials.resolve_special_ids` decides
+    >>> new_cfg, notes = remap_config(old_cfg, ids, new_rows=759)
+    >>> new_cfg["vocab_size"], new_cfg["bos_token_id"], new_cfg["eos_token_id"]  # the declared eos
+    (759, 1, 2)
+    >>> gen, notes = remap_generation_config({"eos_token_id": 0}, ids)
+    >>> gen["eos_token_id"]  # generation stops at every eos
+    [2, 5]
 """
 
 from __future__ import annotations

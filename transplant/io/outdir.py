@@ -17,8 +17,19 @@ Rules (each one a test in tests/test_outdir.py):
 * SIGTERM cleans up like Ctrl-C (see `terminate_like_interrupt`).
 
 Example:
-    >>> with staged_output(Path("out"), overwrite=False, inputs=[Path("model")]) as stage:  # doctest: +SKIP
-    ...     (stage.path / "config.json").write_text("{}")
+    >>> out = check_output_path(Path("out"), inputs=[Path(model_dir)], overwrite=False)
+    >>> with staged_output(out, overwrite=False) as stage:  # written under .out.partial-PID-XXXX
+    ...     _ = (stage.path / "transplant_plan.json").write_text("{}")
+    >>> sorted(p.name for p in Path("out").iterdir())  # published by one rename
+    ['transplant_plan.json']
+    >>> check_output_path(Path("out"), inputs=[], overwrite=False)
+    Traceback (most recent call last):
+    ...
+    transplant.common.errors.TransplantError: output folder .../out already exists (pass --overwrite to replace it)
+    >>> check_output_path(Path(model_dir) / "out", inputs=[Path(model_dir)], overwrite=False)
+    Traceback (most recent call last):
+    ...
+    transplant.common.errors.TransplantError: output folder .../tiny-model/out is inside the input folder .../tiny-model (choose an output elsewhere)
 """
 
 from __future__ import annotations

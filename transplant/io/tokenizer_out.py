@@ -10,7 +10,14 @@ way the transplanted model needs.
   differently is replaced by the generic backend (and the card says so).
 
 Example:
-    >>> notes = write_tokenizer(new_src, new_vocab, Path("out"), template, ids, prefix=[1], suffix=[])  # doctest: +SKIP
+    >>> from transformers import AutoTokenizer
+    >>> from transplant.core.vocab import load_tokenizer
+    >>> new_src = load_tokenizer(new_tok_dir)
+    >>> ids = SpecialIds(bos=1, eos=[2], pad=None, unk=0)  # as `specials.resolve_special_ids` decides
+    >>> write_tokenizer(new_src, new_src.vocabulary(), Path("out"), None, ids, prefix=[1], suffix=[])  # the card's notes
+    []
+    >>> AutoTokenizer.from_pretrained("out")("In the beginning").input_ids[:1]  # `<s>` first, as the source model saw
+    [1]
 """
 
 from __future__ import annotations

@@ -12,7 +12,15 @@ plan, so whatever produced them, what a user loads agrees:
 * the chat template names no special token of the source that the new vocabulary lacks.
 
 Example:
-    >>> validate_output(Path(".out.partial-123"), plan, ids, prefix=[1], template=None)  # doctest: +SKIP
+    >>> from transplant import transplant
+    >>> result = transplant(model_dir, new_tok_dir, "out", method="fvt")  # validated before it was published
+    >>> validate_output(Path("out"), result.plan, result.special_ids, prefix=[], template=None)
+    >>> config = json.loads(Path("out/config.json").read_text())
+    >>> _ = Path("out/config.json").write_text(json.dumps(dict(config, bos_token_id=5)))
+    >>> validate_output(Path("out"), result.plan, result.special_ids, prefix=[], template=None)
+    Traceback (most recent call last):
+    ...
+    transplant.common.errors.TransplantError: refusing to finish: config.json bos_token_id is 5 but the tokenizer's bos is 1 (internal check; ...)
 """
 
 from __future__ import annotations

@@ -15,9 +15,17 @@ scores), plus every single character, so the batch always tokenizes. Vocabulary 
 log-uniformly between `min_vocab` and `max_vocab`.
 
 Example:
-    >>> pool = TextPool.from_files(["de/train.txt", "fr/train.txt"])  # doctest: +SKIP
-    >>> sampler = TokenizerSampler(old_tokenizer, pool)  # doctest: +SKIP
-    >>> tok = sampler.sample(random.Random(0), source=0)  # doctest: +SKIP
+    >>> from tokenizers import Tokenizer
+    >>> old_tokenizer = Tokenizer.from_file(f"{model_dir}/tokenizer.json")
+    >>> pool = TextPool.from_files([text_file])  # one source per file: a language or a domain
+    >>> pool.chunks(random.Random(0), source=0, count=1, chars=40)
+    ['The Jews therefore contended with one an']
+    >>> sampler = TokenizerSampler(old_tokenizer, pool, seed_vocab=2000)
+    >>> tok = sampler.sample(random.Random(0), source=0)
+    >>> tok.tokenizer.get_vocab_size(), tok.tokenizer.encode(" the Word").tokens
+    (811, ['Ġthe', 'ĠW', 'ord'])
+    >>> all((old >= 0) != bool(pieces) for old, pieces in zip(tok.exact, tok.pieces))  # an old token, or old pieces
+    True
 """
 
 from __future__ import annotations
@@ -44,6 +52,13 @@ def withheld_decompositions(vocab: Vocabulary, *, min_bytes: int = 2) -> tuple[l
     Each normal token of at least `min_bytes` bytes gives up to two examples: its shortest
     segmentation without itself (usually 2 pieces), and one into pieces at most a third of its
     length (3+ pieces, like the decomposition of a long new token).
+
+    Example:
+        >>> from transplant.core.vocab import load_tokenizer
+        >>> vocab = load_tokenizer(model_dir).vocabulary()
+        >>> targets, pieces = withheld_decompositions(vocab)
+        >>> [(vocab.tokens[t].text, [vocab.tokens[i].text for i in p]) for t, p in zip(targets[:3], pieces[:3])]
+        [(b' t', [b' ', b't']), (b'he', [b'h', b'e']), (b' the', [b' t', b'he'])]
     """
     targets, pieces = [], []
     for i, tok in enumerate(vocab.tokens):

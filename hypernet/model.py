@@ -14,8 +14,16 @@ A network belongs to one base model: it stores a sample of the source embedding 
 trained on, and refuses a model whose rows do not match (see `check_source`).
 
 Example:
-    >>> net = HyperNet.create(E_in, None, base_model="smollm2-135m-instruct")  # doctest: +SKIP
-    >>> pred_in, pred_out = net.predict([[12, 40], [7]], E_in, None)  # doctest: +SKIP
+    >>> from safetensors.torch import load_file
+    >>> E_in = load_file(f"{model_dir}/model.safetensors")["model.embed_tokens.weight"]
+    >>> net = HyperNet.create(E_in, None, base_model=model_dir, width=16, layers=1, heads=2)
+    >>> pred_in, pred_out = net.predict([[12, 40], [7]], E_in, None)  # two new tokens, by their old pieces
+    >>> pred_in.shape
+    torch.Size([2, 32])
+    >>> torch.allclose(pred_in[0], E_in[[12, 40]].mean(0))  # untrained, it is FVT: the mean of the pieces
+    True
+    >>> round(net.check_source(E_in, None), 3)  # the embeddings it was made for
+    1.0
 """
 
 from __future__ import annotations

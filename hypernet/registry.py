@@ -13,9 +13,24 @@ the registry, never by timing: networks the user registered before shipped ones 
 trained it on purpose, maybe on their own domain), then by name.
 
 Example:
-    >>> for net in known_networks():  # doctest: +SKIP
+    >>> for net in known_networks():  # none registered yet: the shipped ones
     ...     print(net.name, net.origin, net.base_model)
-    >>> match = find_network(E_in, None)  # the network for this model's embeddings, or None  # doctest: +SKIP
+    gemma-3-270m shipped gemma-3-270m
+    smollm2-135m-instruct shipped smollm2-135m-instruct
+    >>> from safetensors.torch import load_file
+    >>> from hypernet.model import HyperNet
+    >>> weights = load_file(f"{model_dir}/model.safetensors")
+    >>> E_in, E_out = weights["model.embed_tokens.weight"], weights["lm_head.weight"]
+    >>> print(find_network(E_in, E_out))  # the network for this model's embeddings, or None
+    None
+    >>> _ = HyperNet.create(E_in, E_out, base_model=model_dir, width=16, layers=1, heads=2).save("hn-tiny")
+    >>> register("hn-tiny").origin  # what `hypernet train` does with its output
+    'registered'
+    >>> net, cosine = find_network(E_in, E_out)
+    >>> net.name, round(cosine, 3)
+    ('hn-tiny', 1.0)
+    >>> unregister("hn-tiny").name
+    'hn-tiny'
 """
 
 from __future__ import annotations

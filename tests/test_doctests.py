@@ -82,7 +82,6 @@ def doctest_globals(doctest_files, tmp_path, monkeypatch) -> dict:
     for entry in doctest_files.iterdir():
         (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp_path / entry.name)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TOKENTRANSPLANT_QUIET", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     random.seed(0)
     torch.manual_seed(0)

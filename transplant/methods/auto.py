@@ -16,9 +16,26 @@ method (`--method fvt`) never calibrates unless calibration text is passed, so i
 what it gave before `auto` existed.
 
 Example:
-    >>> choice = choose(resources, new_tokenizer_source, calibrate_texts=None)  # doctest: +SKIP
+    >>> from safetensors.torch import load_file
+    >>> from transplant.core.vocab import load_tokenizer
+    >>> from transplant.methods.resources import Resources
+    >>> weights = load_file(f"{model_dir}/model.safetensors")
+    >>> resources = Resources(lambda: weights["model.embed_tokens.weight"], lambda: weights["lm_head.weight"],
+    ...                       old_rows=500)
+    >>> choice = choose(resources, load_tokenizer(new_tok_dir), calibrate_texts=None)
+    >>> choice.method  # no network is known for this tiny model
+    'fvt'
+    >>> print(choice.line)
+    auto: fvt (no hypernetwork known for this model: ...); no calibration: the target tokenizer records no training text (...)
+    >>> from transplant.train.tokenizer_train import train_tokenizer
+    >>> _ = train_tokenizer([text_file], 1000, "my-tok")  # records where its training text is
+    >>> print(choose(resources, load_tokenizer("my-tok"), calibrate_texts=None).line)
+    auto: fvt (...); calibration on the tokenizer's training text text.txt
+
+    With SmolLM2-135M-Instruct, whose shipped network matches its embeddings:
+
     >>> choice.method, choice.line  # doctest: +SKIP
-    ('hypernet', 'auto: hypernet smollm2-135m-instruct (shipped; ...) + calibration on de/train.txt (...)')
+    ('hypernet', 'auto: hypernet smollm2-135m-instruct (shipped, ...); calibration on ... de/train.txt')
 """
 
 from __future__ import annotations

@@ -8,9 +8,16 @@ The checkpoint is then written by the ordinary transplant path, where every old 
 exact copy (so every old row is bit-identical) and the new rows come from the chosen method.
 
 Example:
+    >>> result = extend(model_dir, [text_file], 20, "tiny-ext", method="fvt")
+    >>> len(result.new_tokens), result.new_tokens[:3]  # byte-level spelling: `Ġ` is a space
+    (20, ['Ġlife', 'ave', 'ater'])
+    >>> result.transplant.plan.new_size  # the 500 old rows, then the new ones
+    520
+    >>> from safetensors.torch import load_file
+    >>> old, new = load_file(f"{model_dir}/model.safetensors"), load_file("tiny-ext/model.safetensors")
+    >>> bool((new["model.embed_tokens.weight"][:500] == old["model.embed_tokens.weight"]).all())
+    True
     >>> result = extend("smollm2-135m-instruct", ["de/train.txt"], 4000, "smollm2-de-ext")  # doctest: +SKIP
-    >>> len(result.new_tokens)  # doctest: +SKIP
-    4000
 """
 
 from __future__ import annotations

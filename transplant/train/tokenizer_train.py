@@ -16,9 +16,22 @@ supertokens (multi-word tokens) and the conventions of an existing model (`like=
   inside a word the tokenizer acts exactly as the stage-1 one.
 
 Example:
+    >>> summary = train_tokenizer([text_file], 1000, "my-tok", like=model_dir)  # the model's specials and roles
+    >>> print("\\n".join(summary.lines()))
+    tokenizer: .../my-tok (bpe, 1,000 tokens of 1,000 asked)
+    held-out bytes per token: 3.239 (on 651 bytes)
+    shared with the model's vocabulary: 48.1% of tokens
+    >>> from transplant.core.vocab import load_tokenizer
+    >>> load_tokenizer("my-tok").vocabulary().roles == load_tokenizer(model_dir).vocabulary().roles
+    True
+    >>> summary = train_tokenizer([text_file], 1000, "super-tok", supertokens=True)
+    >>> summary.algorithm, summary.supertokens, round(summary.bytes_per_token, 3)
+    ('bpe+supertokens', 118, 3.5)
+
+    On real text (a German tokenizer for SmolLM2, as in BENCHMARKS.md):
+
     >>> summary = train_tokenizer(["de/train.txt"], 32000, "de-tok", like="smollm2-135m-instruct",
     ...                           supertokens=True)  # doctest: +SKIP
-    >>> summary.bytes_per_token  # doctest: +SKIP
 """
 
 from __future__ import annotations

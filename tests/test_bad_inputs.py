@@ -3,7 +3,7 @@ packages, missing local paths, and corrupt or mismatched plans given to `transpl
 
 Every case must end in one `error: ...` line on stderr naming the problem, a non-zero exit, no
 traceback, and no output folder or hidden `.NAME.partial-*` folder. Most cases run in-process
-through `transplant.cli.main` (fast); a few run the real command line in a subprocess.
+through `transplant.cli.commands` (fast); a few run the real command line in a subprocess.
 """
 
 from __future__ import annotations

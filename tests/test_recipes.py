@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from importlib import resources as importlib_resources
 from pathlib import Path
 
 import builders as B
@@ -79,12 +78,11 @@ def test_every_shipped_recipe_validates():
     assert load_recipe("gemma-to-smollm2").resources.donor == "smollm2-135m-instruct"
 
 
-def test_shipped_recipes_are_package_resources():
-    folder = importlib_resources.files("transplant") / "recipes"
-    names = {p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")}
+def test_shipped_recipes_are_the_top_level_folder():
+    names = {p.name[:-5] for p in (ROOT / "recipes").glob("*.yaml")}
     assert names == set(shipped_recipes()) and SHIPPED <= names
-    # The top-level recipes/ folder points to them and holds no copies.
-    assert not list((ROOT / "recipes").glob("*.yaml"))
+    # The package holds no copies: the build maps recipes/ into the wheel (next test).
+    assert not list((ROOT / "transplant").rglob("*.yaml"))
 
 
 def test_shipped_recipes_are_in_the_wheel(tmp_path):
@@ -94,14 +92,19 @@ def test_shipped_recipes_are_in_the_wheel(tmp_path):
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src)
-    shutil.copytree(ROOT / "transplant", src / "transplant", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("transplant", "hypernet", "recipes"):
+        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                            "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300,
                           check=False)
     assert proc.returncode == 0, proc.stderr
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     inside = set(zipfile.ZipFile(wheel).namelist())
-    assert {f"transplant/recipes/{name}.yaml" for name in shipped_recipes()} <= inside
+    assert {f"transplant/shipped_recipes/{name}.yaml" for name in shipped_recipes()} <= inside
+    # pyproject.toml lists the packages: every package folder of the sources must be in the wheel.
+    packages = {str(p.parent.relative_to(ROOT)) for top in ("transplant", "hypernet") for p in (ROOT / top).rglob("__init__.py")}
+    missing = {pkg for pkg in packages if f"{pkg}/__init__.py" not in inside}
+    assert not missing, f"packages missing from pyproject.toml's list: {sorted(missing)}"
 
 
 def test_shipped_recipe_paths_resolve_against_the_current_directory(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-import transplant.cli as cli_mod
+import transplant.cli.commands as cli_mod
 from transplant.io.card import build_card, gguf_metadata, source_card_metadata
 from transplant.common.errors import TransplantError
 

@@ -38,6 +38,7 @@ from transplant.methods.planner import build_plan
 from transplant.common.progress import stage
 from transplant.methods.resources import Resources
 from transplant.io.sources import base_model_id, resolve_model
+from transplant.runspec import RunSpec
 from transplant.io.specials import (SpecialIds, added_by_encode, choose_chat_template, map_added, old_role_ids,
                        resolve_special_ids)
 from transplant.io.tokenizer_out import is_lossless, write_tokenizer
@@ -264,8 +265,8 @@ def _input_paths(*items: Path | TokenizerSource | None) -> list[Path]:
     return paths
 
 
-@_gc_paused
-def transplant(model: str | Path | torch.nn.Module, new_tokenizer: str | Path, out: str | Path | None = None, *,
+def transplant(model: str | Path | torch.nn.Module | RunSpec, new_tokenizer: str | Path | None = None,
+               out: str | Path | None = None, *,
                method: str | list[str] = "auto", fallback: str = "mean", old_tokenizer: str | Path | None = None,
                pad_to_multiple_of: int | None = None, seed: int = 0, overwrite: bool = False, link: bool = False,
                trust_remote_code: bool = False, eval_texts: list[str] | None = None, eval_name: str = "text",
@@ -273,10 +274,13 @@ def transplant(model: str | Path | torch.nn.Module, new_tokenizer: str | Path, o
                language: list[str] | None = None, input_paths: list[str | Path] | None = None,
                untie: bool = False, calibrate_texts: list[str] | None = None,
                calibrate_tokens: int = 4096, calibrate: bool = True) -> TransplantResult:
-    """Move a checkpoint onto `new_tokenizer`.
+    """Move a checkpoint onto `new_tokenizer`: `transplant(spec)` with a `RunSpec`, or the keyword form.
+
+    The keyword form is a thin wrapper: it builds the `RunSpec` of these arguments, except that
+    `eval_texts` and `calibrate_texts` here are the texts themselves (a spec names files).
 
     Args:
-        model: a model folder, a cached hub id, a `.gguf` file or a packaged name
+        model: a `RunSpec` (every other argument is then ignored), a model folder, a cached hub id, a `.gguf` file or a packaged name
             (`smollm2-135m-instruct`, `gemma-3-270m`); or an in-memory `PreTrainedModel`, with
             `old_tokenizer` given and `out=None`: the new tensors are returned, the model is untouched.
         new_tokenizer: a `tokenizer.json` or a tokenizer folder.
@@ -304,10 +308,15 @@ def transplant(model: str | Path | torch.nn.Module, new_tokenizer: str | Path, o
         TransplantResult with the plan, the output folder (or the embeddings when `out` is None).
 
     Example:
+        >>> spec = RunSpec(model="model/", new_tokenizer="tok.json", out="out/", method="fvt")  # doctest: +SKIP
+        >>> transplant(spec).output_dir  # doctest: +SKIP
+        PosixPath('out')
         >>> r = transplant("model/", "tok.json", None)  # doctest: +SKIP
         >>> r.embeddings["input"].shape  # doctest: +SKIP
         torch.Size([32000, 576])
     """
+    if isinstance(model, RunSpec):
+        return run_spec(model)
     if isinstance(model, torch.nn.Module):
         # An in-memory model (inside a training script): plan from its tokenizer, return tensors.
         if old_tokenizer is None or out is not None:
@@ -316,12 +325,42 @@ def transplant(model: str | Path | torch.nn.Module, new_tokenizer: str | Path, o
         return transplant_model(model, old_tokenizer, new_tokenizer, method=method, fallback=fallback, seed=seed,
                                 pad_to_multiple_of=pad_to_multiple_of, inplace=False, options=options,
                                 encode_like=encode_like)
+    # model_construct: the keyword form is checked where it always was (in the run), not by the schema.
+    spec = RunSpec.model_construct(
+        model=str(model), new_tokenizer=str(new_tokenizer), out=None if out is None else str(out),
+        method=[method] if isinstance(method, str) else list(method), fallback=fallback,
+        old_tokenizer=None if old_tokenizer is None else str(old_tokenizer), pad_to_multiple_of=pad_to_multiple_of,
+        seed=seed, overwrite=overwrite, link=link, trust_remote_code=trust_remote_code, eval_ctx=eval_ctx,
+        options=options or {}, encode_like=encode_like, language=list(language or []), untie=untie,
+        calibrate_tokens=calibrate_tokens, calibrate=calibrate, eval_texts=[], calibrate_texts=[])
+    return _run(spec, model, new_tokenizer, out, eval_texts, eval_name, calibrate_texts, input_paths)
+
+
+def run_spec(spec: RunSpec) -> TransplantResult:
+    """Run a transplant as `spec` says: methods and options checked first, then its texts read.
+
+    Example:
+        >>> run_spec(RunSpec(model="model/", new_tokenizer="tok.json", out="out/"))  # doctest: +SKIP
+    """
+    spec.require()
+    spec.check()
+    return _run(spec, spec.model, spec.new_tokenizer, spec.out, spec.read_eval_texts(), spec.eval_name or "text",
+                spec.read_calibrate_texts(), spec.input_paths)
+
+
+@_gc_paused
+def _run(spec: RunSpec, model: str | Path, new_tokenizer: str | Path, out: str | Path | None,
+         eval_texts: list[str] | None, eval_name: str, calibrate_texts: list[str] | None,
+         input_paths: list[str | Path] | None) -> TransplantResult:
+    """The run itself; `model`, `new_tokenizer` and `out` as the caller gave them (recorded as given)."""
+    method, fallback, options, calibrate = spec.method_arg, spec.fallback, spec.options or None, spec.calibrate
+    old_tokenizer, trust_remote_code, language = spec.old_tokenizer, spec.trust_remote_code, spec.language or None
     folder = resolve_model(model)
     old_src = load_tokenizer(old_tokenizer or folder)
     new_src = load_tokenizer(new_tokenizer)
     if out is not None:
         inputs = _input_paths(folder, old_src, new_src, *(Path(p) for p in input_paths or []))
-        out = check_output_path(Path(out), inputs, overwrite)
+        out = check_output_path(Path(out), inputs, spec.overwrite)
     layout = locate_embeddings(folder, trust_remote_code)
     check_vocab_fits(layout, len(old_src.vocabulary()))
     resources = Resources.from_checkpoint(layout, len(old_src.vocabulary()))
@@ -333,7 +372,7 @@ def transplant(model: str | Path | torch.nn.Module, new_tokenizer: str | Path, o
     elif not calibrate:
         calibrate_texts = None
     prep = prepare(old_src, new_src, layout.config, _generation_config(folder), method, fallback,
-                   pad_to_multiple_of, seed, options, encode_like, resources=resources)
+                   spec.pad_to_multiple_of, spec.seed, options, spec.encode_like, resources=resources)
     plan = prep.plan
     if auto is not None:  # said once the inputs passed their checks: a bad input stays one error line
         stage(auto.line)
@@ -341,8 +380,8 @@ def transplant(model: str | Path | torch.nn.Module, new_tokenizer: str | Path, o
         prep.card["auto"] = auto.line.removeprefix("auto: ")
     plan.record_base(layout.rows, layout.dim)
     plan.meta.update({"base_model": str(model), "new_tokenizer": str(new_tokenizer), "tied": layout.tied,
-                      "encode_like": encode_like})
-    _untie_and_calibrate(prep, layout.tied, untie, calibrate_texts, calibrate_tokens,
+                      "encode_like": spec.encode_like})
+    _untie_and_calibrate(prep, layout.tied, spec.untie, calibrate_texts, spec.calibrate_tokens,
                          lambda: _loaded_with_new_inputs(folder, layout, plan, trust_remote_code),
                          lambda: plan.side("output").apply(
                              read_embedding(layout, layout.output_key or layout.input_key)))
@@ -359,8 +398,8 @@ def transplant(model: str | Path | torch.nn.Module, new_tokenizer: str | Path, o
     card_info["base_model_id"] = source_meta.get("base_model_id") or base_model_id(model, folder)
     if language:
         card_info["language"] = list(language)
-    return _write_output(folder, layout, prep, new_src, out, overwrite, link, card_info, eval_texts, eval_name,
-                         eval_ctx, trust_remote_code)
+    return _write_output(folder, layout, prep, new_src, out, spec.overwrite, spec.link, card_info, eval_texts,
+                         eval_name, spec.eval_ctx, trust_remote_code)
 
 
 @_gc_paused
@@ -547,4 +586,4 @@ def transplant_model(model: torch.nn.Module, old_tokenizer: str | Path, new_toke
     return result
 
 
-__all__ = ["transplant", "apply_plan", "transplant_model", "prepare", "TransplantResult"]
+__all__ = ["transplant", "run_spec", "apply_plan", "transplant_model", "prepare", "TransplantResult", "RunSpec"]

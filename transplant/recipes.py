@@ -1,8 +1,8 @@
-"""YAML recipes: one file that names a whole transplant, validated by one schema (`Recipe`).
+"""YAML recipes: one file that names a whole transplant, read into a `RunSpec` (`transplant/runspec.py`).
 
-A recipe's keys are the keyword arguments of `transplant.transplant(...)` (same names, same
-meaning), plus `description`, `eval_bytes` / `eval_ctx` (how much of the evaluation text is
-scored, as `--eval-bytes` / `--ctx`) and a `resources:` section:
+A recipe's keys are the fields of `RunSpec` (the keyword arguments of `transplant.transplant(...)`
+where the two share a name: same names, same meaning), plus `description` and a `resources:`
+section; the loader is the one every spec file uses (`transplant/common/specfile.py`):
 
 ```yaml
 description: SmolLM2-135M onto a German 32k byte-level BPE   # one line, shown by `transplant recipes`
@@ -25,7 +25,8 @@ calibrate_tokens: 8192
 eval_texts: ${CORPORA}/de/dev.txt     # one file or a list; scored before/after into the model card
 eval_bytes: 20000
 language: [de]
-# also: old_tokenizer, pad_to_multiple_of, seed, overwrite, link, trust_remote_code, encode_like, untie
+# also: old_tokenizer, pad_to_multiple_of, seed, overwrite, link, trust_remote_code, encode_like, untie,
+#       calibrate (false: no calibration at all)
 ```
 
 Rules:
@@ -51,194 +52,46 @@ Rules:
   command line changes the method, the recipe's options for methods no longer in the chain
   are dropped.
 
-Shipped recipes live in `transplant/recipes/*.yaml` (package data): `transplant recipes` lists
-them, `transplant recipes --show NAME` prints one to start a recipe of your own from.
+Shipped recipes live in the top-level `recipes/*.yaml` (the build puts them into the wheel as
+`transplant/shipped_recipes/`): `transplant recipes` lists them, `transplant recipes --show NAME`
+prints one to start a recipe of your own from.
 
 Example:
     >>> from transplant import transplant
-    >>> from transplant.recipes import recipe_kwargs
-    >>> result = transplant(**recipe_kwargs("smollm2-de", new_tokenizer="de-bpe/", out="smollm2-de"))  # doctest: +SKIP
+    >>> spec = recipe_spec("smollm2-de", {"new_tokenizer": "de-bpe/", "out": "smollm2-de"})  # doctest: +SKIP
+    >>> result = transplant(spec)  # doctest: +SKIP
+    >>> load_recipe("smollm2-de").method
+    ['fvt']
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 from importlib import resources as importlib_resources
 from pathlib import Path
-from typing import Any, Literal
-
-import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, StrictFloat, StrictInt,
-                      StrictStr, ValidationError, field_validator)
+from typing import Any
 
 from transplant.common.errors import TransplantError
+from pydantic import ValidationError
+
+from transplant.common.specfile import RecipeError, expand, explain, parse_spec, variables_in
+from transplant.runspec import RESOURCE_OPTIONS, RunSpec, TokenizerOf, cli_flags, expects
 
 log = logging.getLogger(__name__)
 
-# resources: key -> the method option it fills (in every method of the chain declaring it).
-RESOURCE_OPTIONS = {"donor": "donor", "vectors": "vectors", "source_vectors": "source_vectors",
-                    "target_vectors": "target_vectors", "dictionary": "dictionary", "corpus": "text"}
 _MODEL_RESOURCES = {"donor"}  # model arguments, not files
-
-Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
-
-
-class RecipeError(TransplantError):
-    """A recipe that cannot be used: one line naming the file and what to fix."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class TokenizerOf(_Section):
-    """`new_tokenizer: {model: MODEL}`: the tokenizer that ships with a model (cross-model transplants)."""
-
-    model: str = Field(description="any --model form; its tokenizer is the new tokenizer")
-
-
-class ResourceFiles(_Section):
-    """Files and models handed to the methods of the chain (see `RESOURCE_OPTIONS`)."""
-
-    donor: str | None = Field(None, description="a model that already uses the new tokenizer (METHOD.donor)")
-    vectors: str | None = Field(None, description="token-level fastText .bin of the new tokenizer (METHOD.vectors)")
-    source_vectors: str | None = Field(None, description="fastText .bin of the source language")
-    target_vectors: str | None = Field(None, description="fastText .bin of the target language")
-    dictionary: str | None = Field(None, description="bilingual dictionary, source<TAB>target per line")
-    corpus: str | None = Field(None, description="target-language text to train vectors on (METHOD.text)")
-
-
-def _as_list(value: Any) -> Any:
-    return [value] if isinstance(value, str) else value
-
-
-class Recipe(_Section):
-    """The schema: every key a recipe may hold (the keyword arguments of `transplant.transplant`)."""
-
-    description: str | None = Field(None, description="one line, shown by `transplant recipes`")
-    model: str | None = None
-    new_tokenizer: str | TokenizerOf | None = None
-    out: str | None = None
-    method: list[str] | None = Field(None, min_length=1)
-    fallback: str | None = None
-    old_tokenizer: str | None = None
-    pad_to_multiple_of: int | None = Field(None, ge=1)
-    seed: int | None = None
-    overwrite: bool | None = None
-    link: bool | None = None
-    trust_remote_code: bool | None = None
-    eval_texts: list[str] | None = None
-    eval_bytes: int | None = Field(None, ge=1)
-    eval_ctx: int | None = Field(None, ge=1)
-    encode_like: Literal["source", "target"] | None = None
-    language: list[str] | None = None
-    options: dict[str, Scalar] | None = None
-    untie: bool | None = None
-    calibrate_texts: list[str] | None = None
-    calibrate_tokens: int | None = Field(None, ge=64)
-    resources: ResourceFiles | None = None
-
-    _where: str = PrivateAttr("recipe")
-    _base: Path = PrivateAttr(default_factory=Path.cwd)
-
-    @field_validator("method", mode="before")
-    @classmethod
-    def _split_chain(cls, value: Any) -> Any:
-        return value.split("+") if isinstance(value, str) else value
-
-    @field_validator("eval_texts", "calibrate_texts", "language", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return _as_list(value)
-
-    @field_validator("options", mode="before")
-    @classmethod
-    def _flatten_options(cls, value: Any) -> Any:
-        # `knn: {k: 20}` and `knn.k: 20` alike as {"knn.k": 20}; deeper nesting is left for the
-        # type check to refuse.
-        if not isinstance(value, dict):
-            return value
-        flat: dict = {}
-        for key, sub in value.items():
-            items = ({f"{key}.{k}": v for k, v in sub.items()} if isinstance(sub, dict) and "." not in str(key)
-                     else {key: sub})
-            for k, v in items.items():
-                if k in flat:
-                    raise ValueError(f"{k} is set twice (nested and flat)")
-                flat[k] = v
-        return flat
-
-    @property
-    def where(self) -> str:
-        """How errors name this recipe: its file, or `shipped recipe NAME`."""
-        return self._where
-
-
-# What each key takes, for one-line type errors (pydantic's own messages list every union member).
-_EXPECTS = {
-    "description": "a string", "model": "a model argument (a string)",
-    "new_tokenizer": "a tokenizer path, or {model: MODEL} for that model's tokenizer",
-    "out": "a folder path (a string)", "method": "a method name, a list of names or 'a+b'",
-    "fallback": "a method name", "old_tokenizer": "a tokenizer path", "pad_to_multiple_of": "an integer >= 1",
-    "seed": "an integer", "overwrite": "true or false", "link": "true or false", "trust_remote_code": "true or false",
-    "eval_texts": "a file path or a list of them", "eval_bytes": "an integer >= 1", "eval_ctx": "an integer >= 1",
-    "encode_like": "source or target", "language": "a language code or a list of them",
-    "options": "a mapping of METHOD.OPTION (or METHOD: {OPTION: ...}) to a number, string or true/false",
-    "untie": "true or false", "calibrate_texts": "a file path or a list of them",
-    "calibrate_tokens": "an integer >= 64", "resources": f"a mapping with keys {', '.join(RESOURCE_OPTIONS)}",
-}
-_SECTIONS: dict[str, type[BaseModel]] = {"resources": ResourceFiles, "new_tokenizer": TokenizerOf}
-
-
-def _explain(exc: ValidationError, where: str, raw: dict) -> str:
-    """One line for a schema failure: an unknown key first (with the valid keys), else the first bad value."""
-    errors = exc.errors()
-    bad = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    # Walk the location through the sections, skipping pydantic's union-member tags.
-    model: type[BaseModel] | None = Recipe
-    path: list[str] = []
-    for part in bad["loc"][:-1] if bad["type"] == "extra_forbidden" else bad["loc"][:1]:
-        if model is not None and isinstance(part, str) and part in model.model_fields:
-            path.append(part)
-            model = _SECTIONS.get(part)
-    if bad["type"] == "extra_forbidden":
-        key = ".".join(path + [str(bad["loc"][-1])])
-        section = f" of {'.'.join(path)}" if path else ""
-        valid = ", ".join((_SECTIONS[path[-1]] if path else Recipe).model_fields)
-        return f"{where}: unknown key {key!r} (valid keys{section}: {valid})"
-    field = path[0] if path else str(bad["loc"][0])
-    if bad["type"] == "value_error":  # our own validators' messages
-        return f"{where}: {field}: {bad['msg'].removeprefix('Value error, ')}"
-    if field == "options" and len(bad["loc"]) > 1:
-        return (f"{where}: option {bad['loc'][1]} expects a number, string or true/false, "
-                f"not {bad['input']!r}")
-    if field in _SECTIONS and field != "new_tokenizer" and len(bad["loc"]) > 1:
-        return f"{where}: {field}.{bad['loc'][1]} expects a string, not {bad['input']!r}"
-    if bad["type"] == "missing" and field == "new_tokenizer":
-        return f"{where}: new_tokenizer expects {_EXPECTS['new_tokenizer']}, not {raw.get(field)!r}"
-    return f"{where}: {field} expects {_EXPECTS.get(field, bad['msg'].lower())}, not {raw.get(field)!r}"
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """Safe YAML (no Python objects) that refuses a key given twice in one mapping (PyYAML keeps the last)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
-                                                        key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
+_ITEMS = {"options": ("option", "a number, string or true/false")}
 
 
 # -- finding and loading --------------------------------------------------------------------------
 
 def _shipped_folder():
-    return importlib_resources.files("transplant") / "recipes"
+    """The shipped recipes: inside an installed wheel, else the source checkout's top-level `recipes/`."""
+    installed = importlib_resources.files("transplant") / "shipped_recipes"
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parent.parent / "recipes"
 
 
 def shipped_recipes() -> dict[str, str]:
@@ -252,8 +105,7 @@ def shipped_recipes() -> dict[str, str]:
     for item in sorted(_shipped_folder().iterdir(), key=lambda p: p.name):
         if item.name.endswith(".yaml"):
             name = item.name[:-len(".yaml")]
-            recipe = _parse(item.read_text(encoding="utf-8"), f"shipped recipe {name}", Path.cwd())
-            out[name] = recipe.description or ""
+            out[name] = _parse(item.read_text(encoding="utf-8"), f"shipped recipe {name}", Path.cwd()).description or ""
     return out
 
 
@@ -279,6 +131,21 @@ def recipe_text(spec: str | Path) -> tuple[str, str, Path]:
                       f"{', '.join(sorted(names))})")
 
 
+class Recipe:
+    """A recipe as read: its `RunSpec` (fields as written), how errors name it, the folder paths resolve against."""
+
+    def __init__(self, spec: RunSpec, where: str, base: Path) -> None:
+        self.spec, self.where, self.base = spec, where, base
+
+    def __getattr__(self, name: str) -> Any:  # recipe.model, recipe.method, ... read the spec's fields
+        return getattr(self.spec, name)
+
+    @property
+    def written(self) -> dict[str, Any]:
+        """The fields the recipe sets (the others keep `RunSpec`'s defaults)."""
+        return {name: getattr(self.spec, name) for name in RunSpec.model_fields if name in self.spec.model_fields_set}
+
+
 def load_recipe(spec: str | Path) -> Recipe:
     """Read and validate a recipe (a YAML file or a shipped recipe's name); nothing is resolved yet.
 
@@ -293,71 +160,27 @@ def load_recipe(spec: str | Path) -> Recipe:
 
 
 def _parse(text: str, where: str, base: Path) -> Recipe:
-    try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no Python objects
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" (line {mark.line + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        hint = " (quote a ${VAR} value inside [...] or {...})" if "'{'" in problem and "${" in text else ""
-        raise RecipeError(f"{where} is not valid YAML: {problem}{line}{hint}") from None
-    if raw is None:
-        raise RecipeError(f"{where} is empty (write at least model, new_tokenizer and out)")
-    if not isinstance(raw, dict):
-        raise RecipeError(f"{where} must be a mapping of keys to values, not a {type(raw).__name__}")
-    try:
-        recipe = Recipe.model_validate(raw)
-    except ValidationError as exc:
-        raise RecipeError(_explain(exc, where, raw)) from None
-    recipe._where, recipe._base = where, base
-    return recipe
-
-
-# -- resolving fields -----------------------------------------------------------------------------
-
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def _expand(value: str, env: dict, where: str, field: str, flag: str | None) -> str:
-    def one(match: re.Match) -> str:
-        name, default = match.group(1), match.group(2)
-        if name in env and env[name] != "":
-            return env[name]
-        if default is not None:
-            return default
-        hint = f"set it, or pass {flag}" if flag else "set it"
-        raise RecipeError(f"{where}: {field} reads ${{{name}}}, which is not set ({hint})")
-
-    return _VAR.sub(one, value)
+    return Recipe(parse_spec(text, RunSpec, where, expects(), "write at least model, new_tokenizer and out", _ITEMS),
+                  where, base)
 
 
 def variables(recipe: Recipe) -> list[str]:
     """The environment variables a recipe reads (`${VAR}`), in order of first use."""
-    found: dict[str, None] = {}
+    return variables_in({k: v.model_dump() if hasattr(v, "model_dump") else v
+                         for k, v in recipe.written.items() if k != "description"})
 
-    def walk(value: Any) -> None:
-        if isinstance(value, str):
-            found.update(dict.fromkeys(m.group(1) for m in _VAR.finditer(value)))
-        elif isinstance(value, dict):
-            for v in value.values():
-                walk(v)
-        elif isinstance(value, list):
-            for v in value:
-                walk(v)
 
-    walk(recipe.model_dump(exclude={"description"}))
-    return list(found)
-
+# -- resolving fields -----------------------------------------------------------------------------
 
 class _Resolver:
     """Expands variables and resolves paths of one recipe's fields (only those asked for)."""
 
     def __init__(self, recipe: Recipe, env: dict | None, flags: dict[str, str]) -> None:
-        self.recipe, self.env, self.flags = recipe, os.environ if env is None else env, flags
-        self.where, self.base = recipe.where, recipe._base
+        self.env, self.flags = os.environ if env is None else env, flags
+        self.where, self.base = recipe.where, recipe.base
 
     def text(self, value: str, field: str) -> str:
-        return _expand(value, self.env, self.where, field, self.flags.get(field.split(".")[0]))
+        return expand(value, self.env, self.where, field, self.flags.get(field.split(".")[0]))
 
     def path(self, value: str, field: str, must_exist: bool = True) -> str:
         path = Path(self.text(value, field)).expanduser()
@@ -385,8 +208,8 @@ _FILE_LISTS = ("eval_texts", "calibrate_texts")
 
 
 def resolve_fields(recipe: Recipe, skip: set[str] = frozenset(), env: dict | None = None,
-                   flags: dict[str, str] | None = None) -> dict[str, Any]:
-    """The recipe's set fields (except `skip`) with variables expanded and paths resolved.
+                   flags: dict[str, str] | None = None) -> tuple[dict[str, Any], _Resolver]:
+    """The recipe's written fields (except `skip`) with variables expanded and paths resolved, and the resolver.
 
     `new_tokenizer: {model: M}` becomes M's folder; `resources` stays a dict of the values as
     written (expanded, resolved and checked only when a method of the chain reads them, see
@@ -397,7 +220,7 @@ def resolve_fields(recipe: Recipe, skip: set[str] = frozenset(), env: dict | Non
     """
     res = _Resolver(recipe, env, flags or {})
     fields: dict[str, Any] = {}
-    for name, value in recipe:
+    for name, value in recipe.written.items():
         if value is None or name in skip or name == "description":
             continue
         if name == "model":
@@ -418,22 +241,21 @@ def resolve_fields(recipe: Recipe, skip: set[str] = frozenset(), env: dict | Non
         elif name == "resources":
             value = {k: v for k, v in value.model_dump().items() if v is not None}
         fields[name] = value
-    fields["_resolver"] = res
-    return fields
+    return fields, res
 
 
-def chain_options(fields: dict[str, Any], chain: list[str], drop_unused: bool) -> dict[str, Any]:
+def chain_options(fields: dict[str, Any], res: _Resolver, chain: list[str], drop_unused: bool) -> dict[str, Any]:
     """The recipe's options plus its resources mapped onto the methods of `chain`, checked and typed.
 
     Args:
-        fields: from `resolve_fields` (its options, resources and resolver).
+        fields: from `resolve_fields` (its options and resources).
+        res: the recipe's resolver (from `resolve_fields`).
         chain: the run's method chain (`planner.method_chain`).
         drop_unused: drop options of methods outside the chain (the command line changed the
             method) instead of refusing them.
     """
     from transplant.methods.initializers import declared_options, resolve_options
 
-    res: _Resolver = fields["_resolver"]
     options = dict(fields.get("options") or {})
     if drop_unused:
         dropped = [k for k in options if k.partition(".")[0] not in chain]
@@ -474,147 +296,95 @@ def check_recipe(spec: str | Path) -> Recipe:
         >>> check_recipe("mistral-7b-code").method
         ['fvt']
     """
-    from transplant.methods.planner import check_methods, method_chain
+    from transplant.methods.initializers import resolve_options
+    from transplant.methods.planner import check_methods
 
     recipe = load_recipe(spec)
-    methods, fallback = recipe.method or _api_default("method"), recipe.fallback or _api_default("fallback")
+    run = recipe.spec
     try:
-        check_methods(methods, fallback)
-    except TransplantError as exc:
-        raise RecipeError(f"{recipe.where}: {exc}") from None
-    chain = method_chain(methods, fallback)
-    # Resources are checked by name only here (their files may not exist on this machine).
-    from transplant.methods.initializers import resolve_options
-
-    typed = {k: v for k, v in (recipe.options or {}).items() if not (isinstance(v, str) and "${" in v)}
-    try:
-        resolve_options(chain, typed)
+        check_methods(run.method_arg, run.fallback)
+        # Resources are checked by name only here (their files may not exist on this machine).
+        typed = {k: v for k, v in run.options.items() if not (isinstance(v, str) and "${" in v)}
+        resolve_options(run.chain(), typed)
     except TransplantError as exc:
         raise RecipeError(f"{recipe.where}: {exc}") from None
     return recipe
+
+
+def recipe_spec(spec: str | Path, given: dict[str, Any] | None = None, env: dict | None = None,
+                flags: dict[str, str] | None = None) -> RunSpec:
+    """The `RunSpec` of a recipe with the fields in `given` (from the command line or the caller) winning.
+
+    Recipe fields are expanded and resolved (relative paths against the recipe's folder); the
+    values in `given` are taken as they are. `given["options"]` merges key by key over the
+    recipe's options; when `given` changes the method or fallback, the recipe's options of
+    methods no longer in the chain are dropped.
+
+    Args:
+        spec: a YAML file or a shipped recipe's name.
+        given: field -> value, as `RunSpec` takes them.
+        env: the environment variables `${VAR}` reads (default: `os.environ`).
+        flags: field -> the flag that replaces it, named in errors (default: the CLI's flags).
+
+    Raises:
+        RecipeError: see `load_recipe` / `resolve_fields`; model, new tokenizer or output missing.
+    """
+    from transplant.methods.planner import check_methods
+
+    given = dict(given or {})
+    flags = cli_flags() if flags is None else flags
+    recipe = load_recipe(spec)
+    cli_options = given.pop("options", None) or {}
+    fields, res = resolve_fields(recipe, skip=set(given), env=env, flags=flags)
+    merged = dict(fields, **given)
+    for name in ("model", "new_tokenizer", "out"):
+        if not merged.get(name):
+            raise RecipeError(f"{recipe.where} gives no {name} (add `{name}:` to the recipe or pass {flags[name]})")
+    values = {k: v for k, v in merged.items() if k not in ("options", "resources")}
+    try:
+        run = RunSpec.model_validate(values, strict=False)
+    except ValidationError as exc:
+        raise RecipeError(explain(exc, RunSpec, recipe.where, values, expects(), _ITEMS)) from None
+    check_methods(run.method_arg, run.fallback)
+    options = chain_options(fields, res, run.chain(), drop_unused=bool({"method", "fallback"} & set(given)))
+    options.update(cli_options)  # the caller's settings win, key by key
+    return run.model_copy(update={"options": options, "description": recipe.spec.description})
 
 
 def recipe_kwargs(spec: str | Path, env: dict | None = None, **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for `transplant.transplant(...)` from a recipe, `overrides` winning.
 
     `overrides` use the recipe's key names (`out="x"`, `method="knn"`, `options={"knn.k": 20}`:
-    options merge key by key). Evaluation and calibration files are read here.
-
-    Raises:
-        RecipeError: see `load_recipe` / `resolve_fields`; `model`, `new_tokenizer` or `out` missing.
+    options merge key by key; `eval_texts=None` drops the recipe's). Evaluation and calibration
+    files are read here. `recipe_spec` gives the same run as a `RunSpec` (`transplant(spec)`).
 
     Example:
         >>> kwargs = recipe_kwargs("gemma-to-smollm2", out="g2s", calibrate_texts=None)  # doctest: +SKIP
         >>> transplant(**kwargs)  # doctest: +SKIP
     """
-    from transplant.cli import _read_texts
-    from transplant.methods.planner import check_methods, method_chain
-
-    recipe = load_recipe(spec)
-    unknown = set(overrides) - set(Recipe.model_fields)
+    unknown = set(overrides) - set(RunSpec.model_fields)
     if unknown:
         raise RecipeError(f"unknown recipe key(s) {', '.join(sorted(unknown))} (valid keys: "
-                          f"{', '.join(Recipe.model_fields)})")
-    cli_options = overrides.pop("options", None) or {}
-    fields = resolve_fields(recipe, skip=set(overrides), env=env)
-    fields.update({k: v for k, v in overrides.items() if v is not None})
-    for key in ("eval_texts", "calibrate_texts"):
-        if overrides.get(key, "unset") is None:
-            fields.pop(key, None)
-    _require(fields, recipe.where, {"model": "model=", "new_tokenizer": "new_tokenizer=", "out": "out="})
-    method = fields.pop("method", None) or _api_default("method")
-    methods = method.split("+") if isinstance(method, str) else list(method)
-    fallback = fields.get("fallback") or _api_default("fallback")
-    check_methods(methods, fallback)
-    options = chain_options(fields, method_chain(methods, fallback),
-                            drop_unused="method" in overrides or "fallback" in overrides)
-    options.update(cli_options)
-    fields.pop("resources", None), fields.pop("options", None), fields.pop("_resolver")
-    # Unset: as `transplant run` does (its --eval-bytes default) and as transplant() does.
-    eval_bytes, eval_ctx = fields.pop("eval_bytes", 50_000), fields.pop("eval_ctx", _api_default("eval_ctx"))
-    kwargs: dict[str, Any] = dict(fields, method=methods if len(methods) > 1 else methods[0],
-                                  options=options or None, eval_ctx=eval_ctx)
-    eval_files, cal_files = fields.get("eval_texts") or [], fields.get("calibrate_texts") or []
-    kwargs["eval_texts"] = _read_texts(tuple(map(str, eval_files)), eval_bytes) if eval_files else None
-    kwargs["calibrate_texts"] = _read_texts(tuple(map(str, cal_files)), None) if cal_files else None
-    if eval_files:
-        kwargs["eval_name"] = ", ".join(Path(p).name for p in eval_files)
-    kwargs["input_paths"] = [*eval_files, *cal_files]
-    return kwargs
+                          f"{', '.join(RunSpec.model_fields)})")
+    dropped = {k for k in ("eval_texts", "calibrate_texts") if k in overrides and overrides[k] is None}
+    given = {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items() if v is not None}
+    given.update({k: [] for k in dropped})
+    run = recipe_spec(spec, given, env, flags={k: f"{k}=" for k in RunSpec.model_fields})
+    return run_kwargs(run)
 
 
-def _api_default(name: str) -> Any:
-    """The default of `transplant.transplant`'s keyword `name` (a recipe that omits a key gets the API's choice)."""
-    import inspect
-
-    from transplant.api import transplant
-
-    return inspect.signature(transplant).parameters[name].default
-
-
-def _require(fields: dict, where: str, flags: dict[str, str]) -> None:
-    for name, flag in flags.items():
-        if not fields.get(name):
-            raise RecipeError(f"{where} gives no {name} (add `{name}:` to the recipe or pass {flag})")
+def run_kwargs(run: RunSpec) -> dict[str, Any]:
+    """The keyword form of `transplant.transplant(...)` for a spec (texts read)."""
+    kwargs: dict[str, Any] = {name: getattr(run, name) for name in (
+        "model", "new_tokenizer", "out", "fallback", "old_tokenizer", "pad_to_multiple_of", "seed", "overwrite",
+        "link", "trust_remote_code", "eval_ctx", "encode_like", "untie", "calibrate_tokens", "calibrate")}
+    kwargs.update(method=run.method_arg, options=dict(run.options) or None, language=run.language or None,
+                  eval_texts=run.read_eval_texts(), calibrate_texts=run.read_calibrate_texts(),
+                  input_paths=run.input_paths)
+    if run.eval_texts:
+        kwargs["eval_name"] = run.eval_name
+    return {k: v for k, v in kwargs.items() if v is not None or k in ("eval_texts", "calibrate_texts", "options")}
 
 
-# The `run` command's parameters that a recipe field fills, by recipe key.
-CLI_PARAMS = {"model": "model", "new_tokenizer": "new_tok", "out": "out", "method": "method", "fallback": "fallback",
-              "old_tokenizer": "old_tok", "pad_to_multiple_of": "pad_to_multiple_of", "seed": "seed", "link": "link",
-              "overwrite": "overwrite", "trust_remote_code": "trust_remote_code", "eval_texts": "eval_text",
-              "eval_bytes": "eval_bytes", "eval_ctx": "ctx", "encode_like": "encode_like", "language": "languages",
-              "options": "settings", "untie": "untie", "calibrate_texts": "calibrate_text",
-              "calibrate_tokens": "calibrate_tokens"}
-
-
-def _as_setting(key: str, value: Any) -> str:
-    text = str(value).lower() if isinstance(value, bool) else str(value)
-    return f"{key}={text}"
-
-
-def merge_cli(spec: str, ctx) -> dict[str, Any]:
-    """The `run` command's parameters with the recipe filling every flag not given on the command line.
-
-    Args:
-        spec: the `--recipe` value (a YAML file or a shipped recipe's name).
-        ctx: the click context of `run` (its params, and where each came from).
-
-    Returns:
-        Every parameter of `run`, `recipe` set to None, ready to call its callback with.
-    """
-    from click.core import ParameterSource
-
-    from transplant.cli import parse_settings
-    from transplant.methods.planner import check_methods, method_chain
-
-    params = dict(ctx.params, recipe=None)
-    given = {name for name in params
-             if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT,
-                                                   ParameterSource.PROMPT)}
-    flags = {p.name: p.opts[0] for p in ctx.command.params if p.opts}
-    key_flags = {key: flags[param] for key, param in CLI_PARAMS.items() if param in flags}
-    recipe = load_recipe(spec)
-    skip = {key for key, param in CLI_PARAMS.items() if param in given} - {"options"}
-    fields = resolve_fields(recipe, skip=skip, env=None, flags=key_flags)
-    for key, value in fields.items():
-        param = CLI_PARAMS.get(key)
-        if param is None or param not in params or key in ("options", "resources"):
-            continue
-        if key == "method":
-            value = "+".join(value)
-        elif isinstance(value, list):
-            value = tuple(value)
-        params[param] = value
-    _require({k: params[p] for k, p in CLI_PARAMS.items() if p in params}, recipe.where,
-              {k: key_flags[k] for k in ("model", "new_tokenizer", "out")})
-    methods = params["method"].split("+") if "+" in params["method"] else params["method"]
-    check_methods(methods, params["fallback"])
-    options = chain_options(fields, method_chain(methods, params["fallback"]),
-                            drop_unused=bool({"method", "fallback"} & given))
-    options.update(parse_settings(params["settings"]))  # --set wins, key by key
-    params["settings"] = tuple(_as_setting(k, v) for k, v in options.items())
-    return params
-
-
-__all__ = ["Recipe", "RecipeError", "load_recipe", "check_recipe", "recipe_kwargs", "shipped_recipes",
-           "resolve_fields", "variables", "merge_cli", "RESOURCE_OPTIONS"]
+__all__ = ["Recipe", "RecipeError", "load_recipe", "check_recipe", "recipe_spec", "recipe_kwargs", "run_kwargs",
+           "shipped_recipes", "resolve_fields", "variables", "RESOURCE_OPTIONS"]

@@ -1,5 +1,7 @@
-"""The `transplant` command line."""
+"""The `transplant` command line: `commands.py` (the click group and its commands), `tokenizer.py`
+and `vectors.py` (the `tokenizer` and `vectors` groups), `spec_options.py` (the `run` options,
+generated from `RunSpec`)."""
 
-from transplant.cli.main import main
+from transplant.cli.commands import cli, main
 
-__all__ = ["main"]
+__all__ = ["cli", "main"]

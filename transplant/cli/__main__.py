@@ -1,3 +1,3 @@
-from transplant.cli.main import main
+from transplant.cli.commands import main
 
 main()

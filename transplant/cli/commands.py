@@ -17,6 +17,8 @@ import click
 
 from transplant.common.errors import TransplantError
 from transplant.common.texts import read_texts
+from transplant.cli.spec_options import as_fields, given_on_command_line, spec_options
+from transplant.runspec import RunSpec, cli_flags, parse_settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -37,72 +39,25 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
 @click.option("--recipe", default=None, metavar="FILE_OR_NAME",
               help="A YAML recipe (or a shipped one by name, see `transplant recipes`): its fields fill every "
                    "flag not given here; flags given here win.")
-@click.option("--model", help="Model folder, cached hub id, .gguf file, or smollm2-135m-instruct / gemma-3-270m.")
-@click.option("--new-tok", help="Target tokenizer.json or tokenizer folder.")
-@click.option("--out", type=click.Path(), help="Output folder (written atomically).")
-@click.option("--method", default="auto", show_default=True,
-              help="Initializer after exact overlap (see `transplant methods`); auto: the hypernetwork known for "
-                   "this model (`hypernet list`), else fvt, then calibration when calibration text is known.")
-@click.option("--fallback", default="mean", show_default=True, help="Initializer for tokens the method cannot make.")
-@click.option("--old-tok", default=None, help="Source tokenizer, if not the one in the model folder.")
-@click.option("--pad-to-multiple-of", type=click.IntRange(min=1), default=None, help="Round embedding rows up to a multiple.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the sampled rows (multivariate, random); the same seed gives the same checkpoint.")
-@click.option("--link", is_flag=True, help="Hard-link untouched shards instead of copying.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
-@click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the model folder.")
-@click.option("--eval-text", multiple=True, help="Score original and new model on this text (model card).")
-@click.option("--eval-bytes", type=click.IntRange(min=1), default=50_000, show_default=True, help="Score the leading whole documents up to this many bytes.")
-@click.option("--ctx", type=click.IntRange(min=1), default=1024, show_default=True, help="Evaluation context length.")
-@click.option("--encode-like", type=click.Choice(["source", "target"]), default="source", show_default=True,
-              help="What a plain tokenizer(text) adds: the source model's convention (e.g. Gemma's start token), "
-                   "re-expressed in the new tokens, or the target tokenizer's own.")
-@click.option("--language", "languages", multiple=True, metavar="CODE",
-              help="Language of the model card's metadata, e.g. de (repeatable; default: the source card's).")
-@click.option("--set", "settings", multiple=True, metavar="METHOD.OPTION=VALUE",
-              help="Set an option of a method in the chain, e.g. --set knn.k=20 (repeatable; "
-                   "`transplant methods` lists each method's options).")
-@click.option("--untie", is_flag=True,
-              help="Write a tied model with an LM head of its own (its rows may then differ from the input "
-                   "rows, e.g. be calibrated alone); costs new-vocab x hidden parameters.")
-@click.option("--calibrate-text", "calibrate_text", multiple=True, metavar="FILE",
-              help="Text in the target language/domain (e.g. the tokenizer's training text; never the "
-                   "evaluation text): fit the scale of made tokens' output rows on it by likelihood.")
-@click.option("--calibrate-tokens", type=click.IntRange(min=64), default=4096, show_default=True,
-              help="How many tokens of the calibration text to read.")
-@click.option("--no-calibrate", is_flag=True,
-              help="No output calibration, not even on the tokenizer's recorded training text (--method auto).")
-def run(recipe, model, new_tok, out, method, fallback, old_tok, pad_to_multiple_of, seed, link, overwrite,
-        trust_remote_code, eval_text, eval_bytes, ctx, encode_like, languages, settings, untie, calibrate_text,
-        calibrate_tokens, no_calibrate=False) -> None:
+@spec_options(RunSpec)
+def run(recipe, **values) -> None:
     """Transplant MODEL onto NEW_TOK and write a checkpoint to OUT (or as a --recipe says)."""
-    if recipe:  # fill the flags not given on the command line from the recipe, then run as usual
-        from transplant.recipes import merge_cli
+    ctx = click.get_current_context()
+    if recipe:  # the recipe fills the fields whose flags were not given here
+        from transplant.recipes import recipe_spec
 
-        return run.callback(**merge_cli(recipe, click.get_current_context()))
-    for value, flag in ((model, "--model"), (new_tok, "--new-tok"), (out, "--out")):
-        if not value:
-            raise click.UsageError(f"Missing option '{flag}' (or give it in a --recipe)")
-    from transplant.api import transplant
-    from transplant.methods.initializers import resolve_options
-    from transplant.methods.planner import check_methods, method_chain
-
-    methods = method.split("+") if "+" in method else method
-    if no_calibrate and calibrate_text:
+        spec = recipe_spec(recipe, as_fields({k: values[k] for k in given_on_command_line(ctx, values)}))
+    else:
+        for name, flag in cli_flags().items():
+            if name in ("model", "new_tokenizer", "out") and not values[name]:
+                raise click.UsageError(f"Missing option '{flag}' (or give it in a --recipe)")
+        spec = RunSpec.model_validate(as_fields(values), strict=False)
+    if not spec.calibrate and spec.calibrate_texts:
         raise click.UsageError("--no-calibrate and --calibrate-text contradict each other (keep one)")
-    check_methods(methods, fallback)  # before anything is loaded
-    options = parse_settings(settings)
-    resolve_options(method_chain(methods, fallback), options)  # bad options fail before anything is loaded
-    texts = read_texts(eval_text, eval_bytes) if eval_text else None
-    calibration = read_texts(calibrate_text, None) if calibrate_text else None
-    result = transplant(model, new_tok, out, method=methods, untie=untie, calibrate_texts=calibration,
-                        calibrate_tokens=calibrate_tokens, calibrate=not no_calibrate,
-                        fallback=fallback, old_tokenizer=old_tok, pad_to_multiple_of=pad_to_multiple_of, seed=seed,
-                        overwrite=overwrite, link=link, trust_remote_code=trust_remote_code, eval_texts=texts,
-                        eval_name=", ".join(Path(t).name for t in eval_text), eval_ctx=ctx,
-                        encode_like=encode_like, input_paths=list(eval_text) + list(calibrate_text),
-                        options=options or None,
-                        **({"language": list(languages)} if languages else {}))
+    from transplant.api import transplant
+
+    spec.check()  # bad methods and options fail before anything is loaded
+    result = transplant(spec)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(result.plan.counts().items(), key=lambda kv: -kv[1]))
     click.echo(f"wrote {result.output_dir} ({result.plan.new_size} rows: {counts})")
     if result.evaluation:
@@ -132,29 +87,6 @@ def recipes_cmd(checks, show) -> None:
         click.echo(f"{name:<{width}}{description}")
     click.echo("\nRun one with `transplant run --recipe NAME` (flags given there override its fields); "
                "`transplant recipes --show NAME` prints it.")
-
-
-def parse_settings(settings: tuple[str, ...] | list[str]) -> dict[str, str]:
-    """`--set` values (`METHOD.OPTION=VALUE`) as `{"METHOD.OPTION": "VALUE"}`; values stay strings.
-
-    Raises:
-        TransplantError: a setting without `=` or without a METHOD.OPTION key, or one set twice.
-
-    Example:
-        >>> parse_settings(["knn.k=20", "knn.temperature=0.5"])
-        {'knn.k': '20', 'knn.temperature': '0.5'}
-    """
-    out: dict[str, str] = {}
-    for item in settings:
-        key, eq, value = item.partition("=")
-        key = key.strip()
-        method, dot, option = key.partition(".")
-        if not eq or not (method and dot and option):
-            raise TransplantError(f"malformed --set {item!r} (expected METHOD.OPTION=VALUE, e.g. --set knn.k=20)")
-        if key in out:
-            raise TransplantError(f"option {key} is set twice (--set {key}={out[key]} and --set {item}; keep one)")
-        out[key] = value
-    return out
 
 
 def _print_eval_table(evaluation: dict, base: str | None = "original") -> None:

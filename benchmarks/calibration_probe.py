@@ -34,7 +34,8 @@ def main() -> None:
 
     from harness import method_kwargs, task_setup
     from transplant import transplant
-    from transplant.methods.calibrate import _nll_grid, final_hidden_states, fit_scale, row_buckets
+    from transplant.methods.calibrate import final_hidden_states, fit_scale, row_buckets
+    from transplant.methods.calibrate_compact import nll_grid as _nll_grid
     from transplant.measure.evaluate import pack, split_documents, take_bytes
     from transplant.io.sources import resolve_model
     from transplant.core.vocab import load_tokenizer

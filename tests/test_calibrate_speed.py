@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from transplant.methods.calibrate import (_compact_score, _hidden_states_through_rows, _pass, _quantize, final_hidden_states,
-                                  fit_scale)
+from transplant.methods.calibrate import final_hidden_states, fit_scale
+from transplant.methods.calibrate_compact import compact_score, head_pass, quantize
+from transplant.methods.calibrate_read import hidden_states_through_rows
 
 KEPT, MADE, DIM, N = 300, 20_000, 16, 1500
 
@@ -83,9 +84,9 @@ def test_compact_form_scores_like_the_full_logits(problem):
     h, y, head, made, buckets = problem
     group = torch.where(made, torch.from_numpy(buckets), -1)
     scales = np.array([[1.0, 1.0], [0.3, 1.5], [1.6, 0.5]])
-    exact_nll, exact_mass, compact = _pass(h, y, head, group, scales, bins=64)
+    exact_nll, exact_mass, compact = head_pass(h, y, head, group, scales, bins=64)
     for k, a in enumerate(scales):
-        nll, mass, _, _ = _compact_score(compact, a)
+        nll, mass, _, _ = compact_score(compact, a)
         assert nll == pytest.approx(exact_nll[k], rel=2e-5) and mass == pytest.approx(exact_mass[k], rel=1e-4)
         assert exact_nll[k] == pytest.approx(float(_exact_nll(h, y, head, buckets, torch.tensor(a).float())), rel=1e-6)
 
@@ -109,7 +110,7 @@ def test_quantize_keeps_count_sum_and_sum_of_squares_per_group():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(5, 3000, generator=g) * 4
     column_group = torch.randint(0, 3, (3000,), generator=g)  # group 2 is left out
-    values, logw = _quantize(x, column_group, 2, bins=16)
+    values, logw = quantize(x, column_group, 2, bins=16)
     w = logw.exp()
     for k in range(2):
         member = x[:, column_group == k].double()
@@ -137,7 +138,7 @@ def test_reading_through_the_used_rows_equals_a_resized_model(kind):
     chunks = [[5, 399, 17, 17, 250], [0, 1, 2, 398]]
     model = _tiny(kind)
     weight = model.get_input_embeddings().weight
-    h, y = _hidden_states_through_rows(model, lambda ids: new_rows[torch.from_numpy(ids)], chunks, 7, 400)
+    h, y = hidden_states_through_rows(model, lambda ids: new_rows[torch.from_numpy(ids)], chunks, 7, 400)
     assert model.get_input_embeddings().weight is weight  # the model's own matrix is back
     model.resize_token_embeddings(400, mean_resizing=False)
     with torch.no_grad():

@@ -27,10 +27,13 @@ from transplant.common.errors import TransplantError
 from transplant.common.progress import bar
 from transplant.common.texts import split_documents, take_bytes  # noqa: F401  (re-exported)
 from transplant.io.sources import refuse_custom_code
+from transplant.measure.lm import start_token, start_token_batches, text_config
 
 
 @dataclass
 class EvalResult:
+    """Bits per byte of a text and what they were counted over (`as_dict()` for a JSON report)."""
+
     bpb: float
     bytes_per_token: float
     nll_bits: float
@@ -48,6 +51,13 @@ class EvalResult:
 
 
 def pack(doc_ids: list[list[int]], ctx: int) -> list[list[int]]:
+    """Whole documents packed into chunks of at most `ctx` tokens; a longer one is cut into
+    `ctx`-token pieces first.
+
+    Example:
+        >>> pack([[1, 2], [3], [4, 5, 6, 7]], 3)
+        [[1, 2, 3], [4, 5, 6], [7]]
+    """
     chunks: list[list[int]] = []
     current: list[int] = []
     for ids in doc_ids:
@@ -77,8 +87,7 @@ def score(model, encode, start_id: int, texts: list[str], ctx: int = 1024, batch
     total_bytes = sum(len(d.encode("utf-8")) for d in docs)
     doc_ids = encode(docs)
     n_tokens = sum(len(x) for x in doc_ids)
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    positions = getattr(cfg, "max_position_embeddings", None)
+    positions = getattr(text_config(model.config), "max_position_embeddings", None)
     if isinstance(positions, int) and positions > 1:
         # The start token takes one position: a GPT-2 (1024 positions) scores 1023-token chunks.
         ctx = min(ctx, positions - 1)
@@ -89,21 +98,14 @@ def score(model, encode, start_id: int, texts: list[str], ctx: int = 1024, batch
     device = next(model.parameters()).device
     nll = 0.0
     pbar = bar(total=sum(len(c) for c in chunks), desc=desc, unit="tok", unit_scale=True)
-    for b in range(0, len(chunks), batch_size):
-        batch = chunks[b:b + batch_size]
-        width = max(len(c) for c in batch) + 1
-        ids = torch.full((len(batch), width), start_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, c in enumerate(batch):
-            ids[r, 1:len(c) + 1] = torch.tensor(c, dtype=torch.long)
-            mask[r, :len(c) + 1] = 1
+    for batch_tokens, ids, mask in start_token_batches(chunks, start_id, batch_size):
         ids, mask = ids.to(device), mask.to(device)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
         targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
         nll += float(torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
                                                        ignore_index=-100, reduction="sum"))
         del logits
-        pbar.update(sum(len(c) for c in batch))
+        pbar.update(batch_tokens)
     pbar.close()
     bits = nll / math.log(2)
     return EvalResult(bits / total_bytes, total_bytes / max(n_tokens, 1), bits, total_bytes, n_tokens, len(docs),
@@ -137,7 +139,7 @@ def evaluate_bpb(model_dir: str | Path, texts: list[str], tokenizer: str | Path 
     refuse_custom_code(folder, trust_remote_code)
     src = load_tokenizer(tokenizer or folder)
     vocab = src.vocabulary()
-    start = vocab.roles.get("bos", vocab.roles.get("eos"))
+    start = start_token(vocab.roles)
     if start is None:
         raise TransplantError(f"tokenizer {src.path} has neither bos nor eos; cannot start a chunk "
                               "(add a special start token)")

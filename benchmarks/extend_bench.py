@@ -57,7 +57,7 @@ def main() -> None:
         print_table(results)
         return
     from transplant.measure.evaluate import evaluate_bpb, take_bytes
-    from transplant.train.extend import extend
+    from transplant.extend import extend
 
     text = take_bytes((CORPORA / "de" / "dev.txt").read_text(encoding="utf-8"), 20_000)
     WORK.mkdir(parents=True, exist_ok=True)

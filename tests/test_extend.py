@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from transplant.common.errors import TransplantError
-from transplant.train.extend import extend
+from transplant.extend import extend
 
 import builders as B
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import transplant.api as api
+import transplant.output as api  # the writer of an output folder
 import transplant.io.outdir as outdir
 from transplant import transplant
 from transplant.common.errors import TransplantError
@@ -175,7 +175,7 @@ def test_output_gets_the_users_umask(llama_bl, tok_dirs, tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_mid_write_leaves_nothing(llama_bl, tok_dirs, tmp_path, sig):
     out = tmp_path / "out"
-    code = ("import sys, time, transplant.api as api\n"
+    code = ("import sys, time, transplant.output as api\n"
             "real = api.write_weights\n"
             "def slow(*a, **k):\n    real(*a, **k); print('writing', flush=True); time.sleep(60)\n"
             "api.write_weights = slow\n"

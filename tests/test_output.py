@@ -103,7 +103,7 @@ def test_chat_template_carried_only_when_its_tokens_exist(build_model, toks, tok
 
 
 def test_failure_while_writing_leaves_nothing(llama_bl, tok_dirs, tmp_path, monkeypatch):
-    import transplant.api as api
+    import transplant.output as api
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")

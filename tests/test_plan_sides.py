@@ -243,7 +243,7 @@ def test_in_memory_transplant_takes_the_head_side(llama_tied, tok_dirs, monkeypa
     head those rows; the tensors-only API returns them as "output"."""
     from transformers import AutoModelForCausalLM
 
-    import transplant.api as api
+    import transplant.prepare as api  # where the plan is built
     from transplant import transplant_model
 
     real = api.build_plan

@@ -238,7 +238,7 @@ def method_options(name: str) -> list[str]:
 @click.option("--overwrite", is_flag=True, help="Replace an earlier output folder.")
 def extend_cmd(model, texts, add, out, method, settings, pad_to_multiple_of, eval_texts, overwrite) -> None:
     """Learn ADD new tokens from TEXT on top of MODEL's tokenizer (old ids unchanged) and write the checkpoint."""
-    from transplant.train.extend import extend
+    from transplant.extend import extend
 
     res = extend(model, list(texts), add, out, method=method, options=parse_settings(settings) or None,
                  pad_to_multiple_of=pad_to_multiple_of, overwrite=overwrite,

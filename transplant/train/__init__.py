@@ -4,8 +4,7 @@
                         per-step seeds, checkpoints renamed into place, a log trimmed on resume
     heal*.py            healing: a short training of a transplant's new rows
     tokenizer_train.py  training the target tokenizer (BPE or Unigram, supertokens, `like=MODEL`)
-    extend.py           vocabulary extension: new tokens learned on a corpus, only their rows made
 
 Uses every layer below (see `transplant.common` for the layer rule); the front ends
-(`transplant.api`, `cli/`, ...) sit above it.
+(`transplant.api`, `transplant.extend`, `cli/`, ...) sit above it.
 """

@@ -228,7 +228,7 @@ def test_recipe_fields_and_flags(tmp_path, monkeypatch):
         config_from(str(recipe), {}, set())
     monkeypatch.delenv("EXTRA")
     recipe.write_text("model: m\ntexts: ['${EXTRA}']\nout: o\n")
-    with pytest.raises(TransplantError, match="unset environment variable"):
+    with pytest.raises(TransplantError, match=r"texts reads \$\{EXTRA\}, which is not set \(set it, or pass --text\)"):
         config_from(str(recipe), {}, set())
 
 

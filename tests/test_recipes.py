@@ -277,3 +277,34 @@ def test_recipes_command_lists_checks_and_shows(workspace, monkeypatch, capsys):
     proc = run_inproc(["recipes", "--check", bad], monkeypatch, capsys)
     assert proc.returncode == 2 and proc.stderr.strip() == (
         f"error: recipe {bad}: fallback expects a method name, not ['mean']")
+
+
+# -- one declaration: RunSpec ------------------------------------------------------------------------
+
+def test_every_run_field_is_a_flag_a_recipe_key_and_an_api_keyword():
+    """A run option is declared once, in RunSpec: the CLI, recipes and the API all follow it."""
+    import inspect
+
+    from transplant.api import transplant
+    from transplant.cli.commands import run
+    from transplant.runspec import RunSpec
+
+    options = {p.name: p for p in run.params}
+    api = set(inspect.signature(transplant).parameters)
+    for name, field in RunSpec.model_fields.items():
+        flag = field.json_schema_extra["flag"]
+        assert (flag is None) == (name in {"description", "resources"}), name
+        if flag:
+            assert flag in options[name].opts and options[name].help == field.description, name
+        if name not in {"description", "resources", "eval_bytes"}:  # the API takes texts, not a byte budget
+            assert name in api, name
+
+
+def test_a_recipe_can_turn_calibration_off(tmp_path):
+    recipe = write(tmp_path / "r.yaml", "model: m\nnew_tokenizer: t\nout: o\ncalibrate: false\n")
+    write(tmp_path / "t", "")
+    assert load_recipe(recipe).calibrate is False
+    assert recipe_kwargs(recipe)["calibrate"] is False
+    bad = write(tmp_path / "bad.yaml", "model: m\nnew_tokenizer: t\nout: o\ncalibrate: sometimes\n")
+    with pytest.raises(RecipeError, match="calibrate expects true or false, not 'sometimes'"):
+        load_recipe(bad)

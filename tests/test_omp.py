@@ -9,7 +9,8 @@ from safetensors.torch import load_file, save_file
 
 from transplant import TransplantError, transplant
 from transplant.core.align import Alignment
-from transplant.methods.sparse_coding import omp, residuals, spherical_kmeans
+from transplant.methods.kmeans import spherical_kmeans
+from transplant.methods.sparse_coding import omp, residuals
 from transplant.core.vocab import SPECIAL, load_tokenizer
 
 

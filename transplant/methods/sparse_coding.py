@@ -45,6 +45,7 @@ from typing import Callable
 import torch
 
 from transplant.common.progress import bar
+from transplant.methods.kmeans import normalise, spherical_kmeans
 
 RULES = ("omp", "ormp")
 
@@ -215,7 +216,7 @@ def _grouped(Y, D, k, M, P, explore, group_size, rule, tol, fit, seed, progress)
     group's centroid plus a random sample) and its Gram matrix; per target M candidates (its
     nearest in the pool plus the random sample). Small groups are pursued together in waves."""
     n, m = Y.shape[0], D.shape[0]
-    Dn = _normalise(D)
+    Dn = normalise(D)
     alive = (D * D).sum(1) > 0
     # At least MIN_GROUPS groups, so a few thousand targets still get tight groups (a group of
     # one target pools that target's own nearest atoms).
@@ -412,49 +413,9 @@ def _refit(gram: torch.Tensor, rhs: torch.Tensor, valid: torch.Tensor, ridge: fl
     return (u * v).to(torch.float32)
 
 
-# -- grouping ---------------------------------------------------------------------------------------
-
-def spherical_kmeans(X: torch.Tensor, groups: int, iters: int = 8, sample_per_group: int = 48,
-                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine k-means of the rows of `X` (normalised): (centroids (groups, d), assignment (n,)).
-
-    Trained on a sample of about `sample_per_group` rows per group, then every row is assigned
-    to its closest centroid (one chunked matrix product).
-
-    Example:
-        >>> c, a = spherical_kmeans(torch.randn(1000, 8), 10)
-        >>> c.shape, a.shape
-        (torch.Size([10, 8]), torch.Size([1000]))
-    """
-    X = _normalise(X.to(torch.float32))
-    n = X.shape[0]
-    groups = max(1, min(groups, n))
-    gen = torch.Generator().manual_seed(seed)
-    sample = X[torch.randperm(n, generator=gen)[: min(n, groups * sample_per_group)]]
-    cent = sample[torch.randperm(len(sample), generator=gen)[:groups]].clone()
-    for _ in range(iters):
-        assign = _closest(sample, cent)
-        sums = torch.zeros_like(cent).index_add_(0, assign, sample)
-        counts = torch.bincount(assign, minlength=groups)
-        empty = counts == 0
-        if bool(empty.any()):  # re-seed empty groups with random sample rows
-            sums[empty] = sample[torch.randint(len(sample), (int(empty.sum()),), generator=gen)]
-        cent = _normalise(sums)
-    return cent, _closest(X, cent)
-
-
-def _closest(X: torch.Tensor, cent: torch.Tensor) -> torch.Tensor:
-    chunk = max(1, (64 << 20) // (4 * max(1, cent.shape[0])))
-    return torch.cat([(X[i:i + chunk] @ cent.T).argmax(1) for i in range(0, X.shape[0], chunk)])
-
-
-def _normalise(X: torch.Tensor) -> torch.Tensor:
-    return X / torch.linalg.vector_norm(X, dim=1, keepdim=True).clamp_min(1e-30)
-
-
 def default_candidates(k: int) -> int:
     """Candidate atoms per target when none are given: 4 k (the speed/quality point measured best)."""
     return 4 * k
 
 
-__all__ = ["omp", "residuals", "spherical_kmeans", "default_candidates", "RULES", "DEFAULT_TOL"]
+__all__ = ["omp", "residuals", "default_candidates", "RULES", "DEFAULT_TOL"]

@@ -15,7 +15,7 @@ from test_cli_errors import assert_clean_failure
 from transplant.common.errors import TransplantError
 from transplant.methods.initializers import InitContext, Option, declared_options, format_options, resolve_options
 from transplant.methods.initializers import registry
-from transplant.core.plan import MEAN, Row
+from transplant.core.plan import MEAN, Made, Row
 from transplant.methods.planner import method_chain
 
 
@@ -31,9 +31,9 @@ class KnobInitializer(registry.BaseInitializer):
         "flag": Option("flag", bool, False),
     }
 
-    def assign(self, ctx: InitContext, todo: list[int]) -> dict[int, Row]:
+    def assign(self, ctx: InitContext, todo: list[int]) -> Made:
         opts = ctx.options_for(self.name)
-        return {i: Row(opts["label"], kind=MEAN) for i in todo[:opts["k"]]}
+        return Made(rows={i: Row(opts["label"], kind=MEAN) for i in todo[:opts["k"]]})
 
 
 DEFAULTS = {"k": 3, "temperature": 1.0, "label": "knob", "flag": False}

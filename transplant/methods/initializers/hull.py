@@ -14,8 +14,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from transplant.methods.auxspace import get_space, nearest
-from transplant.core.plan import RowBlock
+from transplant.methods.auxspace import get_space, nearest, space_option
+from transplant.core.plan import Made, RowBlock
 from transplant.common.progress import bar
 from transplant.methods.initializers.registry import BaseInitializer, InitContext, Option
 
@@ -86,10 +86,10 @@ class HullInitializer(BaseInitializer):
     options: ClassVar[dict[str, Option]] = {
         "k": Option("k", int, 10, "nearest old tokens the hull is spanned by"),
         "iterations": Option("iterations", int, 300, "projected-gradient (FISTA) steps"),
-        "space": Option("space", str, "minilm", "auxiliary space: minilm, model or fasttext:PATH"),
+        "space": space_option(),
     }
 
-    def assign(self, ctx: InitContext, todo: list[int]) -> RowBlock:
+    def assign(self, ctx: InitContext, todo: list[int]) -> Made:
         opts = ctx.options_for(self.name)
         space = get_space(ctx, opts["space"])
         ids = np.asarray(todo, dtype=np.int64)
@@ -97,7 +97,8 @@ class HullInitializer(BaseInitializer):
         placed = np.linalg.norm(queries, axis=1) > 0
         ids, queries = ids[placed], queries[placed]
         if not len(ids):
-            return RowBlock(ids, np.zeros((0, 1), np.int64), np.zeros((0, 1), np.float32), source=self.name)
+            return Made(blocks=[RowBlock(ids, np.zeros((0, 1), np.int64), np.zeros((0, 1), np.float32),
+                                         source=self.name)])
         _, nbrs = nearest(ctx, space, queries, max(1, opts["k"]))
         mask = nbrs >= 0
         k = nbrs.shape[1]
@@ -116,4 +117,4 @@ class HullInitializer(BaseInitializer):
         weights = simplex_least_squares(gram, corr, torch.from_numpy(mask), opts["iterations"], init).numpy()
         weights[~mask] = 0.0
         made = mask.any(1)
-        return RowBlock(ids[made], np.maximum(nbrs[made], 0), weights[made], source=self.name)
+        return Made(blocks=[RowBlock(ids[made], np.maximum(nbrs[made], 0), weights[made], source=self.name)])

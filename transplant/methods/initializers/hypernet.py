@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from transplant.common.errors import TransplantError
-from transplant.core.plan import RowBlock
+from transplant.common.fingerprint import file_fingerprint
+from transplant.core.plan import Made, RowBlock
 from transplant.common.progress import stage
 from transplant.methods.initializers.registry import BaseInitializer, InitContext, Option
 
@@ -36,10 +37,9 @@ class HyperNetInitializer(BaseInitializer):
                               "tied model stays tied (default: the head's own prediction, written untied)"),
     }
 
-    def assign(self, ctx: InitContext, todo: list[int]) -> list[RowBlock]:
+    def assign(self, ctx: InitContext, todo: list[int]) -> Made:
+        # On first use only: importing the hypernet package loads its training code too.
         from hypernet.model import HyperNet
-
-        from transplant.common.fingerprint import file_fingerprint
 
         opts = ctx.options_for(self.name)
         if not opts["path"]:
@@ -63,7 +63,7 @@ class HyperNetInitializer(BaseInitializer):
                 ids.append(i)
                 decs.append(list(pieces))
         if not ids:
-            return []
+            return Made()
         stage(f"hypernet: predicting {len(ids)} rows (network of {net.config.base_model or 'this model'}, "
               f"embeddings match at cosine {cosine:.3f})")
         pred_in, pred_out = net.predict(decs, E_in, E_out)
@@ -71,4 +71,4 @@ class HyperNetInitializer(BaseInitializer):
         output = None
         if E_out is not None or not opts["tied_output"]:
             output = RowBlock(ids_arr, values=pred_out.numpy(), source=self.name)
-        return [RowBlock(ids_arr, values=pred_in.numpy(), source=self.name, output=output)]
+        return Made(blocks=[RowBlock(ids_arr, values=pred_in.numpy(), source=self.name, output=output)])

@@ -6,8 +6,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from transplant.methods.auxspace import get_space, nearest
-from transplant.core.plan import RowBlock
+from transplant.methods.auxspace import get_space, nearest, space_option
+from transplant.core.plan import Made, RowBlock
 from transplant.methods.initializers.registry import BaseInitializer, InitContext, Option
 
 
@@ -42,11 +42,11 @@ class KNNInitializer(BaseInitializer):
     options: ClassVar[dict[str, Option]] = {
         "k": Option("k", int, 10, "neighbours per new token"),
         "temperature": Option("temperature", float, 0.1, "softmax temperature over cosine similarities"),
-        "space": Option("space", str, "minilm", "auxiliary space: minilm, model or fasttext:PATH"),
+        "space": space_option(),
         "min_similarity": Option("min_similarity", float, -1.0, "neighbours below this cosine are ignored"),
     }
 
-    def assign(self, ctx: InitContext, todo: list[int]) -> RowBlock:
+    def assign(self, ctx: InitContext, todo: list[int]) -> Made:
         opts = ctx.options_for(self.name)
         space = get_space(ctx, opts["space"])
         ids = np.asarray(todo, dtype=np.int64)
@@ -57,4 +57,4 @@ class KNNInitializer(BaseInitializer):
         keep = (nbrs >= 0) & (sims >= opts["min_similarity"])
         weights = softmax_rows(sims, opts["temperature"], keep)
         made = keep.any(1)
-        return RowBlock(ids[made], np.maximum(nbrs[made], 0), weights[made], source=self.name)
+        return Made(blocks=[RowBlock(ids[made], np.maximum(nbrs[made], 0), weights[made], source=self.name)])

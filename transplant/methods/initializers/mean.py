@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transplant.core.plan import MEAN, Row
+from transplant.core.plan import MEAN, Made, Row
 from transplant.methods.initializers.registry import BaseInitializer, InitContext
 
 
@@ -17,5 +17,5 @@ class MeanInitializer(BaseInitializer):
     description = "mean of all old rows (what resize_token_embeddings does)"
     complete = True  # makes every token it is asked for: may serve as --fallback
 
-    def assign(self, ctx: InitContext, todo: list[int]) -> dict[int, Row]:
-        return {i: Row("mean", kind=MEAN) for i in todo}
+    def assign(self, ctx: InitContext, todo: list[int]) -> Made:
+        return Made(rows={i: Row("mean", kind=MEAN) for i in todo})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transplant.core.plan import MULTIVARIATE, Row
+from transplant.core.plan import MULTIVARIATE, Made, Row
 from transplant.methods.initializers.registry import BaseInitializer, InitContext
 
 
@@ -17,5 +17,5 @@ class MultivariateInitializer(BaseInitializer):
     description = "sampled from a normal with the old rows' mean and covariance (Hewitt 2021)"
     complete = True  # makes every token it is asked for: may serve as --fallback
 
-    def assign(self, ctx: InitContext, todo: list[int]) -> dict[int, Row]:
-        return {i: Row("multivariate", kind=MULTIVARIATE) for i in todo}
+    def assign(self, ctx: InitContext, todo: list[int]) -> Made:
+        return Made(rows={i: Row("multivariate", kind=MULTIVARIATE) for i in todo})

@@ -29,10 +29,13 @@ import numpy as np
 import torch
 
 from transplant.common.errors import TransplantError
-from transplant.core.plan import RowBlock
 from transplant.common.progress import stage
+from transplant.core.plan import Made, RowBlock
 from transplant.core.vocab import ADDED, BYTE, NORMAL, SPECIAL, Vocabulary
+from transplant.methods.auxspace import get_space, space_option
 from transplant.methods.initializers.registry import BaseInitializer, InitContext, Option
+from transplant.methods.resources import Resources
+from transplant.methods.sparse_coding import RULES, default_candidates, omp
 
 # A donor "uses the new tokenizer" when at least this share of the new vocabulary's text tokens
 # are in its vocabulary with the same bytes (a few added tokens may differ; another tokenizer
@@ -63,11 +66,10 @@ class OMPInitializer(BaseInitializer):
                           "are spread over the whole vocabulary), measured to transfer worse"),
         "rule": Option("rule", str, "ormp", "atom selection: omp (highest |cosine| with the residual) or ormp "
                        "(largest residual decrease; measured to transfer better)"),
-        "space": Option("space", str, "model", "auxiliary space when there is no donor: model, minilm or "
-                        "fasttext:PATH"),
+        "space": space_option("model", when="when there is no donor"),
     }
 
-    def assign(self, ctx: InitContext, todo: list[int]) -> RowBlock | list[RowBlock]:
+    def assign(self, ctx: InitContext, todo: list[int]) -> Made:
         opts = ctx.options_for(self.name)
         _check(opts)
         res = ctx.need_resources(self.name)
@@ -76,7 +78,7 @@ class OMPInitializer(BaseInitializer):
         return self._in_space(ctx, todo, opts)
 
     # -- with a donor ------------------------------------------------------------------------
-    def _with_donor(self, ctx: InitContext, res, todo: list[int], opts: dict) -> list[RowBlock]:
+    def _with_donor(self, ctx: InitContext, res: Resources, todo: list[int], opts: dict) -> Made:
         spec = opts["donor"]
         donor = res.donor(spec)
         new = ctx.alignment.new
@@ -90,7 +92,7 @@ class OMPInitializer(BaseInitializer):
         atom_old, atom_donor = shared_atoms(ctx.alignment, to_donor)
         ids = np.array([i for i in todo if to_donor[i] >= 0], dtype=np.int64)
         if not len(ids) or not len(atom_donor):
-            return []
+            return Made()
         target_donor = torch.from_numpy(to_donor[ids])
         atom_rows = torch.from_numpy(atom_donor)
         sides = [("input", donor.input)] + ([] if donor.tied else [("output", donor.output)])
@@ -100,7 +102,7 @@ class OMPInitializer(BaseInitializer):
             keep &= torch.linalg.vector_norm(matrix[target_donor], dim=1) > 0
         ids, target_donor = ids[keep.numpy()], target_donor[keep]
         if not len(ids):
-            return []
+            return Made()
         blocks = {}
         for side, matrix in sides:
             stage(f"omp: {len(ids)} tokens over {len(atom_donor)} shared tokens of donor {spec} ({side} side)")
@@ -108,33 +110,29 @@ class OMPInitializer(BaseInitializer):
             blocks[side] = RowBlock(ids, atom_old[idx.numpy()], coef.numpy(), source=self.name)
         block = blocks["input"]
         block.output = blocks.get("output")
-        return [block]
+        return Made(blocks=[block])
 
     # -- without a donor ---------------------------------------------------------------------
-    def _in_space(self, ctx: InitContext, todo: list[int], opts: dict) -> list[RowBlock]:
-        from transplant.methods.auxspace import get_space
-
+    def _in_space(self, ctx: InitContext, todo: list[int], opts: dict) -> Made:
         space = get_space(ctx, opts["space"])
         atoms = np.nonzero(np.asarray(space.old_valid))[0].astype(np.int64)
         ids = np.asarray(todo, dtype=np.int64)
         if not len(ids) or not len(atoms):
-            return []
+            return Made()
         Y = torch.as_tensor(space.new(ids), dtype=torch.float32)
         keep = (torch.isfinite(Y).all(1) & (torch.linalg.vector_norm(Y, dim=1) > 0)).numpy()
         ids, Y = ids[keep], Y[torch.from_numpy(keep)]
         if not len(ids):
-            return []
+            return Made()
         D = torch.as_tensor(space.old, dtype=torch.float32)[torch.from_numpy(atoms)]
         stage(f"omp: {len(ids)} tokens over {len(atoms)} old tokens in the {opts['space']} space")
         # Aux vectors are centred and normalised, so only an affine mix (weights summing to one)
         # means the same thing among the source rows.
         idx, coef = _pursue(Y, D, opts, affine=True)
-        return [RowBlock(ids, atoms[idx.numpy()], coef.numpy(), source=self.name)]
+        return Made(blocks=[RowBlock(ids, atoms[idx.numpy()], coef.numpy(), source=self.name)])
 
 
 def _check(opts: dict) -> None:
-    from transplant.methods.sparse_coding import RULES
-
     if opts["k"] < 1:
         raise TransplantError(f"omp.k must be at least 1, not {opts['k']}")
     if opts["candidates"] < -1:
@@ -146,8 +144,6 @@ def _check(opts: dict) -> None:
 
 
 def _pursue(Y: torch.Tensor, D: torch.Tensor, opts: dict, affine: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    from transplant.methods.sparse_coding import default_candidates, omp
-
     k = opts["k"]
     cand = opts["candidates"]
     candidates = None if cand == -1 else (cand or default_candidates(k))

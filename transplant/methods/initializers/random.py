@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transplant.core.plan import RANDOM, Row
+from transplant.core.plan import RANDOM, Made, Row
 from transplant.methods.initializers.registry import BaseInitializer, InitContext
 
 
@@ -17,5 +17,5 @@ class RandomInitializer(BaseInitializer):
     description = "baseline: isotropic normal noise at the old rows' scale"
     complete = True  # makes every token it is asked for: may serve as --fallback
 
-    def assign(self, ctx: InitContext, todo: list[int]) -> dict[int, Row]:
-        return {i: Row("random", kind=RANDOM) for i in todo}
+    def assign(self, ctx: InitContext, todo: list[int]) -> Made:
+        return Made(rows={i: Row("random", kind=RANDOM) for i in todo})

@@ -1,8 +1,9 @@
 """Initializers by name, imported lazily so heavy optional dependencies load only when used.
 
-Adding an initializer is one new file in this folder plus one line in `_REGISTRY`. An initializer
-declares its tunable settings in `options` (name -> `Option`); a run sets them as `METHOD.OPTION`
-keys (`transplant run --set knn.k=20`), checked and typed by `resolve_options`.
+Adding an initializer is one new file in this folder (a `BaseInitializer` subclass) plus one line
+in `_REGISTRY`. An initializer declares its tunable settings in `options` (name -> `Option`); a
+run sets them as `METHOD.OPTION` keys (`transplant run --set knn.k=20`), checked and typed by
+`resolve_options`.
 
 Example:
     >>> get_initializer("fvt").name
@@ -11,14 +12,16 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from importlib import import_module
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
-from transplant.core.align import Alignment
 from transplant.common.errors import TransplantError
-from transplant.core.plan import Row, RowBlock  # noqa: F401  (the types methods return)
+from transplant.common.optional import missing_package
+from transplant.core.align import Alignment
+from transplant.core.plan import Made
+from transplant.methods.initializers.options import Option  # part of the contract: initializers import it here
+from transplant.methods.resources import Resources
 
 # name -> "module:Class" in this folder (imported on first use), or the class itself.
 _REGISTRY: dict[str, str | type] = {
@@ -38,71 +41,9 @@ _REGISTRY: dict[str, str | type] = {
 }
 
 
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-
-
-@dataclass(frozen=True)
-class Option:
-    """One setting an initializer accepts: its name, type (int, float, str or bool), default and help.
-
-    Example:
-        >>> Option("k", int, 20, "neighbours per new token").parse("32")
-        32
-    """
-
-    name: str
-    type: type
-    default: Any
-    help: str = ""
-
-    def parse(self, value: Any) -> Any:
-        """`value` (a command-line string or an already typed value) as this option's type.
-
-        Raises:
-            ValueError: the value is not one of this type (the message says what was expected).
-        """
-        if self.type is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-                return value.strip().lower() in _TRUE
-            raise ValueError(f"expects true or false, not {value!r}")
-        if self.type is str:
-            if isinstance(value, str):
-                return value
-            raise ValueError(f"expects a string, not {value!r}")
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise ValueError(f"expects {_TYPE_WORDS[self.type]}, not {value!r}")
-        try:
-            if self.type is int and isinstance(value, float):
-                raise ValueError
-            parsed = self.type(value.strip() if isinstance(value, str) else value)
-        except ValueError:
-            raise ValueError(f"expects {_TYPE_WORDS[self.type]}, not {value!r}") from None
-        if isinstance(parsed, float) and not math.isfinite(parsed):
-            raise ValueError(f"expects a finite number, not {value!r}")
-        return parsed
-
-    def describe(self) -> str:
-        """`type, default VALUE` (e.g. `int, default 20`)."""
-        default = str(self.default).lower() if self.type is bool else self.default
-        if default == "":
-            default = '"" (unset)'
-        return f"{self.type.__name__}, default {default}"
-
-
-_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-
-
-class BaseInitializer:
-    """Shared defaults of initializers: no options."""
-
-    options: ClassVar[dict[str, Option]] = {}
-
-
 @dataclass
 class InitContext:
-    """What an initializer may look at: the alignment and its validated options.
+    """What an initializer may look at: the alignment, its validated options and the run's resources.
 
     `options` maps method name -> option name -> typed value (see `resolve_options`).
 
@@ -114,11 +55,11 @@ class InitContext:
     alignment: Alignment
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The door to everything else a method may read (old matrices, a donor, vectors, indices):
-    # lazily loaded and cached, see `transplant.methods.resources.Resources`. None in bare unit tests.
-    resources: Any = None
+    # lazily loaded and cached. None in bare unit tests.
+    resources: Resources | None = None
     seed: int = 0
 
-    def need_resources(self, method: str):
+    def need_resources(self, method: str) -> Resources:
         """The run's resources, or a one-line error naming what `method` needs."""
         if self.resources is None:
             raise TransplantError(f"method {method} needs the model's embeddings (plan through transplant(), "
@@ -130,22 +71,50 @@ class InitContext:
         return {**defaults(method), **self.options.get(method, {})}
 
 
-class Initializer(Protocol):
-    name: str
-    options: dict[str, Option]
+class BaseInitializer:
+    """The contract of an initializer: subclass it, set the class attributes, write `assign`.
 
-    def assign(self, ctx: InitContext, todo: list[int]) -> "dict[int, Row] | RowBlock | list[RowBlock]":
+    Class attributes:
+        name: the registry name (`--method NAME`, `--set NAME.OPTION=VALUE`).
+        description: one line for `transplant methods` (empty: the class docstring's first line).
+        complete: True when `assign` makes every token it is asked for, so the method may be a
+            `--fallback` (mean, multivariate, random).
+        options: the settings it accepts, name -> `Option`; `ctx.options_for(self.name)` gives
+            them typed, defaults filled in.
+
+    Anything beyond the alignment (old matrices, a donor model, fastText vectors, auxiliary
+    spaces) is read through `ctx.need_resources(self.name)`, a `Resources`, which loads it once,
+    caches it and records its fingerprint in the plan: a method never opens files itself.
+
+    Example:
+        >>> from transplant.core.plan import Made, Row
+        >>> class Copy(BaseInitializer):
+        ...     name = "copy0"
+        ...     description = "every token gets old row 0"
+        ...     def assign(self, ctx, todo):
+        ...         return Made(rows={i: Row(self.name, (0,), (1.0,)) for i in todo})
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    complete: ClassVar[bool] = False
+    options: ClassVar[dict[str, Option]] = {}
+
+    def assign(self, ctx: InitContext, todo: list[int]) -> Made:
         """Rows for those of `todo` (new ids) this method can make; the rest go down the chain.
 
-        Small methods return `{new_id: Row}`; methods making many rows return `RowBlock`s (arrays).
+        Returns:
+            `Made`: single `Row`s by id (few rows, or statistical kinds) and/or `RowBlock`s (many
+            rows as arrays), each id of `todo` at most once.
         """
+        raise NotImplementedError
 
 
 def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_initializer(name: str) -> Initializer:
+def get_initializer(name: str) -> BaseInitializer:
     if name not in _REGISTRY:
         raise TransplantError(f"unknown method {name!r} (choose one of: {', '.join(available())})")
     target = _REGISTRY[name]
@@ -157,15 +126,13 @@ def get_initializer(name: str) -> Initializer:
     except ModuleNotFoundError as exc:
         if (exc.name or "").startswith(__package__):
             raise
-        from transplant.common.optional import missing_package
-
         raise TransplantError(missing_package(exc, f"method {name!r}")) from None
     return getattr(found, cls)()
 
 
 def declared_options(name: str) -> dict[str, Option]:
     """The options method `name` declares (empty for a method without any)."""
-    return dict(getattr(get_initializer(name), "options", None) or {})
+    return dict(get_initializer(name).options)
 
 
 def defaults(name: str) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transplant.core.plan import MEAN, Row
+from transplant.core.plan import MEAN, Made, Row
 from transplant.methods.initializers.registry import BaseInitializer, InitContext
 
 
@@ -16,9 +16,9 @@ class SpecialInitializer(BaseInitializer):
     name = "special"
     description = "special tokens: the old row of the same token, else of the token with the same role (bos, eos, chat turns)"
 
-    def assign(self, ctx: InitContext, todo: list[int]) -> dict[int, Row]:
+    def assign(self, ctx: InitContext, todo: list[int]) -> Made:
         rows = ctx.alignment.special_rows
         made = {i: Row("special", (rows[i],), (1.0,)) for i in todo if i in rows}
         # A pad without a pad of its own in the old model: the mean row, which never wins the argmax.
         made.update({i: Row("special-mean", kind=MEAN) for i in todo if i in ctx.alignment.never_win})
-        return made
+        return Made(rows=made)

@@ -14,8 +14,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from transplant.methods.auxspace import get_space, nearest, pieces_of
-from transplant.core.plan import RowBlock
+from transplant.methods.auxspace import get_space, nearest, pieces_of, space_option
+from transplant.core.plan import Made, RowBlock
 from transplant.methods.initializers.knn import softmax_rows
 from transplant.methods.initializers.registry import BaseInitializer, InitContext, Option
 
@@ -66,7 +66,7 @@ class TokenAdaptInitializer(BaseInitializer):
     name = "tokenadapt"
     description = "TokenAdapt hybrid: pieces weighted by similarity and length, blended with global neighbours"
     options: ClassVar[dict[str, Option]] = {
-        "space": Option("space", str, "minilm", "auxiliary space: minilm, model or fasttext:PATH"),
+        "space": space_option(),
         "local_temperature": Option("local_temperature", float, 0.3, "softmax temperature over piece scores"),
         "global_k": Option("global_k", int, 3, "neighbours of the global estimate"),
         "min_similarity": Option("min_similarity", float, 0.6, "neighbours below this cosine are ignored"),
@@ -74,7 +74,7 @@ class TokenAdaptInitializer(BaseInitializer):
         "local_weight": Option("local_weight", float, 0.7, "share of the local estimate when both exist"),
     }
 
-    def assign(self, ctx: InitContext, todo: list[int]) -> RowBlock:
+    def assign(self, ctx: InitContext, todo: list[int]) -> Made:
         opts = ctx.options_for(self.name)
         space = get_space(ctx, opts["space"])
         align = ctx.alignment
@@ -111,7 +111,7 @@ class TokenAdaptInitializer(BaseInitializer):
 
         indices, weights = blend(local_idx, local_w, global_idx, global_w, opts["local_weight"])
         made = weights.sum(1) > 0
-        return RowBlock(ids[made], indices[made], weights[made], source=self.name)
+        return Made(blocks=[RowBlock(ids[made], indices[made], weights[made], source=self.name)])
 
 
 def _chars(vocab, idx: int) -> int:

@@ -23,7 +23,7 @@ import torch
 
 from transplant.methods.crosslingual import fit_alignment, normalize, token_text, word_vectors
 from transplant.common.errors import TransplantError
-from transplant.core.plan import RowBlock
+from transplant.core.plan import Made, RowBlock
 from transplant.common.progress import bar
 from transplant.core.vocab import ADDED, BYTE, NORMAL
 from transplant.methods.initializers.registry import BaseInitializer, InitContext, Option
@@ -88,7 +88,7 @@ class WECHSELInitializer(BaseInitializer):
         "identical": Option("identical", bool, False, "also align on words spelled the same in both languages"),
     }
 
-    def assign(self, ctx: InitContext, todo: list[int]) -> list[RowBlock]:
+    def assign(self, ctx: InitContext, todo: list[int]) -> Made:
         opts = ctx.options_for(self.name)
         for key, need in _NEEDS.items():
             if not opts[key]:
@@ -107,7 +107,8 @@ class WECHSELInitializer(BaseInitializer):
         old_ids, old_vecs = word_token_vectors(source, old, list(range(len(old))))
         new_ids, new_vecs = word_token_vectors(target, new, todo)
         if not len(old_ids) or not len(new_ids):
-            return []
+            return Made()
         # A rotation keeps unit length, so the rotated rows stay unit rows.
         old_vecs = old_vecs @ rotation
-        return neighbour_rows(new_ids, new_vecs, old_ids, old_vecs, opts["k"], opts["temperature"], self.name)
+        return Made(blocks=neighbour_rows(new_ids, new_vecs, old_ids, old_vecs, opts["k"], opts["temperature"],
+                                          self.name))

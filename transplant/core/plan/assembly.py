@@ -38,7 +38,9 @@ class PlanAssembly:
         Blocks stay arrays all the way (a (n, k) block becomes CSR by reshaping, not by tuples).
         """
         fill = fill or Row("pad", kind=MEAN)
-        frags = [_Fragment.of_rows(rows)] + [_Fragment.of_block(b) for b in blocks]
+        # An empty block (a method that placed none of the tokens it was asked for) adds nothing,
+        # not even an output side; its arrays may have any width, so it is never reshaped.
+        frags = [_Fragment.of_rows(rows)] + [_Fragment.of_block(b) for b in blocks if b.n]
         covered = np.zeros(size, dtype=bool)
         for f in frags:
             if len(f.ids) and (f.ids.min() < 0 or f.ids.max() >= size):

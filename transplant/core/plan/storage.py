@@ -17,8 +17,8 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from transplant.common.errors import TransplantError
+from transplant.common.safetensors_header import validate_shard
 from transplant.core.plan.types import KIND_NAMES, OVERRIDE
-from transplant.io.shardio import validate_shard
 
 PLAN_WEIGHTS = "transplant_plan.safetensors"
 PLAN_JSON = "transplant_plan.json"

@@ -93,6 +93,8 @@ class BaseInitializer:
         ...     description = "every token gets old row 0"
         ...     def assign(self, ctx, todo):
         ...         return Made(rows={i: Row(self.name, (0,), (1.0,)) for i in todo})
+        >>> Copy().assign(None, [3, 5]).ids().tolist()
+        [3, 5]
     """
 
     name: ClassVar[str] = ""
@@ -111,10 +113,13 @@ class BaseInitializer:
 
 
 def available() -> list[str]:
+    """The registered method names, sorted."""
     return sorted(_REGISTRY)
 
 
 def get_initializer(name: str) -> BaseInitializer:
+    """An instance of method `name` (its module imported on first use; a one-line error when its
+    optional package is missing)."""
     if name not in _REGISTRY:
         raise TransplantError(f"unknown method {name!r} (choose one of: {', '.join(available())})")
     target = _REGISTRY[name]

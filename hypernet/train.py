@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,12 +37,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from hypernet.data import TextPool, TokenizerSampler, withheld_decompositions
+from hypernet.model import HyperNet, pad_pieces, parameter_count
 from transplant.common.errors import TransplantError
 from transplant.common.progress import bar, stage
-from transplant.train.trainloop import LOG_FILE, Checkpoints, any_process, restore, step_seed
-
-from .model import HyperNet, pad_pieces, parameter_count
-
+from transplant.core.vocab import Vocabulary
+from transplant.measure.lm import embed_scale, logit_softcap, start_token, with_start_token
+from transplant.train.trainloop import (LOG_FILE, Checkpoints, any_process, append_log, begin_step, budget_spent,
+                                        optimizer_step, restore, training_accelerator, warm_up)
 
 
 @dataclass
@@ -95,19 +96,17 @@ def load_source(spec: str, device: torch.device | str = "cpu"):
     return lm, E_in, E_out, folder
 
 
-def train(cfg: TrainConfig, *, die_at_step: int | None = None) -> Path:
+def train(cfg: TrainConfig) -> Path:
     """Train (or resume) a hypernetwork; returns the output folder holding the trained network.
 
-    `die_at_step` ends the process abruptly (os._exit) before that step, for resume tests.
+    Example:
+        >>> out = train(TrainConfig(model=model_dir, texts=[text_file], out="hn", stage1_steps=2,
+        ...                         stage1_batch=32, width=16, layers=1))
+        >>> HyperNet.load(out).config.layers
+        1
     """
-    from accelerate import Accelerator
-
     out = Path(cfg.out)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    if not accelerator.is_main_process:  # one process speaks
-        from transplant.common.progress import set_quiet
-
-        set_quiet(True)
+    accelerator = training_accelerator()
     device = accelerator.device
     ckpts = Checkpoints(out, cfg.keep_checkpoints)
     latest = ckpts.latest()
@@ -124,11 +123,7 @@ def train(cfg: TrainConfig, *, die_at_step: int | None = None) -> Path:
 
     stage(f"hypernet: loading {cfg.model}")
     lm, E_in, E_out, folder = load_source(cfg.model, device)
-    from tokenizers import Tokenizer
-
-    from transplant.core.vocab import Vocabulary
-
-    from .data import TextPool, TokenizerSampler, withheld_decompositions
+    from tokenizers import Tokenizer  # a heavy import, only when a run starts
 
     old_tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     old_vocab = Vocabulary.from_tokenizer(old_tok)
@@ -174,22 +169,13 @@ def train(cfg: TrainConfig, *, die_at_step: int | None = None) -> Path:
             a, b = forward([decomps[i] for i in held_idx], core)
             return float(withheld_loss(held_idx, a, b))
 
-    log_path = out / LOG_FILE
-
     def log(record: dict) -> None:
         if accelerator.is_main_process:
-            with open(log_path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-
-    def set_lr(value: float) -> None:
-        for g in opt.param_groups:
-            g["lr"] = value
+            append_log(out / LOG_FILE, record)
 
     def take_step(loss: torch.Tensor, key: str, started: float, pbar) -> int:
         """One optimizer step and its bookkeeping (`key`: "stage1" or "stage2"); returns the step."""
-        opt.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        opt.step()
+        optimizer_step(accelerator, opt, loss)
         state["step"] += 1
         state[f"{key}_done"] += 1
         state[f"{key}_seconds"] += time.perf_counter() - started
@@ -197,11 +183,10 @@ def train(cfg: TrainConfig, *, die_at_step: int | None = None) -> Path:
         return state["step"]
 
     def warm(base_lr: float, done: int) -> None:
-        set_lr(base_lr * min(1.0, (done + 1) / max(1, cfg.warmup)))
+        warm_up(opt, base_lr, done + 1, cfg.warmup)
 
     def should_stop(done: int, steps: int, seconds: float, minutes: float | None) -> bool:
-        stop = (minutes is not None and seconds >= minutes * 60) or (minutes is None and done >= steps)
-        return any_process(accelerator, stop)
+        return any_process(accelerator, budget_spent(done, steps, seconds, minutes))
 
     if state["stage1_done"] == 0 and state["step"] == 0 and accelerator.is_main_process:
         log({"stage": 1, "step": 0, "held_out": held_out_loss()})
@@ -210,16 +195,13 @@ def train(cfg: TrainConfig, *, die_at_step: int | None = None) -> Path:
     s1_total = cfg.stage1_steps if cfg.stage1_minutes is None else None
     pbar = bar(total=s1_total, desc="hypernet stage 1", unit="step", initial=state["stage1_done"])
     while not should_stop(state["stage1_done"], cfg.stage1_steps, state["stage1_seconds"], cfg.stage1_minutes):
-        started = time.perf_counter()
-        step = state["step"] + 1
-        if die_at_step is not None and step >= die_at_step:
-            os._exit(137)
-        g = torch.Generator().manual_seed(step_seed(cfg.seed, step, accelerator.process_index))
+        opened = begin_step(state["step"], cfg.seed, accelerator.process_index)
+        step, g = opened.number, opened.generator
         rows = [train_idx[i] for i in torch.randint(len(train_idx), (cfg.stage1_batch,), generator=g).tolist()]
         warm(cfg.lr, state["stage1_done"])
         a, b = forward([decomps[i] for i in rows])
         loss = withheld_loss(rows, a, b)
-        take_step(loss, "stage1", started, pbar)
+        take_step(loss, "stage1", opened.started, pbar)
         record = {"stage": 1, "step": step, "loss": round(float(loss.detach()), 6), "seconds": round(state["stage1_seconds"], 2)}
         if state["stage1_done"] % cfg.log_every == 0 and accelerator.is_main_process:
             record["held_out"] = held_out_loss()
@@ -234,27 +216,23 @@ def train(cfg: TrainConfig, *, die_at_step: int | None = None) -> Path:
         pool = TextPool.from_files(cfg.texts)
         stage("hypernet: seed vocabularies for sampled tokenizers")
         sampler = TokenizerSampler(old_tok, pool, min_share=cfg.min_vocab_share, train_chars=cfg.train_chars)
-        bos = _start_id(old_vocab)
-        embed_scale = _embed_scale(lm)
-        softcap = getattr(lm.config, "final_logit_softcapping", None)
+        bos = start_token(old_vocab.roles)
+        scale = embed_scale(lm)
+        softcap = logit_softcap(lm.config)
         decoder = getattr(lm, lm.base_model_prefix)
         s2_total = cfg.steps if cfg.minutes is None else None
         pbar = bar(total=s2_total, desc="hypernet stage 2", unit="step", initial=state["stage2_done"])
         while not should_stop(state["stage2_done"], cfg.steps, state["stage2_seconds"], cfg.minutes):
-            started = time.perf_counter()
-            step = state["step"] + 1
-            if die_at_step is not None and step >= die_at_step:
-                os._exit(137)
-            seed = step_seed(cfg.seed, step, accelerator.process_index)
-            rng = random.Random(seed)
-            g = torch.Generator().manual_seed(seed)
+            opened = begin_step(state["step"], cfg.seed, accelerator.process_index)
+            step, g = opened.number, opened.generator
+            rng = random.Random(opened.seed)
             warm(cfg.stage2_lr, state["stage2_done"])
             lm_loss, n_tok, made_share = _stage2_loss(
-                rng, g, cfg, pool, sampler, forward, E_in, E_out, decoder, bos, embed_scale, softcap, device,
+                rng, g, cfg, pool, sampler, forward, E_in, E_out, decoder, bos, scale, softcap, device,
                 aux_rows=[train_idx[i] for i in torch.randint(len(train_idx), (cfg.aux_batch,), generator=g).tolist()],
                 decomps=decomps, withheld_loss=withheld_loss)
             loss = lm_loss["total"]
-            take_step(loss, "stage2", started, pbar)
+            take_step(loss, "stage2", opened.started, pbar)
             log({"stage": 2, "step": step, "loss": round(float(loss.detach()), 6), "lm_loss": round(float(lm_loss["lm"]), 6),
                  "aux_loss": round(float(lm_loss["aux"]), 6), "tokens": n_tok, "made_share": round(made_share, 4),
                  "seconds": round(state["stage2_seconds"], 2)})
@@ -292,7 +270,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, run: str | Path |
     return net.save(out)
 
 
-def _stage2_loss(rng, g, cfg, pool, sampler, forward, E_in, E_out, decoder, bos, embed_scale, softcap, device,
+def _stage2_loss(rng, g, cfg, pool, sampler, forward, E_in, E_out, decoder, bos, scale, softcap, device,
                  aux_rows, decomps, withheld_loss):
     """One stage-2 batch: LM loss over a drawn tokenizer, plus the auxiliary stage-1 loss."""
     source = rng.randrange(len(pool.texts))
@@ -323,17 +301,13 @@ def _stage2_loss(rng, g, cfg, pool, sampler, forward, E_in, E_out, decoder, bos,
     bias = torch.zeros(len(vocab_ids), device=device)
     if n_neg:
         bias[n_exact + n_pred - n_neg:n_exact + n_pred] = math.log(len(unused) / n_neg)
-    T = max(len(s) for s in seqs) + 1
-    ids = torch.full((len(seqs), T), -1, dtype=torch.int64)
-    for r, s in enumerate(seqs):
-        ids[r, 0] = -2  # the start token
-        ids[r, 1:len(s) + 1] = torch.tensor([local[t] for t in s])
-    ids = ids.to(device)
-    mask = ids != -1
+    # -2 marks the start token (its row is the old model's bos row, not one of the drawn vocabulary).
+    ids, mask = with_start_token([[local[t] for t in s] for s in seqs], -2, pad=-1)
+    ids, mask = ids.to(device), mask.bool().to(device)
     x = rows_in[ids.clamp_min(0)]
     if bos is not None:
         x = torch.where((ids == -2).unsqueeze(2), E_in[bos].expand_as(x), x)
-    hidden = decoder(inputs_embeds=x * embed_scale, attention_mask=mask.long()).last_hidden_state
+    hidden = decoder(inputs_embeds=x * scale, attention_mask=mask.long()).last_hidden_state
     logits = hidden[:, :-1] @ rows_out.T + bias
     if softcap:
         logits = softcap * torch.tanh(logits / softcap)
@@ -342,22 +316,6 @@ def _stage2_loss(rng, g, cfg, pool, sampler, forward, E_in, E_out, decoder, bos,
     n_tok = int((labels >= 0).sum())
     made_share = float(((labels >= n_exact) & (labels >= 0)).sum()) / max(1, n_tok)
     return {"total": lm + cfg.aux_weight * aux, "lm": lm.detach(), "aux": aux.detach()}, n_tok, made_share
-
-
-def _start_id(vocab) -> int | None:
-    for role in ("bos", "eos"):
-        if role in vocab.roles:
-            return vocab.roles[role]
-    return None
-
-
-def _embed_scale(lm) -> float:
-    """The factor the model's embedding layer multiplies rows by (Gemma: sqrt(hidden)); 1 otherwise."""
-    emb = lm.get_input_embeddings()
-    scale = getattr(emb, "embed_scale", None)
-    if scale is None:
-        return 1.0
-    return float(scale) if not torch.is_tensor(scale) else float(scale.item())
 
 
 __all__ = ["TrainConfig", "train", "load_source", "export_checkpoint"]

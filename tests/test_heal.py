@@ -24,6 +24,11 @@ import builders as B
 
 TEXT = str(B.DATA / "bible_en.txt")
 ROOT = Path(__file__).resolve().parents[1]
+# A run in a child process that ends abruptly (exit 137, as a kill) when it reaches step 8: the
+# training loop's private test hook (`transplant.train.trainloop._DIE_AT_STEP`).
+KILLED_AT_STEP_8 = ("import sys; sys.path.insert(0, %r); import json; import transplant.train.trainloop as loop; "
+                    "loop._DIE_AT_STEP = 8; from transplant.train.heal import heal, HealConfig; "
+                    "heal(HealConfig(**json.loads(sys.argv[1])))")
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -135,8 +140,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(transplanted, tmp_path
     _, t = transplanted[False]
     whole = heal(_cfg(t, tmp_path / "whole"))
     cfg = _cfg(t, tmp_path / "killed")
-    code = ("import sys; sys.path.insert(0, %r); from transplant.train.heal import heal, HealConfig; import json; "
-            "heal(HealConfig(**json.loads(sys.argv[1])), die_at_step=8)" % str(ROOT))
+    code = KILLED_AT_STEP_8 % str(ROOT)
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(cfg))], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
     assert proc.returncode == 137, proc.stderr[-2000:]
@@ -192,7 +196,7 @@ def test_accelerate_launch_two_processes(transplanted, tmp_path):
 
 
 def test_heals_an_extended_vocabulary_and_keeps_its_old_rows(transplanted, tmp_path):
-    from transplant.train.extend import extend
+    from transplant.extend import extend
 
     model, _ = transplanted[True]
     ext = tmp_path / "ext"
@@ -212,8 +216,7 @@ def test_resume_writes_the_best_state_of_its_checkpoint(transplanted, tmp_path):
     kw = dict(steps=6, eval_every=1, checkpoint_every=6)
     six = heal(_cfg(t, tmp_path / "six", **kw))
     cfg = _cfg(t, tmp_path / "killed", **{**kw, "steps": 12})
-    code = ("import sys; sys.path.insert(0, %r); from transplant.train.heal import heal, HealConfig; import json; "
-            "heal(HealConfig(**json.loads(sys.argv[1])), die_at_step=8)" % str(ROOT))
+    code = KILLED_AT_STEP_8 % str(ROOT)
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(cfg))], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
     assert proc.returncode == 137, proc.stderr[-2000:]

@@ -147,8 +147,10 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(build_model, tmp_path)
     model = build_model(tmp_path / "m", tied=False)
     whole = train(_cfg(model, tmp_path / "whole"))
     killed = tmp_path / "killed"
-    code = ("import sys; sys.path.insert(0, %r); from hypernet.train import train, TrainConfig; import json; "
-            "train(TrainConfig(**json.loads(sys.argv[1])), die_at_step=8)" % str(ROOT))
+    # Killed at step 8 in a child process: the training loop's private test hook ends it as a kill would.
+    code = ("import sys; sys.path.insert(0, %r); import json; import transplant.train.trainloop as loop; "
+            "loop._DIE_AT_STEP = 8; from hypernet.train import train, TrainConfig; "
+            "train(TrainConfig(**json.loads(sys.argv[1])))" % str(ROOT))
     cfg = _cfg(model, killed)
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(cfg))], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"})

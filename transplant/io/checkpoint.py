@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -269,11 +270,7 @@ def write_weights(layout: EmbeddingLayout, plan: Plan, out: Path, link: bool = F
         side[layout.bias_key] = "output"
     if added:
         side[added] = "output"
-    by_shard: dict[str, list[str]] = {}
-    for key in layout.row_keys:
-        by_shard.setdefault(layout.shard_of[key], []).append(key)
     shards = sorted(set(layout.shard_of.values()))
-    sizes: dict[str, int] = {}
     # Progress in tensor bytes: whole shards when copied, chunk by chunk for the new embeddings.
     old_sizes = {shard: tensor_sizes(layout.folder / shard) for shard in shards}
     shapes = {key: [plan.new_size] if key == layout.bias_key else [plan.new_size, layout.dim] for key in side}
@@ -295,19 +292,10 @@ def write_weights(layout: EmbeddingLayout, plan: Plan, out: Path, link: bool = F
         return NewTensor(dtype, shapes[key], counted(_producer(layout, read_key, plan.side(side[key]), chunk_rows)))
 
     home = layout.shard_of[layout.input_key]
-    for shard in shards:
-        src, dst = layout.folder / shard, out / shard
-        if shard not in by_shard:
-            copy_or_link(src, dst, link)
-            sizes.update(old_sizes[shard])
-            pbar.update(sum(old_sizes[shard].values()))
-            continue
-        replace = {key: new_tensor(key, key) for key in by_shard[shard]}
-        # The untied head starts from the (tied) input matrix: the old head *is* that matrix.
-        add = {added: new_tensor(added, layout.input_key)} if added and shard == home else None
-        written = rewrite_shard(src, dst, replace, add=add)
-        sizes.update(written)
-        pbar.update(sum(v for k, v in written.items() if k not in replace and k != added))
+    replace = {key: new_tensor(key, key) for key in layout.row_keys}
+    # The untied head starts from the (tied) input matrix: the old head *is* that matrix.
+    add = {added: new_tensor(added, layout.input_key)} if added else None
+    sizes = write_shards(layout, out, replace, link, add, copied=pbar.update)
     pbar.close()
     index = layout.folder / INDEX_NAME
     if index.exists():
@@ -326,6 +314,51 @@ def write_weights(layout: EmbeddingLayout, plan: Plan, out: Path, link: bool = F
                 meta["total_parameters"] += plan.new_size - layout.rows
         (out / INDEX_NAME).write_text(json.dumps(doc, indent=2))
     return untie
+
+
+def write_shards(layout: EmbeddingLayout, out: Path, replace: dict[str, NewTensor], link: bool = False,
+                 add: dict[str, NewTensor] | None = None, copied: Callable[[int], object] | None = None
+                 ) -> dict[str, int]:
+    """Write every weight shard of `layout.folder` into `out`: a shard holding a tensor of
+    `replace` is streamed with those tensors swapped in (and `add` appended to the input
+    embedding's shard), every other shard is copied (or hard-linked) byte for byte.
+
+    `copied(n)` is told the bytes taken over unchanged (the new tensors' bytes are the caller's to
+    count). Returns the byte size of every tensor written (for the shard index's total_size).
+
+    Example:
+        >>> layout = locate_embeddings(Path(model_dir))
+        >>> key = layout.input_key
+        >>> same = NewTensor(DTYPE_NAMES[layout.dtype], [layout.rows, layout.dim],
+        ...                  lambda: [read_embedding(layout, key)])
+        >>> out = Path("copy"); out.mkdir()
+        >>> sizes = write_shards(layout, out, {key: same})
+        >>> from safetensors.torch import load_file
+        >>> new, old = load_file(out / "model.safetensors"), load_file(layout.folder / "model.safetensors")
+        >>> new.keys() == old.keys() and all(new[k].equal(old[k]) for k in old)
+        True
+    """
+    by_shard: dict[str, dict[str, NewTensor]] = {}
+    for key, tensor in replace.items():
+        by_shard.setdefault(layout.shard_of[key], {})[key] = tensor
+    home = layout.shard_of[layout.input_key]
+    sizes: dict[str, int] = {}
+    for shard in sorted(set(layout.shard_of.values())):
+        src, dst = layout.folder / shard, out / shard
+        extra = add if add and shard == home else None
+        if shard not in by_shard and not extra:
+            copy_or_link(src, dst, link)
+            kept = tensor_sizes(src)
+            sizes.update(kept)
+            if copied is not None:
+                copied(sum(kept.values()))
+            continue
+        swapped = by_shard.get(shard, {})
+        written = rewrite_shard(src, dst, swapped, add=extra)
+        sizes.update(written)
+        if copied is not None:
+            copied(sum(v for k, v in written.items() if k not in swapped and k not in (extra or {})))
+    return sizes
 
 
 def _bias_dtype(layout: EmbeddingLayout, key: str) -> str:

@@ -65,6 +65,18 @@ def fit_output_scale(model: torch.nn.Module | Callable[[], tuple[torch.nn.Module
         texts: calibration text in the target language or domain (never the evaluation text).
         max_tokens: how many text tokens to read (the leading whole documents).
         buckets: per-row bucket ids (`row_buckets`) to fit one scale per bucket; None: one scale.
+
+    Example:
+        >>> from tokenizers import Tokenizer
+        >>> from transformers import AutoModelForCausalLM
+        >>> model = AutoModelForCausalLM.from_pretrained(model_dir)
+        >>> tok = Tokenizer.from_file(f"{model_dir}/tokenizer.json")
+        >>> encode = lambda docs: [e.ids for e in tok.encode_batch(docs, add_special_tokens=False)]
+        >>> made = np.arange(model.config.vocab_size) >= 300  # as if a transplant had made the last rows
+        >>> fit = fit_output_scale(model, model.lm_head.weight.detach(), made, encode,
+        ...                        tok.token_to_id("<|im_start|>"), [open(text_file).read()], max_tokens=512)
+        >>> fit.tokens, fit.nll_after <= fit.nll_before
+        (512, True)
     """
     chunks = calibration_chunks(encode, texts, max_tokens, ctx)
     if not np.asarray(made, dtype=bool).any():

@@ -10,8 +10,13 @@ then scores any scales on those points alone, with the gradient and Hessian Newt
 needs (`transplant.methods.calibrate_fit`).
 
 Example:
-    >>> nll, mass, compact = head_pass(h, y, head, group, np.ones((1, 2)), bins=BINS)  # doctest: +SKIP
-    >>> compact_score(compact, np.array([0.9, 0.8]))[0] < nll[0]  # doctest: +SKIP
+    >>> g = torch.Generator().manual_seed(0)
+    >>> h, head = torch.randn(50, 8, generator=g), torch.randn(30, 8, generator=g)
+    >>> y = torch.randint(30, (50,), generator=g)
+    >>> group = torch.where(torch.arange(30) >= 20, 0, -1)  # rows 20..29 made, in one group
+    >>> nll, mass, compact = head_pass(h, y, head, group, np.array([[1.0], [0.5]]), bins=BINS)
+    >>> approx, _, _, _ = compact_score(compact, np.array([0.5]))  # the NLL at scale 0.5, from the compact form
+    >>> bool(abs(approx - nll[1]) < 1e-5 * nll[1])
     True
 """
 

@@ -1,13 +1,16 @@
-"""What every training loop here shares (`hypernet train`, `transplant heal`): per-step seeds,
-checkpoint folders renamed into place, and a JSON-lines log trimmed on resume.
+"""What every training loop here shares (`hypernet train`, `transplant heal`): the accelerator,
+the opening of a step (its number, seed and batch generator), the warm-up and the optimizer
+step, the budget, checkpoint folders renamed into place, and a JSON-lines log trimmed on resume.
 
 A checkpoint is `accelerator.save_state` (weights, optimizer, RNG states) plus a small state
 file, written into a hidden folder beside its final name and renamed into place: a run killed at
 any moment leaves only complete checkpoints, and `latest()` never returns a partial one.
 
 Example:
+    >>> accelerator = training_accelerator()  # doctest: +SKIP
     >>> ckpts = Checkpoints(Path("run"), keep=2)  # doctest: +SKIP
-    >>> ckpts.save(accelerator, {"step": 50})  # doctest: +SKIP
+    >>> step = begin_step(done=49, seed=0, rank=accelerator.process_index)  # doctest: +SKIP
+    >>> ckpts.save(accelerator, {"step": step.number})  # doctest: +SKIP
     >>> ckpts.latest().name  # doctest: +SKIP
     'step-000050'
 """
@@ -17,16 +20,103 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 STATE_FILE = "trainer_state.json"
 LOG_FILE = "log.jsonl"
 
+# A test hook, never set in use: the resume tests set it (in a child process) to end the run
+# abruptly, as a kill would, when it reaches this step (`begin_step`).
+_DIE_AT_STEP: int | None = None
+
 
 def step_seed(seed: int, step: int, rank: int) -> int:
-    """The seed of one step's batch on one process: a resumed run draws the same batches."""
+    """The seed of one step's batch on one process: a resumed run draws the same batches.
+
+    Example:
+        >>> step_seed(0, 1, 0), step_seed(0, 1, 1)
+        (64, 65)
+    """
     return (seed * 1_000_003 + step) * 64 + rank
+
+
+def training_accelerator():
+    """An `accelerate.Accelerator` on the GPUs when there are any, else the CPU; only the main
+    process prints stage lines and bars (the others are set quiet).
+
+    Example:
+        >>> accelerator = training_accelerator()  # doctest: +SKIP
+    """
+    from accelerate import Accelerator  # a heavy import, only for the training commands
+
+    from transplant.common.progress import set_quiet
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if not accelerator.is_main_process:  # one process speaks
+        set_quiet(True)
+    return accelerator
+
+
+@dataclass
+class Step:
+    """The opening of one optimizer step: its number (from 1), its seed on this process, a batch
+    generator seeded with it, and when it started (for the wall-time budget)."""
+
+    number: int
+    seed: int
+    generator: torch.Generator
+    started: float
+
+
+def begin_step(done: int, seed: int, rank: int) -> Step:
+    """Open the step after `done` steps: its seed comes from (seed, step, process) alone, so a
+    resumed run draws the batches an uninterrupted one draws.
+
+    Example:
+        >>> step = begin_step(done=0, seed=0, rank=0)
+        >>> step.number, step.seed
+        (1, 64)
+    """
+    started = time.perf_counter()
+    number = done + 1
+    if _DIE_AT_STEP is not None and number >= _DIE_AT_STEP:
+        os._exit(137)  # as SIGKILL would: no cleanup, no last checkpoint
+    step_s = step_seed(seed, number, rank)
+    return Step(number, step_s, torch.Generator().manual_seed(step_s), started)
+
+
+def warm_up(opt: torch.optim.Optimizer, base_lr: float, n: int, warmup: int) -> None:
+    """Set the learning rate of step `n` (from 1) of a linear warm-up over `warmup` steps.
+
+    Example:
+        >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        >>> warm_up(opt, 0.1, 5, 10); opt.param_groups[0]["lr"]
+        0.05
+    """
+    for group in opt.param_groups:
+        group["lr"] = base_lr * min(1.0, n / max(1, warmup))
+
+
+def optimizer_step(accelerator, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One optimizer step on `loss` (gradients synchronized across processes by `accelerator`)."""
+    opt.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    opt.step()
+
+
+def budget_spent(done: int, steps: int, seconds: float, minutes: float | None) -> bool:
+    """True when the run's budget is spent: `minutes` of training when given, else `steps` steps.
+
+    Example:
+        >>> budget_spent(10, 10, 0.0, None), budget_spent(10, 10, 59.0, 1.0)
+        (True, False)
+    """
+    return (minutes is not None and seconds >= minutes * 60) or (minutes is None and done >= steps)
 
 
 class Checkpoints:
@@ -74,8 +164,6 @@ def restore(accelerator, checkpoint: Path, log_path: Path) -> dict:
 
 def any_process(accelerator, flag: bool) -> bool:
     """True on every process when `flag` is true on any one (so all of them stop at the same step)."""
-    import torch
-
     value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
     return bool(accelerator.reduce(value, "max").item() > 0)
 
@@ -91,5 +179,6 @@ def trim_log(path: Path, step: int) -> None:
 
 
 def append_log(path: Path, record: dict) -> None:
+    """Append one JSON line to the run's log."""
     with open(path, "a") as fh:
         fh.write(json.dumps(record) + "\n")

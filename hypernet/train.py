@@ -43,8 +43,18 @@ from transplant.common.errors import TransplantError
 from transplant.common.progress import bar, stage
 from transplant.core.vocab import Vocabulary
 from transplant.measure.lm import embed_scale, logit_softcap, start_token, with_start_token
-from transplant.train.trainloop import (LOG_FILE, Checkpoints, any_process, append_log, begin_step, budget_spent,
-                                        optimizer_step, restore, training_accelerator, warm_up)
+from transplant.train.trainloop import (
+    LOG_FILE,
+    Checkpoints,
+    any_process,
+    append_log,
+    begin_step,
+    budget_spent,
+    optimizer_step,
+    restore,
+    training_accelerator,
+    warm_up,
+)
 
 
 @dataclass
@@ -154,9 +164,9 @@ def train(cfg: TrainConfig) -> Path:
 
     def withheld_loss(rows: list[int], pred_in, pred_out) -> torch.Tensor:
         ids = tgt[rows].to(device)
-        O = E_in if E_out is None else E_out
+        E_head = E_in if E_out is None else E_out  # a tied model: the head is the input matrix
         l_in = ((pred_in - E_in[ids]) / core.std_in).pow(2).mean()
-        l_out = ((pred_out - O[ids]) / core.std_out).pow(2).mean()
+        l_out = ((pred_out - E_head[ids]) / core.std_out).pow(2).mean()
         return (l_in + l_out) / 2
 
     def forward(decs: list[list[int]], module=None):
@@ -290,14 +300,14 @@ def _stage2_loss(rng, g, cfg, pool, sampler, forward, E_in, E_out, decoder, bos,
     a, b = forward([st.pieces[i] for i in predicted] + [decomps[r] for r in aux_rows])
     n_pred = len(predicted)
     aux = withheld_loss(aux_rows, a[n_pred:], b[n_pred:])
-    O = E_in if E_out is None else E_out
-    fallback_in, fallback_out = E_in.mean(0), O.mean(0)
+    E_head = E_in if E_out is None else E_out
+    fallback_in, fallback_out = E_in.mean(0), E_head.mean(0)
     vocab_ids = exact_ids + predicted + [i for i in used if st.exact[i] < 0 and not st.pieces[i]]
     local = {v: k for k, v in enumerate(vocab_ids)}
     n_exact, n_fb = len(exact_ids), len(vocab_ids) - len(exact_ids) - n_pred
     ex = torch.tensor([st.exact[i] for i in exact_ids], dtype=torch.int64, device=device)
     rows_in = torch.cat([E_in[ex], a[:n_pred], fallback_in.expand(n_fb, -1)])
-    rows_out = torch.cat([O[ex], b[:n_pred], fallback_out.expand(n_fb, -1)])
+    rows_out = torch.cat([E_head[ex], b[:n_pred], fallback_out.expand(n_fb, -1)])
     bias = torch.zeros(len(vocab_ids), device=device)
     if n_neg:
         bias[n_exact + n_pred - n_neg:n_exact + n_pred] = math.log(len(unused) / n_neg)
@@ -318,4 +328,4 @@ def _stage2_loss(rng, g, cfg, pool, sampler, forward, E_in, E_out, decoder, bos,
     return {"total": lm + cfg.aux_weight * aux, "lm": lm.detach(), "aux": aux.detach()}, n_tok, made_share
 
 
-__all__ = ["TrainConfig", "train", "load_source", "export_checkpoint"]
+__all__ = ["TrainConfig", "export_checkpoint", "load_source", "train"]

@@ -25,7 +25,7 @@ import torch
 
 from transplant.common.errors import TransplantError
 from transplant.common.progress import bar
-from transplant.common.texts import split_documents, take_bytes  # noqa: F401  (re-exported)
+from transplant.common.texts import split_documents, take_bytes  # noqa: F401  (take_bytes re-exported)
 from transplant.io.sources import refuse_custom_code
 from transplant.measure.lm import start_token, start_token_batches, text_config
 
@@ -132,8 +132,8 @@ def evaluate_bpb(model_dir: str | Path, texts: list[str], tokenizer: str | Path 
     """
     from transformers import AutoModelForCausalLM
 
-    from transplant.io.sources import resolve_model
     from transplant.core.vocab import load_tokenizer
+    from transplant.io.sources import resolve_model
 
     folder = resolve_model(model_dir)
     refuse_custom_code(folder, trust_remote_code)

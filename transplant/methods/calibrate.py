@@ -42,7 +42,7 @@ from transplant.common.errors import TransplantError
 from transplant.methods.calibrate_fit import CalibrationFit, fit_scale
 from transplant.methods.calibrate_read import RowsOf, calibration_chunks, final_hidden_states, read_hidden_states
 
-__all__ = ["CalibrationFit", "fit_output_scale", "fit_scale", "row_buckets", "apply_scale", "final_hidden_states"]
+__all__ = ["CalibrationFit", "apply_scale", "final_hidden_states", "fit_output_scale", "fit_scale", "row_buckets"]
 
 
 def fit_output_scale(model: torch.nn.Module | Callable[[], tuple[torch.nn.Module, RowsOf]],

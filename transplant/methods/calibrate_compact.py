@@ -60,7 +60,7 @@ class _Work:
     key: torch.Tensor
 
     @classmethod
-    def of(cls, rows: int, cols: int) -> "_Work":
+    def of(cls, rows: int, cols: int) -> _Work:
         return cls(*(torch.empty(rows, cols) for _ in range(3)), torch.empty(rows, cols, dtype=torch.long))
 
 

@@ -54,7 +54,7 @@ from transplant.train.heal_windows import aligned_windows, chunk_logprobs, clean
 from transplant.train.heal_writer import write_healed
 from transplant.train.trainloop import Checkpoints, training_accelerator
 
-__all__ = ["HealConfig", "HealResult", "heal", "aligned_windows", "clean_cuts", "chunk_logprobs"]
+__all__ = ["HealConfig", "HealResult", "aligned_windows", "chunk_logprobs", "clean_cuts", "heal"]
 
 
 @dataclass

@@ -32,8 +32,17 @@ from transplant.common.progress import bar, stage
 from transplant.train.heal_config import BEST_FILE, HealConfig
 from transplant.train.heal_model import FrozenLM, RowOffsets, window_batch
 from transplant.train.heal_windows import Window, chunk_logprobs
-from transplant.train.trainloop import (LOG_FILE, Checkpoints, any_process, append_log, begin_step, budget_spent,
-                                        optimizer_step, restore, warm_up)
+from transplant.train.trainloop import (
+    LOG_FILE,
+    Checkpoints,
+    any_process,
+    append_log,
+    begin_step,
+    budget_spent,
+    optimizer_step,
+    restore,
+    warm_up,
+)
 
 
 @dataclass

@@ -93,12 +93,12 @@ def phases(src: Path, tok: Path, out: Path) -> dict:
         "Alignment.build": ("align.py", "build"),
         "build_plan": ("planner.py", "build_plan"),
         "write_weights (all shards)": ("checkpoint.py", "write_weights"),
-        "  EmbeddingStats.of (x2 matrices)": ("plan.py", "of"),
-        "  Plan.iter_apply (x2 matrices)": ("plan.py", "iter_apply"),
+        "  EmbeddingStats.of (x2 matrices)": ("plan/apply.py", "of"),
+        "  Plan.iter_apply (x2 matrices)": ("plan/apply.py", "iter_apply"),
         "  read_embedding (x2)": ("checkpoint.py", "read_embedding"),
         "  copy_or_link untouched shards": ("shardio.py", "copy_or_link"),
         "write_tokenizer": ("tokenizer_out.py", "write_tokenizer"),
-        "Plan.save": ("plan.py", "save"),
+        "Plan.save": ("plan/storage.py", "save"),
     }
     out_rows = {"imports (torch, transformers, transplant)": round(imports, 2), "transplant() total": round(total, 2)}
     for label, (fname, func) in wanted.items():

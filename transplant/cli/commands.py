@@ -208,8 +208,8 @@ def method_descriptions() -> dict[str, str]:
         except TransplantError as exc:  # an optional dependency is missing
             out[name] = f"(unavailable: {exc})"
             continue
-        text = getattr(init, "description", None) or (type(init).__doc__ or "").strip().splitlines()[0:1]
-        out[name] = text if isinstance(text, str) else (text[0] if text else "")
+        # The declared description, else the first line of the class docstring (BaseInitializer's contract).
+        out[name] = init.description or next(iter((type(init).__doc__ or "").strip().splitlines()), "")
     return out
 
 

@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from paths import CORPORA, HERE, ROOT, checkout_first
+from paths import CORPORA, HERE, checkout_first
 
 checkout_first()
 WORK = HERE / "work" / "harness"

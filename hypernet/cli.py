@@ -81,66 +81,19 @@ def _register(path):
     return register(path)
 
 
-def _train_spec():
-    """`TrainConfig`'s fields as a pydantic model (extra keys refused) for the shared spec-file loader."""
-    import dataclasses
-    import typing
-
-    from pydantic import ConfigDict, create_model
-
-    from .train import TrainConfig
-
-    hints = typing.get_type_hints(TrainConfig)
-    fields = {f.name: (hints[f.name], None if f.default is dataclasses.MISSING else f.default)
-              for f in dataclasses.fields(TrainConfig) if f.name != "extra"}
-    return create_model("TrainSpec", __config__=ConfigDict(extra="forbid"), **fields)
-
-
 def config_from(recipe: str | None, flags: dict, given: set[str]):
     """A TrainConfig from a recipe's fields overridden by the flags given on the command line.
 
-    The recipe is read by the loader every spec file uses (`transplant/common/specfile.py`):
+    The recipe is read by the loader every spec file uses (`transplant.common.specfile.config_values`):
     safe YAML, unknown keys and bad values refused in one line, `${VAR}` / `${VAR:-default}`
-    expanded. A relative text path is read from the recipe's folder when it is there, else from
+    expanded; a relative text path is read from the recipe's folder when it is there, else from
     the current directory (the shipped recipes name files of the checkout).
     """
-    import os
-
-    from pydantic import ValidationError
-
-    from transplant.common.specfile import RecipeError, expand, explain, read_yaml_mapping
+    from transplant.common.specfile import config_values
 
     from .train import TrainConfig
 
-    values: dict = {}
-    if recipe:
-        where = f"recipe {recipe}"
-        try:
-            raw = read_yaml_mapping(Path(recipe).read_text(encoding="utf-8"), where, "write at least model and texts")
-        except UnicodeDecodeError:
-            raise RecipeError(f"{where} is not UTF-8 text") from None
-        if isinstance(raw.get("texts"), str):
-            raw["texts"] = [raw["texts"]]
-        spec = _train_spec()
-        try:
-            spec.model_validate(raw)
-        except ValidationError as exc:
-            raise RecipeError(explain(exc, spec, where, raw)) from None
-        base = os.path.dirname(os.path.abspath(recipe))
-        flag_of = {"texts": "--text"}
-
-        def resolved(key, v):
-            if not isinstance(v, str) or key in given:
-                return v
-            return os.path.expanduser(expand(v, os.environ, where, key, flag_of.get(key, f"--{key.replace('_', '-')}")))
-
-        values = {k: [resolved(k, x) for x in v] if isinstance(v, list) else resolved(k, v) for k, v in raw.items()}
-        if "texts" in values and "texts" not in given:
-            values["texts"] = [p if os.path.isabs(p) or not os.path.exists(os.path.join(base, p))
-                               else os.path.join(base, p) for p in values["texts"]]
-    for k, v in flags.items():
-        if k in given or k not in values:
-            values[k] = list(v) if k == "texts" else v
+    values = config_values(recipe, TrainConfig, flags, given, lists=("texts",), flag_of={"texts": "--text"})
     for need, flag in (("model", "--model"), ("out", "--out")):
         if not values.get(need):
             raise TransplantError(f"no {need}: pass {flag} (or set {need} in the recipe)")
@@ -198,7 +151,6 @@ def info_cmd(folder) -> None:
     """What a trained network is: its base model, shape and training summary."""
     import json
     from dataclasses import asdict
-    from pathlib import Path
 
     from .model import HyperNet, parameter_count
 

@@ -31,7 +31,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -87,7 +87,6 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     resume: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def load_source(spec: str, device: torch.device | str = "cpu"):

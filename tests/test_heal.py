@@ -226,3 +226,25 @@ def test_resume_writes_the_best_state_of_its_checkpoint(transplanted, tmp_path):
     a, b = _weights(six.out), _weights(resumed.out)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_heal_recipe_is_read_by_the_shared_loader(tmp_path, monkeypatch):
+    """`transplant heal --recipe` reads HealConfig's fields like every spec file: flags win, one-line errors."""
+    from click.testing import CliRunner
+
+    from transplant.cli import cli
+    from transplant.common.specfile import config_values
+
+    (tmp_path / "t.txt").write_text("text\n")
+    recipe = tmp_path / "heal.yaml"
+    recipe.write_text("model: ${MODEL_DIR:-m}\ntexts: t.txt\nout: o\nlr: 0.02\nsteps: 5\n")
+    values = config_values(str(recipe), HealConfig, {"texts": (), "lr": 0.01, "steps": 0, "seed": 3}, {"lr"})
+    assert values["texts"] == [str(tmp_path / "t.txt")] and values["model"] == "m"
+    assert values["lr"] == 0.01 and values["steps"] == 5 and values["seed"] == 3  # the flag given wins
+    assert HealConfig(**values).out == "o"
+    recipe.write_text("model: m\ntexts: [t.txt]\nout: o\nsteps: 5\nlearning_rate: 1\n")
+    result = CliRunner().invoke(cli, ["heal", "--recipe", str(recipe)])
+    assert result.exit_code != 0 and "unknown key 'learning_rate' (valid keys: model, texts, out" in str(result.exception)
+    recipe.write_text("model: m\ntexts: [t.txt]\nout: o\n")
+    result = CliRunner().invoke(cli, ["heal", "--recipe", str(recipe)])
+    assert result.exit_code == 2 and "pass a budget" in result.output

@@ -26,6 +26,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
+    # ruff: noqa: F401
     from transplant.api import TransplantResult, apply_plan, run_spec, transplant, transplant_model
     from transplant.common.errors import TransplantError
     from transplant.core.plan import Plan

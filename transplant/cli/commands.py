@@ -249,14 +249,17 @@ def extend_cmd(model, texts, add, out, method, settings, pad_to_multiple_of, eva
 
 
 @cli.command("heal")
-@click.option("--model", required=True, help="A transplant output folder (from `transplant run` or `transplant extend`).")
-@click.option("--text", "texts", multiple=True, required=True,
+@click.option("--recipe", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="YAML file of healing settings (the fields of HealConfig: model, texts, out, minutes, lr, ...); "
+                   "flags given here win.")
+@click.option("--model", default=None, help="A transplant output folder (from `transplant run` or `transplant extend`).")
+@click.option("--text", "texts", multiple=True,
               help="Text in the new tokenizer's language or domain (repeatable; 2-5% of it is held out).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder for the healed checkpoint.")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Output folder for the healed checkpoint.")
 @click.option("--minutes", type=click.FloatRange(min=0), default=None, help="Training budget in wall-clock minutes.")
 @click.option("--steps", type=click.IntRange(min=0), default=0, help="Training budget in steps (instead of --minutes).")
 @click.option("--teacher", default=None, help="The model before the transplant (default: the plan's base model).")
-@click.option("--run", "run_dir", default=None, type=click.Path(file_okay=False),
+@click.option("--run", default=None, type=click.Path(file_okay=False),
               help="Training folder: log, checkpoints (default: OUT.heal-run beside OUT).")
 @click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint (a larger budget trains longer).")
 @click.option("--lr", type=float, default=1e-2, show_default=True, help="Adam learning rate (offsets in units of the matrix's std).")
@@ -274,22 +277,24 @@ def extend_cmd(model, texts, add, out, method, settings, pad_to_multiple_of, eva
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=25, show_default=True, help="Steps between checkpoints.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the batch order (one per step and process).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier output folder.")
-def heal_cmd(model, texts, out, minutes, steps, teacher, run_dir, resume, lr, batch_size, seq_len, lm_weight,
-             anchor_weight, patience, eval_every, checkpoint_every, seed, overwrite) -> None:
+def heal_cmd(recipe, **flags) -> None:
     """Train the rows a transplant made, distilling the original model, and write the healed checkpoint.
 
     Two CPU processes: `accelerate launch --multi_gpu --num_processes 2 -m transplant.cli heal ...`.
     """
+    from transplant.common.specfile import config_values
     from transplant.train.heal import HealConfig, heal
 
-    if minutes is None and not steps:
+    given = given_on_command_line(click.get_current_context(), flags)
+    values = config_values(recipe, HealConfig, flags, given, lists=("texts",), flag_of={"texts": "--text"})
+    for name, flag in (("model", "--model"), ("texts", "--text"), ("out", "--out")):
+        if not values.get(name):
+            raise click.UsageError(f"Missing option '{flag}' (or give {name} in a --recipe)")
+    if values.get("minutes") is None and not values.get("steps"):
         raise click.UsageError("pass a budget: --minutes M or --steps N")
-    if minutes is not None and steps:
+    if values.get("minutes") is not None and values.get("steps"):
         raise click.UsageError("pass one budget: --minutes M or --steps N, not both")
-    cfg = HealConfig(model=model, texts=list(texts), out=out, run=run_dir, teacher=teacher, steps=steps,
-                     minutes=minutes, lr=lr, batch_size=batch_size, seq_len=seq_len, lm_weight=lm_weight,
-                     anchor_weight=anchor_weight, patience=patience, eval_every=eval_every,
-                     checkpoint_every=checkpoint_every, seed=seed, resume=resume, overwrite=overwrite)
+    cfg = HealConfig(**values)
     res = heal(cfg)
     from accelerate import PartialState
 

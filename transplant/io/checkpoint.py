@@ -26,7 +26,7 @@ from safetensors import safe_open
 from transplant.common.errors import TransplantError
 from transplant.core.plan import Plan
 from transplant.common.progress import bar
-from transplant.io.shardio import DTYPE_NAMES, INDEX_NAME, NewTensor, shard_map, copy_or_link, read_header, rewrite_shard, tensor_sizes
+from transplant.io.shardio import DTYPE_NAMES, INDEX_NAME, NewTensor, shard_map, copy_or_link, rewrite_shard, tensor_sizes
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transplant.common.errors import TransplantError
 from transplant.common.texts import read_texts
 from transplant.core.vocab import TokenizerSource
 

@@ -11,7 +11,18 @@ class ExactInitializer(BaseInitializer):
     """Copy the old row of the token with identical canonical bytes (word-initial space included).
 
     Example:
-        >>> rows = ExactInitializer().assign(ctx, list(range(len(new_vocab))))  # doctest: +SKIP
+        >>> from transplant.core.align import Alignment
+        >>> from transplant.core.vocab import load_tokenizer
+        >>> old = load_tokenizer(model_dir).vocabulary()  # byte-level BPE: `Ġthe`
+        >>> new = load_tokenizer(new_tok_dir).vocabulary()  # SentencePiece style: `▁the`, `<0x0A>`
+        >>> made = ExactInitializer().assign(InitContext(Alignment.build(old, new)), list(range(len(new))))
+        >>> row = made.rows[new.lookup(b" the")]
+        >>> row.source, [old.tokens[j].text for j in row.indices], row.weights
+        ('exact', [b' the'], (1.0,))
+        >>> made.rows[new.lookup(b"\\n")].source  # a byte-fallback piece
+        'byte'
+        >>> len(made.rows), len(new)  # the rest goes down the chain
+        (549, 759)
     """
 
     name = "exact"

@@ -86,6 +86,22 @@ class FOCUSInitializer(BaseInitializer):
     """Each new token = sparsemax-weighted mix of the overlapping tokens most similar in token-level fastText.
 
     Example:
+        Token-level vectors of the new tokenizer, trained (tiny settings, seconds) on some English
+        text, then FOCUS with FVT after it for the tokens the text never shows:
+
+        >>> from unittest import mock
+        >>> from transplant import transplant
+        >>> from transplant.methods.vectors import train_vectors
+        >>> with mock.patch.dict("os.environ", TOKENTRANSPLANT_CACHE="cache"):  # keep the vectors' cache here
+        ...     vectors = train_vectors([text_file], "new-tok.bin", tokenizer=new_tok_dir, dim=16, epochs=2,
+        ...                             min_count=1, bucket=20_000, threads=1)
+        >>> result = transplant(model_dir, new_tok_dir, None, method=["focus", "fvt"],
+        ...                     options={"focus.vectors": str(vectors)})
+        >>> result.plan.counts()
+        {'mean': 1, 'special': 2, 'byte': 256, 'exact': 293, 'focus': 196, 'fvt': 11}
+
+        SmolLM2 onto a German tokenizer, the vectors trained on German text now (cached):
+
         >>> transplant("smollm2-135m-instruct", "de-bpe/", "out", method="focus",
         ...            options={"focus.text": "de/train.txt"})  # doctest: +SKIP
     """

@@ -10,7 +10,14 @@ class FVTInitializer(BaseInitializer):
     """Each new token = mean of the old embeddings of its old-tokenizer pieces.
 
     Example:
-        >>> rows = FVTInitializer().assign(ctx, todo)  # doctest: +SKIP
+        >>> from transplant.core.align import Alignment
+        >>> from transplant.core.vocab import load_tokenizer
+        >>> old, new = load_tokenizer(model_dir).vocabulary(), load_tokenizer(new_tok_dir).vocabulary()
+        >>> ctx = InitContext(Alignment.build(old, new))
+        >>> thing = new.lookup(b" thing")  # `▁thing`: no old token spells it
+        >>> row = FVTInitializer().assign(ctx, [thing]).rows[thing]
+        >>> [old.tokens[j].text for j in row.indices], row.weights
+        ([b' th', b'ing'], (0.5, 0.5))
     """
 
     name = "fvt"

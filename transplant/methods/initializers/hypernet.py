@@ -9,6 +9,18 @@ accepted (their embeddings stay close), anything else is refused with one line. 
 rows are stored in the plan as dense rows, so `transplant apply` reuses them as they are.
 
 Example:
+    A network for the tiny model, trained for two steps (seconds), then used:
+
+    >>> from hypernet.train import TrainConfig, train
+    >>> from transplant import transplant
+    >>> net = train(TrainConfig(model=model_dir, texts=[text_file], out="hn", stage1_steps=2, stage1_batch=32,
+    ...                         width=16, layers=1))
+    >>> result = transplant(model_dir, new_tok_dir, None, method="hypernet", options={"hypernet.path": str(net)})
+    >>> result.plan.counts()  # every token with old pieces: predicted
+    {'mean': 1, 'special': 2, 'byte': 256, 'exact': 293, 'hypernet': 207}
+
+    SmolLM2 onto a German tokenizer, with a network trained for it:
+
     >>> transplant("smollm2-135m-instruct", "de-tok/", "out", method="hypernet",
     ...            options={"hypernet.path": "hn-smollm2/"})  # doctest: +SKIP
 """

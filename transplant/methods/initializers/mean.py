@@ -10,7 +10,16 @@ class MeanInitializer(BaseInitializer):
     """Every asked-for token gets the mean old row, recomputed from the matrix a plan is applied to.
 
     Example:
-        >>> rows = MeanInitializer().assign(ctx, todo)  # doctest: +SKIP
+        >>> import torch
+        >>> from transplant.core.vocab import load_tokenizer
+        >>> from transplant.methods.planner import build_plan
+        >>> old, new = load_tokenizer(model_dir).vocabulary(), load_tokenizer(new_tok_dir).vocabulary()
+        >>> plan = build_plan(old, new, method="mean")  # after special tokens and exact matches
+        >>> plan.counts()
+        {'mean': 208, 'special': 2, 'byte': 256, 'exact': 293}
+        >>> E = torch.randn(500, 8, generator=torch.Generator().manual_seed(0))  # any old matrix
+        >>> torch.allclose(plan.apply(E)[new.lookup(b" thing")], E.mean(0))
+        True
     """
 
     name = "mean"

@@ -10,7 +10,21 @@ class MultivariateInitializer(BaseInitializer):
     """New rows ~ N(mean, cov) of the old embeddings; seeded per row, so plans are reproducible.
 
     Example:
-        >>> rows = MultivariateInitializer().assign(ctx, todo)  # doctest: +SKIP
+        >>> import torch
+        >>> from transplant.core.vocab import load_tokenizer
+        >>> from transplant.methods.planner import build_plan
+        >>> old, new = load_tokenizer(model_dir).vocabulary(), load_tokenizer(new_tok_dir).vocabulary()
+        >>> plan = build_plan(old, new, method="multivariate", seed=0)
+        >>> plan.counts()["multivariate"]
+        208
+        >>> E = 1 + 3 * torch.randn(500, 8, generator=torch.Generator().manual_seed(0))  # mean 1, std 3
+        >>> torch.equal(plan.apply(E), plan.apply(E))  # the same rows every time
+        True
+        >>> rows = plan.apply(E)[torch.from_numpy(plan.made_rows())]  # the 208 sampled rows
+        >>> round(rows.mean().item()), round(rows.std().item())
+        (1, 3)
+        >>> torch.equal(build_plan(old, new, method="multivariate", seed=1).apply(E), plan.apply(E))
+        False
     """
 
     name = "multivariate"

@@ -47,9 +47,15 @@ class OMPInitializer(BaseInitializer):
     """Sparse codes over shared tokens in a donor's embeddings (or an auxiliary space), applied to the source rows.
 
     Example:
-        >>> block = OMPInitializer().assign(ctx, todo)  # doctest: +SKIP
-        >>> block.indices.shape  # (new tokens, k)  # doctest: +SKIP
-        (209642, 64)
+        >>> from transplant import transplant
+        >>> result = transplant(model_dir, new_tok_dir, None, method="omp", options={"omp.k": 8})
+        >>> result.plan.counts()  # no donor: pursued in the source model's own embedding space
+        {'mean': 1, 'special': 2, 'byte': 256, 'exact': 293, 'omp': 207}
+        >>> _ = transplant(model_dir, new_tok_dir, "donor", method="fvt")  # a model using the new tokenizer
+        >>> result = transplant(model_dir, new_tok_dir, None, method="omp",
+        ...                     options={"omp.donor": "donor", "omp.k": 8})
+        >>> result.plan.counts()["omp"], result.plan.output is not None  # the untied donor's head fitted too
+        (208, True)
     """
 
     name = "omp"
@@ -159,7 +165,13 @@ def shared_atoms(alignment, to_donor: np.ndarray) -> tuple[np.ndarray, np.ndarra
     byte-fallback, then the lower id).
 
     Example:
-        >>> old_ids, donor_rows = shared_atoms(ctx.alignment, donor_ids(new, donor.vocab, rows))  # doctest: +SKIP
+        >>> from transplant.core.align import Alignment
+        >>> from transplant.core.vocab import load_tokenizer
+        >>> old, new = load_tokenizer(model_dir).vocabulary(), load_tokenizer(new_tok_dir).vocabulary()
+        >>> alignment = Alignment.build(old, new)
+        >>> atom_old, atom_donor = shared_atoms(alignment, donor_ids(new, new, len(new)))  # a donor on `new`
+        >>> len(alignment.exact), len(atom_old)  # `<0x41>` and `A` are one old token, one atom
+        (549, 490)
     """
     rank = {NORMAL: 0, ADDED: 1, BYTE: 2}
     tokens = alignment.new.tokens
@@ -184,8 +196,13 @@ def donor_ids(new: Vocabulary, donor: Vocabulary, rows: int) -> np.ndarray:
     their own rows), else the donor's token with the same canonical bytes; special tokens by content.
 
     Example:
-        >>> donor_ids(new_vocab, donor_vocab, 262144)[:3]  # doctest: +SKIP
-        array([0, 1, 2])
+        >>> from transplant.core.vocab import load_tokenizer
+        >>> old, new = load_tokenizer(model_dir).vocabulary(), load_tokenizer(new_tok_dir).vocabulary()
+        >>> to_old = donor_ids(new, old, rows=500)  # the old vocabulary as the "donor"
+        >>> to_old[:3].tolist()  # `<unk>`, `<s>`, `</s>`: no special token of that content
+        [-1, -1, -1]
+        >>> old.tokens[to_old[new.lookup(b" the")]].text, int((to_old >= 0).sum())
+        (b' the', 549)
     """
     out = np.full(len(new), -1, dtype=np.int64)
     specials = {t.text: i for i, t in enumerate(donor.tokens) if t.kind == SPECIAL}

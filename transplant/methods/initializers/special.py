@@ -10,7 +10,14 @@ class SpecialInitializer(BaseInitializer):
     """`<|im_end|>` -> `<|im_end|>`, or `<end_of_turn>` -> `<|im_end|>` by role; never by raw id.
 
     Example:
-        >>> rows = SpecialInitializer().assign(ctx, [0, 1, 2])  # doctest: +SKIP
+        >>> from transplant.core.align import Alignment
+        >>> from transplant.core.vocab import load_tokenizer
+        >>> old, new = load_tokenizer(model_dir).vocabulary(), load_tokenizer(new_tok_dir).vocabulary()
+        >>> made = SpecialInitializer().assign(InitContext(Alignment.build(old, new)), [0, 1, 2])
+        >>> {new.tokens[i].text: old.tokens[row.indices[0]].text for i, row in made.rows.items()}  # by role
+        {b'<s>': b'<|im_start|>', b'</s>': b'<|endoftext|>'}
+        >>> 0 in made.rows  # `<unk>`: the old tokenizer has none; left to the chain
+        False
     """
 
     name = "special"

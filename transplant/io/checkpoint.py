@@ -7,6 +7,16 @@ transformers knows works. Only the shard(s) holding those tensors are rewritten 
 old embedding matrix, whatever the model size.
 
 Example:
+    >>> layout = locate_embeddings(Path(model_dir))  # an untied Llama
+    >>> layout.input_key, layout.output_key, layout.tied
+    ('model.embed_tokens.weight', 'lm_head.weight', False)
+    >>> layout.rows, layout.dim, layout.dtype, layout.shard_of[layout.input_key]
+    (500, 32, torch.float32, 'model.safetensors')
+    >>> read_embedding(layout, layout.output_key).shape  # only this tensor is read
+    torch.Size([500, 32])
+
+    SmolLM2 is tied and stores only the input matrix:
+
     >>> layout = locate_embeddings(Path("SmolLM2-135M"))  # doctest: +SKIP
     >>> layout.input_key, layout.output_key, layout.tied  # doctest: +SKIP
     ('model.embed_tokens.weight', None, True)
@@ -156,7 +166,13 @@ def _match_key(names: list[str], keys: dict[str, str], prefix: str,
 
 
 def locate_embeddings(folder: Path, trust_remote_code: bool = False) -> EmbeddingLayout:
-    """Build the model on the meta device and find its embedding tensors in the checkpoint."""
+    """Build the model on the meta device and find its embedding tensors in the checkpoint.
+
+    Example:
+        >>> layout = locate_embeddings(Path(model_dir))
+        >>> layout.keys, layout.head_key, layout.model_type
+        (['model.embed_tokens.weight', 'lm_head.weight'], 'lm_head.weight', 'llama')
+    """
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -6,8 +6,20 @@ header length, JSON header, raw data), so here we write the header ourselves and
 untouched tensor's bytes from the source file and every replaced tensor chunk by chunk.
 
 Example:
-    >>> header = read_header("model-00001-of-00006.safetensors")  # doctest: +SKIP
-    >>> rewrite_shard(src, dst, {"model.embed_tokens.weight": NewTensor("BF16", [32000, 4096], chunks)})  # doctest: +SKIP
+    >>> src = f"{model_dir}/model.safetensors"
+    >>> header, data_start = read_header(src)
+    >>> header["model.embed_tokens.weight"]["dtype"], header["model.embed_tokens.weight"]["shape"]
+    ('F32', [500, 32])
+    >>> rows = NewTensor("F32", [600, 32], lambda: (torch.full((100, 32), float(i)) for i in range(6)))
+    >>> sizes = rewrite_shard(src, "new.safetensors", {"model.embed_tokens.weight": rows})  # 6 chunks
+    >>> sizes["model.embed_tokens.weight"] == rows.nbytes == 600 * 32 * 4
+    True
+    >>> from safetensors.torch import load_file
+    >>> new, old = load_file("new.safetensors"), load_file(src)
+    >>> new["model.embed_tokens.weight"][::100, 0].tolist()
+    [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    >>> all(new[k].equal(old[k]) for k in old if k != "model.embed_tokens.weight")  # streamed over as is
+    True
 """
 
 from __future__ import annotations
@@ -58,6 +70,16 @@ def rewrite_shard(src: str | Path, dst: str | Path, replace: dict[str, NewTensor
     those in `add` appended (e.g. an untied LM head that the tied source never stored).
 
     Returns the byte size of every tensor written (for the shard index's total_size).
+
+    Example:
+        >>> sizes = rewrite_shard(f"{model_dir}/model.safetensors", "headless.safetensors", {},
+        ...                       drop=["lm_head.weight"])  # as a tied model stores it
+        >>> "lm_head.weight" in sizes
+        False
+        >>> head = NewTensor("F32", [500, 32], lambda: [torch.zeros(500, 32)])
+        >>> sizes = rewrite_shard("headless.safetensors", "untied.safetensors", {}, add={"lm_head.weight": head})
+        >>> sizes["lm_head.weight"], len(sizes)
+        (64000, 21)
     """
     header, data_start = read_header(src)
     meta = header.pop("__metadata__", None)
@@ -143,6 +165,11 @@ def shard_map(folder: Path) -> dict[str, str]:
 
     Every shard's header is validated against its file size here, before anything is read or
     copied, so a truncated or corrupt download fails up front with one clear message.
+
+    Example:
+        >>> names = shard_map(Path(model_dir))
+        >>> names["lm_head.weight"], len(names)
+        ('model.safetensors', 21)
     """
     index = folder / INDEX_NAME
     if index.exists():

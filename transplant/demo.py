@@ -23,7 +23,15 @@ DEMO_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
 def demo_split(held_out_bytes: int = 40_000) -> tuple[list[str], str]:
-    """(training lines, held-out text): the last chapters, about `held_out_bytes`, are held out."""
+    """(training lines, held-out text): the last chapters, about `held_out_bytes`, are held out.
+
+    Example:
+        >>> train_lines, held_out = demo_split()
+        >>> train_lines[0]
+        'EN el principio era el Verbo, y el Verbo era con Dios, y el Verbo era Dios.'
+        >>> held_out[:24], len(held_out.encode("utf-8")) >= 40_000
+        ('PABLO y Timoteo, siervos', True)
+    """
     docs = split_documents((DATA / "bible_es.txt").read_text())
     held, size = [], 0
     while docs and size < held_out_bytes:
@@ -38,6 +46,15 @@ def train_byte_level_bpe(lines: list[str], vocab_size: int, folder: Path) -> Pat
     """Train a GPT-2-style byte-level BPE and save it as a transformers tokenizer folder.
 
     The folder is written under a temporary name and renamed into place, so it exists only complete.
+
+    Example:
+        >>> from transplant.core.vocab import load_tokenizer
+        >>> folder = train_byte_level_bpe(demo_split()[0][:200], 400, Path("es-bpe"))  # a small one
+        >>> sorted(p.name for p in folder.iterdir())
+        ['tokenizer.json', 'tokenizer_config.json']
+        >>> vocab = load_tokenizer(folder).vocabulary()
+        >>> len(vocab), vocab.family, vocab.tokens[vocab.roles["bos"]].text
+        (400, 'byte_level', b'<|im_start|>')
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -64,7 +81,14 @@ def train_byte_level_bpe(lines: list[str], vocab_size: int, folder: Path) -> Pat
 
 
 def demo_tokenizer_dir(train_lines: list[str], vocab_size: int) -> Path:
-    """Cache folder of the demo tokenizer, keyed by its training data and settings."""
+    """Cache folder of the demo tokenizer, keyed by its training data and settings.
+
+    Example:
+        >>> demo_tokenizer_dir(["Hola."], 8192).name
+        'es-bpe-8192-...'
+        >>> demo_tokenizer_dir(["Hola."], 8192) == demo_tokenizer_dir(["Adiós."], 8192)
+        False
+    """
     from transplant.io.sources import cache_dir
 
     key = hashlib.sha256("\n".join([str(vocab_size), *DEMO_SPECIALS, *train_lines]).encode()).hexdigest()[:12]
@@ -72,7 +96,12 @@ def demo_tokenizer_dir(train_lines: list[str], vocab_size: int) -> Path:
 
 
 def default_out(method: str) -> Path:
-    """Where the demo writes its checkpoint unless told otherwise: our cache, not the current folder."""
+    """Where the demo writes its checkpoint unless told otherwise: our cache, not the current folder.
+
+    Example:
+        >>> default_out("fvt").parts[-2:]
+        ('demo', 'smollm2-es-fvt')
+    """
     from transplant.io.sources import cache_dir
 
     return cache_dir() / "demo" / f"smollm2-es-{method}"

@@ -7,8 +7,16 @@ plan and the special-token decisions (`specials.SpecialIds`); the writers only w
 
 Example:
     >>> from transplant import transplant
+    >>> result = transplant(model_dir, new_tok_dir, "moved", method="fvt")
+    >>> result.plan.counts(), result.output_dir.name
+    ({'mean': 1, 'special': 2, 'byte': 256, 'exact': 293, 'fvt': 207}, 'moved')
+    >>> sorted(p.name for p in result.output_dir.iterdir())
+    ['README.md', 'config.json', 'generation_config.json', 'model.safetensors', 'tokenizer.json',
+     'tokenizer_config.json', 'transplant_plan.json', 'transplant_plan.safetensors']
+
+    SmolLM2 onto a German tokenizer:
+
     >>> result = transplant("smollm2-135m-instruct", "de-tokenizer/tokenizer.json", "out/", method="fvt")  # doctest: +SKIP
-    >>> result.plan.counts(), result.output_dir  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -144,12 +152,17 @@ def transplant(model: str | Path | torch.nn.Module | RunSpec, new_tokenizer: str
         TransplantResult with the plan, the output folder (or the embeddings when `out` is None).
 
     Example:
-        >>> spec = RunSpec(model="model/", new_tokenizer="tok.json", out="out/", method="fvt")  # doctest: +SKIP
-        >>> transplant(spec).output_dir  # doctest: +SKIP
-        PosixPath('out')
-        >>> r = transplant("model/", "tok.json", None)  # doctest: +SKIP
-        >>> r.embeddings["input"].shape  # doctest: +SKIP
-        torch.Size([32000, 576])
+        >>> r = transplant(model_dir, tok_json, None)  # method auto: FVT here (no network known); nothing written
+        >>> r.plan.meta["auto"]["method"], r.embeddings["input"].shape, sorted(r.embeddings)
+        ('fvt', torch.Size([759, 32]), ['input', 'output'])
+        >>> spec = RunSpec(model=model_dir, new_tokenizer=tok_json, out="from-spec", method="fvt")
+        >>> transplant(spec).output_dir.name
+        'from-spec'
+        >>> from transformers import AutoModelForCausalLM
+        >>> model = AutoModelForCausalLM.from_pretrained(model_dir)
+        >>> r = transplant(model, new_tok_dir, old_tokenizer=model_dir, method="fvt")  # in memory, untouched
+        >>> r.embeddings["input"].shape, model.get_input_embeddings().weight.shape
+        (torch.Size([759, 32]), torch.Size([500, 32]))
     """
     if isinstance(model, RunSpec):
         return run_spec(model)
@@ -176,7 +189,17 @@ def run_spec(spec: RunSpec) -> TransplantResult:
     """Run a transplant as `spec` says: methods and options checked first, then its texts read.
 
     Example:
-        >>> run_spec(RunSpec(model="model/", new_tokenizer="tok.json", out="out/"))  # doctest: +SKIP
+        >>> spec = RunSpec(model=model_dir, new_tokenizer=new_tok_dir, out="scored", method="fvt",
+        ...                eval_texts=[text_file], eval_bytes=5_000)
+        >>> result = run_spec(spec)
+        >>> sorted(result.evaluation)  # both models scored on the same leading chapters
+        ['original', 'transplanted']
+        >>> result.evaluation["original"].bytes == result.evaluation["transplanted"].bytes
+        True
+        >>> run_spec(RunSpec(model=model_dir, new_tokenizer=new_tok_dir))
+        Traceback (most recent call last):
+        ...
+        transplant.common.errors.TransplantError: the run gives no out (pass --out)
     """
     spec.require()
     spec.check()

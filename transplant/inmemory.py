@@ -38,9 +38,16 @@ def transplant_model(model: torch.nn.Module, old_tokenizer: str | Path, new_toke
     the new tensors are returned either way.
 
     Example:
-        >>> result = transplant_model(model, "old-tok/", "new-tok/tokenizer.json")  # doctest: +SKIP
-        >>> model.get_input_embeddings().weight.shape[0] == result.plan.new_size  # doctest: +SKIP
-        True
+        >>> from transformers import AutoModelForCausalLM
+        >>> model = AutoModelForCausalLM.from_pretrained(model_dir)
+        >>> result = transplant_model(model, model_dir, tok_json, method="fvt", inplace=False)
+        >>> result.embeddings["input"].shape, model.get_input_embeddings().weight.shape  # model untouched
+        (torch.Size([759, 32]), torch.Size([500, 32]))
+        >>> model.config.eos_token_id  # `<|endoftext|>` of the old tokenizer
+        0
+        >>> result = transplant_model(model, model_dir, tok_json, method="fvt")
+        >>> model.config.vocab_size, model.config.eos_token_id, model.generation_config.eos_token_id  # `</s>`
+        (759, 2, 2)
     """
     old_src, new_src = load_tokenizer(old_tokenizer), load_tokenizer(new_tokenizer)
     inp = model.get_input_embeddings().weight

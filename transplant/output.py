@@ -52,6 +52,13 @@ def apply_plan(plan_dir: str | Path, model: str | Path, out: str | Path, *, over
     when the plan was made; they are kept as they are.
 
     Example:
+        >>> import shutil
+        >>> from transplant import transplant
+        >>> planned = transplant(model_dir, new_tok_dir, "planned", method="fvt")
+        >>> _ = shutil.copytree(model_dir, "finetune")  # stands for a fine-tune of the same base model
+        >>> result = apply_plan("planned", "finetune", "finetune-new")
+        >>> result.plan.counts() == planned.plan.counts(), result.plan.new_size
+        (True, 759)
         >>> apply_plan("smollm2-de/", "my-smollm2-finetune/", "my-finetune-de/")  # doctest: +SKIP
     """
     plan_dir = Path(plan_dir)

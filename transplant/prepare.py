@@ -138,6 +138,18 @@ def prepare(old_src: TokenizerSource, new_src: TokenizerSource, old_config: dict
         resources: what methods may read beyond the alignment (old matrices, donor, vectors).
         encode_like: what `tokenizer(text)` adds: the source model's convention ("source") or
             the target tokenizer's own ("target").
+
+    Example:
+        >>> from transplant.core.vocab import load_tokenizer
+        >>> config = json.loads(Path(model_dir, "config.json").read_text())
+        >>> prep = prepare(load_tokenizer(model_dir), load_tokenizer(new_tok_dir), config,
+        ...                generation_config(Path(model_dir)), method="fvt")
+        >>> [prep.new_vocab.tokens[i].text for i in (prep.ids.bos, *prep.ids.eos)]  # by role
+        [b'<s>', b'</s>']
+        >>> print(prep.card["encode_convention"])
+        the source model's convention: adds nothing before the text and nothing after (source: nothing / nothing)
+        >>> sorted(prep.missing_markers)  # old special tokens the new tokenizer does not have
+        ['<|endoftext|>', '<|im_end|>', '<|im_start|>']
     """
     if encode_like not in ENCODE_CHOICES:
         raise TransplantError(f"encode_like must be one of {', '.join(ENCODE_CHOICES)}, not {encode_like!r}")
@@ -171,6 +183,12 @@ def prepare(old_src: TokenizerSource, new_src: TokenizerSource, old_config: dict
 
 
 def generation_config(folder: Path) -> dict | None:
+    """A model folder's generation_config.json as a dict; None when it has none.
+
+    Example:
+        >>> generation_config(Path(model_dir))["eos_token_id"], generation_config(Path(new_tok_dir))
+        (0, None)
+    """
     path = folder / "generation_config.json"
     if not path.exists():
         return None

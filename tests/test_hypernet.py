@@ -242,3 +242,30 @@ def test_cli_errors_are_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "hypernet.cli", "info", str(tmp_path)], capture_output=True,
                           text=True, cwd=ROOT)
     assert proc.returncode == 2 and "not a hypernetwork folder" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_checkpoint_waits_for_every_process_before_publishing(tmp_path):
+    """Each process saves its own part of a checkpoint (its RNG state); the folder is renamed into
+    place only after all of them wrote, or a slower process writes into a folder already gone
+    (the two-process CI failure: 'Parent directory .../.step-000004.partial does not exist')."""
+    from transplant.train.trainloop import Checkpoints
+
+    class TwoProcesses:  # the main process's view; the other process finishes its write by the next barrier
+        is_main_process = True
+
+        def __init__(self):
+            self.pending = []
+
+        def wait_for_everyone(self):
+            for write in self.pending:
+                write()
+            self.pending.clear()
+
+        def save_state(self, folder):
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            (Path(folder) / "random_states_0.pkl").write_bytes(b"0")
+            self.pending.append(lambda: (Path(folder) / "random_states_1.pkl").write_bytes(b"1"))
+
+    Checkpoints(tmp_path, keep=2).save(TwoProcesses(), {"step": 4})
+    done = tmp_path / "checkpoints" / "step-000004"
+    assert sorted(p.name for p in done.iterdir()) == ["random_states_0.pkl", "random_states_1.pkl", "trainer_state.json"]

@@ -138,6 +138,10 @@ class Checkpoints:
             shutil.rmtree(tmp)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
+        # Every process has written its part (each saves its own RNG state) before the main process
+        # renames the folder: without this barrier a slower process wrote into a folder already
+        # renamed away ("Parent directory ... .partial does not exist", seen in CI).
+        accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             if extra is not None:
                 extra(tmp)

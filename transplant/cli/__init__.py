@@ -2,6 +2,6 @@
 and `vectors.py` (the `tokenizer` and `vectors` groups), `spec_options.py` (the `run` options,
 generated from `RunSpec`)."""
 
-from transplant.cli.commands import cli, main
+from transplant.cli.commands import cli, entry, main
 
-__all__ = ["cli", "main"]
+__all__ = ["cli", "entry", "main"]

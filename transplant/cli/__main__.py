@@ -1,3 +1,3 @@
-from transplant.cli.commands import main
+from transplant.cli.commands import entry
 
-main()
+entry()

@@ -1,8 +1,9 @@
 """Checkpoint I/O: find the embedding tensors, read only them, stream the new checkpoint out.
 
-The input-embedding and LM-head names come from the model built on the meta device
-(`accelerate.init_empty_weights`), not from per-architecture tables, so any architecture
-transformers knows works. Only the shard(s) holding those tensors are rewritten (streamed, see
+The input-embedding and LM-head names come from the checkpoint's own files when they decide
+them (`embedding_keys`: config, shard headers, transformers' declared tied names and key
+conversion table), else from the model built on the meta device (`accelerate.init_empty_weights`);
+never from per-architecture tables, so any architecture transformers knows works. Only the shard(s) holding those tensors are rewritten (streamed, see
 `shardio`); every other shard is copied or hard-linked byte for byte. Peak memory is about one
 old embedding matrix, whatever the model size.
 
@@ -24,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from collections.abc import Callable
@@ -36,6 +38,7 @@ from safetensors import safe_open
 from transplant.common.errors import TransplantError
 from transplant.core.plan import Plan
 from transplant.common.progress import bar
+from transplant.io.embedding_keys import fast_layout
 from transplant.io.shardio import DTYPE_NAMES, INDEX_NAME, NewTensor, shard_map, copy_or_link, rewrite_shard, tensor_sizes
 
 log = logging.getLogger(__name__)
@@ -166,19 +169,31 @@ def _match_key(names: list[str], keys: dict[str, str], prefix: str,
 
 
 def locate_embeddings(folder: Path, trust_remote_code: bool = False) -> EmbeddingLayout:
-    """Build the model on the meta device and find its embedding tensors in the checkpoint.
+    """Find the embedding tensors in the checkpoint: from its own files when they decide it
+    (`embedding_keys.fast_layout`), else by building the model on the meta device.
 
     Example:
         >>> layout = locate_embeddings(Path(model_dir))
         >>> layout.keys, layout.head_key, layout.model_type
         (['model.embed_tokens.weight', 'lm_head.weight'], 'lm_head.weight', 'llama')
     """
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     from transplant.io.sources import refuse_custom_code
 
     refuse_custom_code(folder, trust_remote_code)  # before transformers could prompt or run anything
+    if importlib.util.find_spec("accelerate") is None:
+        # A required package (the meta-model path below): missing, it fails here as it always did.
+        import accelerate  # noqa: F401
+    # When the checkpoint's own files decide the names (see `embedding_keys`), skip building the model.
+    fields = fast_layout(folder, trust_remote_code)
+    if fields is not None:
+        return EmbeddingLayout(folder, **dict(fields, dtype=_dtype_of(fields["dtype"])))
+    return _locate_on_meta(folder, trust_remote_code)
+
+
+def _locate_on_meta(folder: Path, trust_remote_code: bool = False) -> EmbeddingLayout:
+    """`locate_embeddings` by building the model on the meta device (any architecture)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
         config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)

@@ -174,3 +174,16 @@ def test_apply_without_a_plan(llama_bl, tmp_path):
     out = tmp_path / "result"
     proc = run_cli("apply", "--plan", tmp_path / "notaplan", "--model", llama_bl, "--out", out, cwd=tmp_path)
     assert_clean_failure(proc, "no plan in", out)
+
+
+def test_missing_model_fails_before_torch_is_imported(tmp_path):
+    """A bad --model is checked without torch or transformers: one line in a fraction of a second."""
+    probe = ("import sys\nfrom transplant.cli.commands import main\n"
+             f"sys.argv = ['transplant', 'run', '--model', {str(tmp_path / 'nope')!r}, '--new-tok', 'x', '--out', "
+             f"{str(tmp_path / 'out')!r}]\n"
+             "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+             "print(code, sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "2 []", proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: model not found: {tmp_path / 'nope'} (pass a folder, a .gguf "
+                                                "file, a cached hub id, or one of smollm2-135m-instruct, gemma-3-270m)"]

@@ -54,6 +54,9 @@ def run(recipe, **values) -> None:
         spec = RunSpec.model_validate(as_fields(values), strict=False)
     if not spec.calibrate and spec.calibrate_texts:
         raise click.UsageError("--no-calibrate and --calibrate-text contradict each other (keep one)")
+    from transplant.io.sources import resolve_model
+
+    resolve_model(spec.model)  # torch-free: a missing or broken model is one line in a fraction of a second
     from transplant.api import transplant
 
     spec.check()  # bad methods and options fail before anything is loaded

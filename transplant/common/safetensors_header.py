@@ -25,6 +25,7 @@ DTYPE_BITS = {
     "I64": 64, "U64": 64,
 }
 _MAX_HEADER = 100 << 20
+INDEX_NAME = "model.safetensors.index.json"
 
 
 def validate_shard(path: str | Path) -> tuple[dict, int]:
@@ -98,3 +99,46 @@ def validate_shard(path: str | Path) -> tuple[dict, int]:
 
 def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def read_header(path: str | Path) -> tuple[dict, int]:
+    """Return (header dict, byte offset where tensor data starts); the file is validated first."""
+    return validate_shard(path)
+
+
+def shard_map(folder: Path) -> dict[str, str]:
+    """Checkpoint tensor name -> shard file name (from the index, else from the shard headers).
+
+    Every shard's header is validated against its file size here, before anything is read or
+    copied, so a truncated or corrupt download fails up front with one clear message.
+
+    Example:
+        >>> names = shard_map(Path(model_dir))
+        >>> names["lm_head.weight"], len(names)
+        ('model.safetensors', 21)
+    """
+    index = folder / INDEX_NAME
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_bytes().decode("utf-8"))["weight_map"]
+        except (ValueError, KeyError, TypeError):
+            raise TransplantError(f"malformed {index}: no weight_map (re-save the checkpoint)") from None
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and v and Path(v).name == v for k, v in weight_map.items()):
+            raise TransplantError(f"malformed {index}: weight_map must map tensor names to shard file names "
+                                  "(re-save the checkpoint)")
+        headers = {}
+        for shard in sorted(set(weight_map.values())):
+            if not (folder / shard).is_file():
+                raise TransplantError(f"shard {shard} named in {index} is missing (re-download the checkpoint)")
+            headers[shard] = read_header(folder / shard)[0]
+        for name, shard in weight_map.items():
+            if name not in headers[shard]:
+                raise TransplantError(f"{index} lists {name} in {shard}, which does not hold it "
+                                      "(stale index; re-save the checkpoint)")
+        return dict(weight_map)
+    out: dict[str, str] = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        header, _ = read_header(shard)
+        out.update({k: shard.name for k in header if k != "__metadata__"})
+    return out

@@ -35,17 +35,10 @@ from typing import Callable, Iterable
 import torch
 
 from transplant.common.errors import TransplantError
-from transplant.common.safetensors_header import validate_shard
-
-INDEX_NAME = "model.safetensors.index.json"
+from transplant.common.safetensors_header import INDEX_NAME, read_header, shard_map, validate_shard  # noqa: F401  (re-exported)
 
 DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
 _COPY_BLOCK = 64 << 20
-
-
-def read_header(path: str | Path) -> tuple[dict, int]:
-    """Return (header dict, byte offset where tensor data starts); the file is validated first."""
-    return validate_shard(path)
 
 
 @dataclass
@@ -158,41 +151,3 @@ def copy_or_link(src: Path, dst: Path, link: bool) -> None:
 def tensor_sizes(path: str | Path) -> dict[str, int]:
     header, _ = read_header(path)
     return {k: v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"}
-
-
-def shard_map(folder: Path) -> dict[str, str]:
-    """Checkpoint tensor name -> shard file name (from the index, else from the shard headers).
-
-    Every shard's header is validated against its file size here, before anything is read or
-    copied, so a truncated or corrupt download fails up front with one clear message.
-
-    Example:
-        >>> names = shard_map(Path(model_dir))
-        >>> names["lm_head.weight"], len(names)
-        ('model.safetensors', 21)
-    """
-    index = folder / INDEX_NAME
-    if index.exists():
-        try:
-            weight_map = json.loads(index.read_bytes().decode("utf-8"))["weight_map"]
-        except (ValueError, KeyError, TypeError):
-            raise TransplantError(f"malformed {index}: no weight_map (re-save the checkpoint)") from None
-        if not isinstance(weight_map, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) and v and Path(v).name == v for k, v in weight_map.items()):
-            raise TransplantError(f"malformed {index}: weight_map must map tensor names to shard file names "
-                                  "(re-save the checkpoint)")
-        headers = {}
-        for shard in sorted(set(weight_map.values())):
-            if not (folder / shard).is_file():
-                raise TransplantError(f"shard {shard} named in {index} is missing (re-download the checkpoint)")
-            headers[shard] = read_header(folder / shard)[0]
-        for name, shard in weight_map.items():
-            if name not in headers[shard]:
-                raise TransplantError(f"{index} lists {name} in {shard}, which does not hold it "
-                                      "(stale index; re-save the checkpoint)")
-        return dict(weight_map)
-    out: dict[str, str] = {}
-    for shard in sorted(folder.glob("*.safetensors")):
-        header, _ = read_header(shard)
-        out.update({k: shard.name for k in header if k != "__metadata__"})
-    return out

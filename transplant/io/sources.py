@@ -27,7 +27,7 @@ from pathlib import Path
 
 from transplant.common.errors import TransplantError
 from transplant.common.optional import missing_package  # noqa: F401  (re-exported)
-from transplant.io.shardio import shard_map
+from transplant.common.safetensors_header import shard_map  # torch-free: bad input fails before heavy imports
 
 log = logging.getLogger(__name__)
 

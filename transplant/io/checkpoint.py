@@ -3,7 +3,8 @@
 The input-embedding and LM-head names come from the checkpoint's own files when they decide
 them (`embedding_keys`: config, shard headers, transformers' declared tied names and key
 conversion table), else from the model built on the meta device (`accelerate.init_empty_weights`);
-never from per-architecture tables, so any architecture transformers knows works. Only the shard(s) holding those tensors are rewritten (streamed, see
+never from per-architecture tables, so any architecture transformers knows works. Only the
+shard(s) holding those tensors are rewritten (streamed, see
 `shardio`); every other shard is copied or hard-linked byte for byte. Peak memory is about one
 old embedding matrix, whatever the model size.
 

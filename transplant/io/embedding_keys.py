@@ -35,7 +35,7 @@ import json
 import logging
 from pathlib import Path
 
-from transplant.io.shardio import read_header, shard_map
+from transplant.common.safetensors_header import read_header, shard_map
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,8 @@ def _tied_names(model_type: str, class_name: str) -> tuple[str, str] | None:
     from transformers.models.auto.configuration_auto import model_type_to_module_name
 
     module = model_type_to_module_name(model_type)
-    path = Path(transformers.__file__).parent / "models" / Path(*module.split(".")) / f"modeling_{module.split('.')[-1]}.py"
+    package = Path(transformers.__file__).parent / "models" / Path(*module.split("."))
+    path = package / f"modeling_{module.split('.')[-1]}.py"
     if not path.is_file():
         return None
     tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -144,7 +145,10 @@ def _tied_names(model_type: str, class_name: str) -> tuple[str, str] | None:
         return None
     found = []
     for stmt in classes[0].body:
-        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if isinstance(stmt, ast.AnnAssign) else []
+        if isinstance(stmt, ast.Assign):
+            targets = stmt.targets
+        else:
+            targets = [stmt.target] if isinstance(stmt, ast.AnnAssign) else []
         if any(isinstance(t, ast.Name) and t.id == "_tied_weights_keys" for t in targets):
             found.append(stmt.value)
     if len(found) != 1:

@@ -34,6 +34,11 @@ def _tok(folder: Path) -> Tokenizer:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(min_size=0, max_size=200))
 def test_lossless_on_any_text(trained, name, text):
+    if name == "unigram":
+        # SentencePiece's convention (Gemma's too): a space is written U+2581 "▁", so a literal "▁" in
+        # the text decodes as a space. The one character such a tokenizer cannot round-trip
+        # (found by this test in CI; documented in tokenizer_train's docstring and the README).
+        text = text.replace("\u2581", "")
     tok = _tok(trained[name][1])
     assert tok.decode(tok.encode(text, add_special_tokens=False).ids, skip_special_tokens=False) == text
 

@@ -2,7 +2,9 @@
 supertokens (multi-word tokens) and the conventions of an existing model (`like=`).
 
 - **Lossless on any UTF-8.** Byte-level BPE maps every byte to a symbol; Unigram keeps the 256
-  `<0xNN>` byte pieces as a fallback and no normalizer, so decode(encode(x)) == x (property-tested).
+  `<0xNN>` byte pieces as a fallback and no normalizer, so decode(encode(x)) == x (property-tested),
+  except for a literal `▁` (U+2581): Unigram writes a space as `▁` (SentencePiece's convention,
+  Gemma's too), so that one character decodes as a space.
 - **Deterministic**: the same texts and settings give the same tokenizer.
 - **`like=MODEL`** copies the model's special tokens (content and roles: bos, eos, pad, unk),
   its chat template and, for BPE, its normalizer, pre-tokenizer and decoder (digits split or

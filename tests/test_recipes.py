@@ -308,3 +308,15 @@ def test_a_recipe_can_turn_calibration_off(tmp_path):
     bad = write(tmp_path / "bad.yaml", "model: m\nnew_tokenizer: t\nout: o\ncalibrate: sometimes\n")
     with pytest.raises(RecipeError, match="calibrate expects true or false, not 'sometimes'"):
         load_recipe(bad)
+
+
+def test_runspec_takes_paths_from_python_and_refuses_wrong_types():
+    from pydantic import ValidationError
+
+    from transplant.runspec import RunSpec
+
+    spec = RunSpec(model=Path("m"), new_tokenizer=Path("t.json"), out=Path("o"), eval_texts=[Path("a.txt")],
+                   calibrate_texts=Path("c.txt"))
+    assert (spec.model, spec.out, spec.eval_texts, spec.calibrate_texts) == ("m", "o", ["a.txt"], ["c.txt"])
+    with pytest.raises(ValidationError):
+        RunSpec(seed="3")  # strict, as a recipe is

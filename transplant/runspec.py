@@ -27,7 +27,7 @@ Example:
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
@@ -130,9 +130,18 @@ class RunSpec(_Section):
     def _split_chain(cls, value: Any) -> Any:
         return value.split("+") if isinstance(value, str) else value
 
+    @field_validator("model", "new_tokenizer", "out", "old_tokenizer", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: Any) -> Any:
+        # Python callers pass pathlib paths; a recipe (YAML) never holds one.
+        return str(value) if isinstance(value, PurePath) else value
+
     @field_validator("eval_texts", "calibrate_texts", "language", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
+        value = str(value) if isinstance(value, PurePath) else value
+        if isinstance(value, (list, tuple)):
+            return [str(v) if isinstance(v, PurePath) else v for v in value]
         return [value] if isinstance(value, str) else value
 
     @field_validator("options", mode="before")

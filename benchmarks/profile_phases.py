@@ -72,17 +72,18 @@ finally:
             out[label] = max(hits) if hits else 0.0
     print("PHASES " + json.dumps(out), file=sys.stderr, flush=True)
     print("RETURNED " + repr(time.time()), file=sys.stderr, flush=True)
-exit_fn = getattr(cli, "entry", None)
+# The console script's exit: `entry()` (flush, then os._exit) where this version has one.
+if hasattr(cli, "entry"):
+    import os
+    sys.stdout.flush(); sys.stderr.flush(); os._exit(0)
 """
 
 
 def run_child(tree: Path, args: list[str], profile: bool) -> dict:
     """One run in a fresh process of `tree`'s code: its phases, and the wall and exit seconds."""
     env = dict(os.environ, PYTHONPATH=str(tree), HF_HUB_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
-    # The console script's exit: `entry()` (flush, os._exit) where this version has one.
-    code = CHILD + "\nimport os\nif exit_fn is not None:\n    sys.stdout.flush(); sys.stderr.flush(); os._exit(0)\n"
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(PHASES), "1" if profile else "0", *args],
+    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(PHASES), "1" if profile else "0", *args],
                           cwd=tree, env=env, capture_output=True, text=True)
     end = time.time()
     if proc.returncode:

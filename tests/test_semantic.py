@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from transplant import TransplantError, transplant
+from transplant.core.plan import Made, RowBlock
+from transplant.core.vocab import CanonicalToken
 from transplant.methods.auxspace import AuxSpace, get_space, nearest, normalize
 from transplant.methods.initializers import InitContext, get_initializer
 from transplant.methods.initializers.hull import project_simplex, simplex_least_squares
 from transplant.methods.initializers.knn import softmax_rows
 from transplant.methods.initializers.tokenadapt import blend, group_softmax
 from transplant.methods.resources import Resources
-from transplant.core.plan import Made, RowBlock
-from transplant.core.vocab import CanonicalToken
 
 DIM = 64
 
@@ -212,6 +212,32 @@ def test_word_start_coordinate_breaks_ties_between_twins():
     assert sims[2] == pytest.approx((1 - WORD_START) * float(v[1] @ v[0]) + WORD_START)
 
 
+@pytest.mark.parametrize("k", [1, 3, 10, 40])
+def test_nearest_in_a_text_space_equals_one_search_over_all(k):
+    """Searching each kind first (and the other kind only when it could still place) returns the
+    scores of one exhaustive search, for every k: small k where the own kind decides alone, large
+    k where most queries need the other kind too; zero queries (unplaceable) included."""
+    from transplant.methods.auxspace import with_word_start
+
+    rng = np.random.default_rng(5)
+    base = normalize(rng.standard_normal((12, 16)))  # few directions: close neighbours and ties
+    old = normalize(base[rng.integers(0, 12, 300)] + 0.3 * rng.standard_normal((300, 16)).astype(np.float32))
+    old = with_word_start(old, rng.random(300) < 0.4).astype(np.float32)
+    valid = rng.random(300) < 0.9
+    queries = normalize(base[rng.integers(0, 12, 200)] + 0.3 * rng.standard_normal((200, 16)).astype(np.float32))
+    queries = with_word_start(queries, rng.random(200) < 0.5).astype(np.float32)
+    queries[:5] = 0.0
+    space = AuxSpace("minilm", old, valid, lambda ids: None, word_start=True)
+    ctx = InitContext(None, {}, Resources(lambda: torch.zeros(300, 4), None, 300))
+    sims, ids = nearest(ctx, space, queries, k)
+    every = np.where(valid[None, :], queries @ old.T, -np.inf)
+    expect = -np.sort(-every, axis=1)[:, :k]
+    np.testing.assert_allclose(sims, expect, atol=1e-5)
+    picked = np.take_along_axis(every, ids, 1)  # the ids carry the scores reported for them
+    np.testing.assert_allclose(picked, sims, atol=1e-5)
+    assert valid[ids].all() and all(len(set(row)) == k for row in ids.tolist())
+
+
 def test_unknown_space_is_one_line(llama_bl, tok_dirs):
     with pytest.raises(TransplantError, match="unknown auxiliary space 'glove'.*model, minilm, fasttext:PATH"):
         transplant(llama_bl, tok_dirs["sp"], None, method="knn", options={"knn.space": "glove"})
@@ -238,8 +264,8 @@ def test_end_to_end_model_space(method, llama_bl, tok_dirs, tmp_path):
 def test_model_space_vectors(llama_bl, tok_dirs):
     """In the model space an old token is its own centred row and a new one its pieces' mean."""
     from transplant.core.align import Alignment
-    from transplant.io.checkpoint import locate_embeddings
     from transplant.core.vocab import load_tokenizer
+    from transplant.io.checkpoint import locate_embeddings
 
     old_v, new_v = load_tokenizer(llama_bl).vocabulary(), load_tokenizer(tok_dirs["sp"]).vocabulary()
     align = Alignment.build(old_v, new_v)

@@ -6,12 +6,12 @@ import filecmp
 import json
 import os
 
+import builders as B
 import pytest
 import torch
+from conftest import TEXT
 from safetensors.torch import load_file
 
-import builders as B
-from conftest import TEXT
 from transplant import transplant
 from transplant.io.checkpoint import INDEX_NAME
 
@@ -142,3 +142,29 @@ def test_tied_head_is_named_by_its_own_module_first():
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     assert _weight_names(model, model.get_output_embeddings())[0] == "lm_head.weight"
     assert _weight_names(model, model.get_input_embeddings())[0] == "model.embed_tokens.weight"
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False], ids=["copy_file_range", "read-write"])
+def test_rewrite_shard_copies_untouched_runs_byte_for_byte(tmp_path, monkeypatch, kernel_copy):
+    """Untouched tensors around, between and after replaced ones keep their exact bytes, whether
+    the kernel copies the runs or Python does (copy_file_range refused, as across filesystems)."""
+    from safetensors.torch import save_file
+
+    from transplant.io.shardio import NewTensor, rewrite_shard
+
+    if not kernel_copy:
+        def refuse(*args, **kwargs):
+            raise OSError(18, "Invalid cross-device link")
+        monkeypatch.setattr(os, "copy_file_range", refuse, raising=False)
+    g = torch.Generator().manual_seed(0)
+    tensors = {f"t{i}": torch.randn(37 + i, 11, generator=g).to(torch.bfloat16 if i % 2 else torch.float32)
+               for i in range(7)}
+    src, dst = tmp_path / "src.safetensors", tmp_path / "dst.safetensors"
+    save_file(tensors, str(src))
+    swap = {name: torch.full((5, 3), float(i)) for i, name in ((1, "t1"), (4, "t4"))}
+    sizes = rewrite_shard(src, dst, {k: NewTensor("F32", [5, 3], lambda v=v: [v]) for k, v in swap.items()},
+                          drop=["t6"])
+    new = load_file(str(dst))
+    assert sorted(new) == ["t0", "t1", "t2", "t3", "t4", "t5"] and sorted(sizes) == sorted(new)
+    for name, value in new.items():
+        assert torch.equal(value, swap.get(name, tensors[name])), name

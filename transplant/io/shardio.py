@@ -28,9 +28,9 @@ import json
 import os
 import shutil
 import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 
@@ -112,8 +112,11 @@ def rewrite_shard(src: str | Path, dst: str | Path, replace: dict[str, NewTensor
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         fout.write(struct.pack("<Q", len(blob)))
         fout.write(blob)
+        run_start, run_length = 0, 0  # untouched tensors lie back to back: copy each run at once
         for item in plan:
             if isinstance(item[1], NewTensor):
+                _copy_range(fin, fout, run_start, run_length, src)
+                run_length = 0
                 name, tensor = item
                 written = 0
                 for chunk in tensor.chunks():
@@ -125,16 +128,42 @@ def rewrite_shard(src: str | Path, dst: str | Path, replace: dict[str, NewTensor
                 sizes[name] = written
             else:
                 name, start, length = item
-                fin.seek(start)
-                left = length
-                while left:
-                    block = fin.read(min(_COPY_BLOCK, left))
-                    if not block:
-                        raise TransplantError(f"{src} is truncated (re-download or re-save the checkpoint)")
-                    fout.write(block)
-                    left -= len(block)
+                if run_length and run_start + run_length != start:
+                    _copy_range(fin, fout, run_start, run_length, src)
+                    run_length = 0
+                if not run_length:
+                    run_start = start
+                run_length += length
                 sizes[name] = length
+        _copy_range(fin, fout, run_start, run_length, src)
     return sizes
+
+
+def _copy_range(fin, fout, start: int, length: int, src: str | Path) -> None:
+    """Append `length` bytes of `fin` from `start` to `fout`, in the kernel where it can
+    (`copy_file_range`: no trip through Python's buffers), else block by block."""
+    if not length:
+        return
+    fout.flush()
+    done = 0
+    copy_range = getattr(os, "copy_file_range", None)
+    if copy_range is not None:
+        try:
+            while done < length:
+                n = copy_range(fin.fileno(), fout.fileno(), min(length - done, 1 << 30), start + done)
+                if n == 0:
+                    break  # end of file: reported as truncation below
+                done += n
+        except OSError:  # not supported between these files (another filesystem type, an old kernel)
+            pass
+        fout.seek(0, os.SEEK_END)  # copy_file_range without an out offset moved the fd's position
+    fin.seek(start + done)
+    while done < length:
+        block = fin.read(min(_COPY_BLOCK, length - done))
+        if not block:
+            raise TransplantError(f"{src} is truncated (re-download or re-save the checkpoint)")
+        fout.write(block)
+        done += len(block)
 
 
 def copy_or_link(src: Path, dst: Path, link: bool) -> None:

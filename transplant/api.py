@@ -36,6 +36,7 @@ from transplant.io.card import source_card_metadata
 from transplant.io.checkpoint import EmbeddingLayout, check_vocab_fits, locate_embeddings, read_embedding
 from transplant.io.outdir import check_output_path
 from transplant.io.sources import base_model_id, resolve_model
+from transplant.io.tokenizer_out import check_target_reloads
 from transplant.methods.auto import choose as choose_auto
 from transplant.methods.auto import is_auto
 from transplant.methods.resources import Resources
@@ -117,7 +118,8 @@ def transplant(model: str | Path | torch.nn.Module | RunSpec, new_tokenizer: str
                eval_ctx: int = 1024, options: dict | None = None, encode_like: str = "source",
                language: list[str] | None = None, input_paths: list[str | Path] | None = None,
                untie: bool = False, calibrate_texts: list[str] | None = None,
-               calibrate_tokens: int = 4096, calibrate: bool = True) -> TransplantResult:
+               calibrate_tokens: int = 4096, calibrate: bool = True,
+               allow_forced_tokenizer_class: bool = False) -> TransplantResult:
     """Move a checkpoint onto `new_tokenizer`: `transplant(spec)` with a `RunSpec`, or the keyword form.
 
     The keyword form is a thin wrapper: it builds the `RunSpec` of these arguments, except that
@@ -147,6 +149,9 @@ def transplant(model: str | Path | torch.nn.Module | RunSpec, new_tokenizer: str
             likelihood (see `transplant.methods.calibrate`); recorded in the plan.
         calibrate_tokens: how many tokens of that text to read.
         calibrate: False: no calibration, not even on the text `auto` would find.
+        allow_forced_tokenizer_class: write the output even when transformers forces a tokenizer
+            class on this model type that ignores the written tokenizer.json (`io/forced_class.py`);
+            the card then gives the snippet that loads it right.
 
     Returns:
         TransplantResult with the plan, the output folder (or the embeddings when `out` is None).
@@ -181,7 +186,8 @@ def transplant(model: str | Path | torch.nn.Module | RunSpec, new_tokenizer: str
         old_tokenizer=None if old_tokenizer is None else str(old_tokenizer), pad_to_multiple_of=pad_to_multiple_of,
         seed=seed, overwrite=overwrite, link=link, trust_remote_code=trust_remote_code, eval_ctx=eval_ctx,
         options=options or {}, encode_like=encode_like, language=list(language or []), untie=untie,
-        calibrate_tokens=calibrate_tokens, calibrate=calibrate, eval_texts=[], calibrate_texts=[])
+        calibrate_tokens=calibrate_tokens, calibrate=calibrate, eval_texts=[], calibrate_texts=[],
+        allow_forced_tokenizer_class=allow_forced_tokenizer_class)
     return _run(spec, model, new_tokenizer, out, eval_texts, eval_name, calibrate_texts, input_paths)
 
 
@@ -222,6 +228,8 @@ def _run(spec: RunSpec, model: str | Path, new_tokenizer: str | Path, out: str |
         out = check_output_path(Path(out), inputs, spec.overwrite)
     layout = locate_embeddings(folder, trust_remote_code)
     check_vocab_fits(layout, len(old_src.vocabulary()))
+    if out is not None:  # a tokenizer the output's model type would load differently: refused before the work
+        check_target_reloads(layout.config, new_src, spec.allow_forced_tokenizer_class)
     resources = Resources.from_checkpoint(layout, len(old_src.vocabulary()))
     auto = None
     if is_auto(method):
@@ -258,7 +266,8 @@ def _run(spec: RunSpec, model: str | Path, new_tokenizer: str | Path, out: str |
     if language:
         card_info["language"] = list(language)
     return write_output(folder, layout, prep, new_src, out, spec.overwrite, spec.link, card_info, eval_texts,
-                         eval_name, spec.eval_ctx, trust_remote_code)
+                         eval_name, spec.eval_ctx, trust_remote_code,
+                         allow_forced_class=spec.allow_forced_tokenizer_class)
 
 
 __all__ = ["transplant", "run_spec", "apply_plan", "transplant_model", "prepare", "TransplantResult", "RunSpec"]

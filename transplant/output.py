@@ -95,7 +95,7 @@ def apply_plan(plan_dir: str | Path, model: str | Path, out: str | Path, *, over
 
 def write_output(folder: Path, layout: EmbeddingLayout, prep: Prepared, new_src: TokenizerSource, out: Path,
                   overwrite: bool, link: bool, card_info: dict, eval_texts: list[str] | None, eval_name: str,
-                  eval_ctx: int, trust_remote_code: bool) -> TransplantResult:
+                  eval_ctx: int, trust_remote_code: bool, allow_forced_class: bool = False) -> TransplantResult:
     plan = prep.plan
     plan.meta["base_model_id"] = card_info.get("base_model_id")
     # Everything goes to a hidden sibling folder, checked, then renamed into place (outdir.py):
@@ -113,9 +113,14 @@ def write_output(folder: Path, layout: EmbeddingLayout, prep: Prepared, new_src:
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         copy_side_files(folder, tmp)
         text_cfg = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
-        tok_notes = write_tokenizer(new_src, prep.new_vocab, tmp, prep.template, prep.ids, prep.prefix, prep.suffix,
-                                    text_cfg.get("max_position_embeddings"))
-        notes = list(dict.fromkeys(prep.notes + notes + gen_notes + tok_notes))
+        # A plan made with the forced class allowed (its card says so) is re-applied the same way.
+        allow_forced = allow_forced_class or bool(plan.meta.get("forced_tokenizer_class"))
+        written = write_tokenizer(new_src, prep.new_vocab, tmp, prep.template, prep.ids, prep.prefix, prep.suffix,
+                                  text_cfg.get("max_position_embeddings"), allow_forced_class=allow_forced)
+        if written.forced is not None:
+            plan.meta["forced_tokenizer_class"] = written.forced.loaded
+            card_info["forced_tokenizer"] = written.forced.card()
+        notes = list(dict.fromkeys(prep.notes + notes + gen_notes + written.notes))
         plan_files = plan.save(tmp)
         validate_output(tmp, plan, prep.ids, prep.prefix, prep.template, prep.missing_markers)
         for n in notes:

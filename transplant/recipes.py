@@ -377,7 +377,8 @@ def run_kwargs(run: RunSpec) -> dict[str, Any]:
     """The keyword form of `transplant.transplant(...)` for a spec (texts read)."""
     kwargs: dict[str, Any] = {name: getattr(run, name) for name in (
         "model", "new_tokenizer", "out", "fallback", "old_tokenizer", "pad_to_multiple_of", "seed", "overwrite",
-        "link", "trust_remote_code", "eval_ctx", "encode_like", "untie", "calibrate_tokens", "calibrate")}
+        "link", "trust_remote_code", "eval_ctx", "encode_like", "untie", "calibrate_tokens", "calibrate",
+        "allow_forced_tokenizer_class")}
     kwargs.update(method=run.method_arg, options=dict(run.options) or None, language=run.language or None,
                   eval_texts=run.read_eval_texts(), calibrate_texts=run.read_calibrate_texts(),
                   input_paths=run.input_paths)

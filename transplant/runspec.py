@@ -122,6 +122,11 @@ class RunSpec(_Section):
                                    "an integer >= 64", ge=64)
     calibrate: bool = _field(True, "No output calibration, not even on the tokenizer's recorded training text "
                              "(--method auto).", "--no-calibrate", "true or false", negate=True)
+    allow_forced_tokenizer_class: bool = _field(
+        False, "Write the output even when transformers forces a tokenizer class on this model type that ignores "
+        "tokenizer.json (e.g. Qwen2Tokenizer for qwen2); the model card then says to load the tokenizer with "
+        "PreTrainedTokenizerFast. A target trained with `transplant tokenizer train --like MODEL` needs no such flag.",
+        "--allow-forced-tokenizer-class", "true or false")
     resources: ResourceFiles | None = _field(None, "Files and models for the methods of the chain.", None,
                                              f"a mapping with keys {', '.join(RESOURCE_OPTIONS)}")
 

@@ -46,7 +46,23 @@ were built from the old ones; every other weight is unchanged. Fine-tune briefly
 | embedding rows | {{ old_rows }} | {{ new_rows }} |
 
 Target tokenizer: `{{ new_tokenizer }}`.
+{% if forced_tokenizer %}
+## Loading the tokenizer
 
+Load the tokenizer with `{{ forced_tokenizer.loader }}`, not `AutoTokenizer`: {{ forced_tokenizer.cause }},
+so `AutoTokenizer.from_pretrained` would encode text differently from the `tokenizer.json` this model's
+embeddings were made for (written with `{{ forced_tokenizer.flag }}`).
+
+```python
+from transformers import AutoModelForCausalLM, {{ forced_tokenizer.loader }}
+
+tokenizer = {{ forced_tokenizer.loader }}.from_pretrained("{{ plan_ref }}")
+model = AutoModelForCausalLM.from_pretrained("{{ plan_ref }}")
+```
+
+A target tokenizer trained with `transplant tokenizer train --like MODEL` pre-tokenizes and normalizes as
+{{ forced_tokenizer.loaded }} does, and loads right with `AutoTokenizer`.
+{% endif %}
 ## How each new token was initialized
 
 Method chain: {{ chain }} (each token takes the first step that can make it).

@@ -6,15 +6,18 @@ way the transplanted model needs.
   the target's; the target's other options (tokenizer_config keys such as `padding_side`,
   `clean_up_tokenization_spaces`, its tokenizer class) are kept.
 * The written folder is reloaded and checked: the same ids as the raw `tokenizer.json` for the
-  text, exactly the chosen start/end tokens around it. A tokenizer class that re-tokenizes
-  differently is replaced by the generic backend (and the card says so).
+  text, exactly the chosen start/end tokens around it, no token it lacks. A tokenizer class that
+  re-tokenizes differently is replaced by the generic backend (and the card says so).
+* A model type whose tokenizer class transformers forces (`forced_class.py`) is refused, before
+  the heavy work when the target alone shows it (`check_target_reloads`) and after writing in any
+  case, unless the caller allows it: then the folder is checked as the card's snippet loads it.
 
 Example:
     >>> from transformers import AutoTokenizer
     >>> from transplant.core.vocab import load_tokenizer
     >>> new_src = load_tokenizer(new_tok_dir)
     >>> ids = SpecialIds(bos=1, eos=[2], pad=None, unk=0)  # as `specials.resolve_special_ids` decides
-    >>> write_tokenizer(new_src, new_src.vocabulary(), Path("out"), None, ids, prefix=[1], suffix=[])  # the card's notes
+    >>> write_tokenizer(new_src, new_src.vocabulary(), Path("out"), None, ids, prefix=[1], suffix=[]).notes  # the card's
     []
     >>> AutoTokenizer.from_pretrained("out")("In the beginning").input_ids[:1]  # `<s>` first, as the source model saw
     [1]
@@ -24,13 +27,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenizers import Tokenizer, processors
 
 from transplant.common.errors import TransplantError
-from transplant.io.specials import SpecialIds
 from transplant.core.vocab import TokenizerSource, Vocabulary
+from transplant.io.forced_class import ForcedClass, forced_class, load_snippet_tokenizer, model_config
+from transplant.io.specials import SpecialIds
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +91,22 @@ def with_added_tokens(tokenizer: Tokenizer, prefix: list[int], suffix: list[int]
     return copy
 
 
+@dataclass
+class WrittenTokenizer:
+    """What `write_tokenizer` decided: notes for the card, and the forced class written anyway (if any)."""
+
+    notes: list[str] = field(default_factory=list)
+    forced: ForcedClass | None = None
+
+
 def write_tokenizer(new: TokenizerSource, new_vocab: Vocabulary, out: Path, chat_template: str | None,
                     ids: SpecialIds, prefix: list[int], suffix: list[int],
-                    model_max_length: int | None = None) -> list[str]:
+                    model_max_length: int | None = None, allow_forced_class: bool = False) -> WrittenTokenizer:
     """Save the target tokenizer (adding `prefix`/`suffix` on encode) and check it reloads right.
 
-    Returns notes for the model card.
+    `out` already holds the output's config.json (its model type decides the class transformers
+    loads). With `allow_forced_class`, a tokenizer that only a forced class spoils is written
+    anyway and checked as the card's snippet loads it (`forced_class.SNIPPET_CLASS`).
     """
     from transformers import PreTrainedTokenizerFast
 
@@ -110,34 +127,108 @@ def write_tokenizer(new: TokenizerSource, new_vocab: Vocabulary, out: Path, chat
     written["add_bos_token"] = ids.bos is not None and ids.bos in prefix
     written["add_eos_token"] = bool(suffix) and ids.declared_eos in suffix
     cfg_path.write_text(json.dumps(written, indent=2, ensure_ascii=False) + "\n")
-    notes = []
+    result = WrittenTokenizer()
     problem = check_written_tokenizer(out, raw, prefix, suffix)
     if problem and kept_class and kept_class != GENERIC_CLASS:
         written["tokenizer_class"] = GENERIC_CLASS
         cfg_path.write_text(json.dumps(written, indent=2, ensure_ascii=False) + "\n")
-        notes.append(f"the target's tokenizer class {kept_class} re-tokenizes differently from its tokenizer.json "
-                     f"once reloaded ({problem}); wrote the generic {GENERIC_CLASS} instead")
+        result.notes.append(f"the target's tokenizer class {kept_class} re-tokenizes differently from its "
+                            f"tokenizer.json once reloaded ({problem}); wrote the generic {GENERIC_CLASS} instead")
         problem = check_written_tokenizer(out, raw, prefix, suffix)
     if problem:
+        result.forced = _forced_or_raise(out, raw, prefix, suffix, problem, allow_forced_class)
+        result.notes.append(result.forced.note())
+    return result
+
+
+def _forced_or_raise(out: Path, raw: Tokenizer, prefix: list[int], suffix: list[int], problem: str,
+                     allow: bool) -> ForcedClass:
+    """The forced class an allowed output is written with; else the refusal naming the cause."""
+    forced = forced_class(model_config(out))
+    if forced is None:
         raise TransplantError(f"the written tokenizer does not reload as written ({problem}); nothing was "
                               "written (report this with the tokenizer attached)")
-    return notes
+    if not allow:
+        raise TransplantError(forced.refusal(problem))
+    snippet_problem = check_written_tokenizer(out, raw, prefix, suffix, loader=load_snippet_tokenizer)
+    if snippet_problem:
+        raise TransplantError(f"the written tokenizer does not reload as written even with the card's loading "
+                              f"snippet ({snippet_problem}); nothing was written (report this with the tokenizer "
+                              "attached)")
+    return forced
 
 
-def check_written_tokenizer(folder: Path, raw: Tokenizer, prefix: list[int], suffix: list[int]) -> str | None:
-    """None when `AutoTokenizer.from_pretrained(folder)` encodes like `raw` with `prefix`/`suffix` added."""
+def check_target_reloads(config: dict, new: TokenizerSource, allow_forced_class: bool = False) -> ForcedClass | None:
+    """Before any heavy work: refuse a target tokenizer that a forced class would load differently.
+
+    Cheap when the model type forces nothing (one cached probe, `forced_class`). Otherwise the
+    target is loaded as AutoTokenizer would load it next to a model of this config and compared
+    with its tokenizer.json; the post-write check stays the final guard.
+
+    Returns:
+        The forced class the output will be written with (`allow_forced_class`), or None.
+
+    Example:
+        >>> from transplant.core.vocab import load_tokenizer
+        >>> check_target_reloads({"model_type": "llama"}, load_tokenizer(new_tok_dir)) is None
+        True
+        >>> check_target_reloads({"model_type": "qwen2"}, load_tokenizer(new_tok_dir))
+        Traceback (most recent call last):
+        ...
+        transplant.common.errors.TransplantError: the new tokenizer would not load as written: transformers loads the tokenizer of every `qwen2` model as Qwen2Tokenizer ...
+    """
+    forced = forced_class(config)
+    if forced is None:
+        return None
+    roles = {k: v for k, v in new.config.items() if k not in ("tokenizer_class", "auto_map", "tokenizer_file",
+                                                               "chat_template")}
+    with tempfile.TemporaryDirectory(prefix="tt-reload-") as tmp:
+        folder = Path(tmp)
+        (folder / "config.json").write_text(json.dumps({k: config[k] for k in ("model_type", "model_name")
+                                                        if k in config}))
+        (folder / "tokenizer_config.json").write_text(json.dumps(dict(roles, tokenizer_class=GENERIC_CLASS)))
+        _link_or_copy(new.path, folder / "tokenizer.json")
+        problem = check_written_tokenizer(folder, new.tokenizer, None, None)
+    if problem is None:
+        return None
+    if not allow_forced_class:
+        raise TransplantError(forced.refusal(problem))
+    return forced
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.symlink(Path(src).resolve(), dst)
+    except OSError:  # no symlinks here (some file systems): a copy reads the same
+        dst.write_bytes(Path(src).read_bytes())
+
+
+def check_written_tokenizer(folder: Path, raw: Tokenizer, prefix: list[int] | None, suffix: list[int] | None,
+                            loader=None) -> str | None:
+    """None when the tokenizer `loader(folder)` gives (default: AutoTokenizer's) encodes like `raw`.
+
+    With `prefix`/`suffix`, a plain `tokenizer(text)` must add exactly those around the text; with
+    None only the encoding without special tokens is compared. A tokenizer holding tokens that
+    `raw` lacks (a class adding its default specials) is refused too: they have no embedding row.
+    """
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+        tok = (loader or (lambda f: AutoTokenizer.from_pretrained(str(f), trust_remote_code=False)))(folder)
     except Exception as exc:
-        return f"AutoTokenizer cannot load it: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        who = "AutoTokenizer" if loader is None else getattr(loader, "__name__", "the loader")
+        return f"{who} cannot load it: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
     for text in _CHECK_TEXTS:
         want = raw.encode(text, add_special_tokens=False).ids
         got_plain = list(tok(text, add_special_tokens=False)["input_ids"])
         if got_plain != want:
             return f"{text[:20]!r} encodes to {got_plain[:6]}... instead of {want[:6]}..."
+        if prefix is None:
+            continue
         got = list(tok(text)["input_ids"])
         if got != prefix + want + suffix:
             return f"tokenizer(text) adds {got[:len(got) - len(want)]} instead of {prefix} ... {suffix}"
+    extra = sorted(set(tok.get_vocab()) - set(raw.get_vocab(with_added_tokens=True)))
+    if extra:
+        return f"it adds {', '.join(extra[:3])} absent from tokenizer.json (no embedding row)"
     return None

@@ -20,7 +20,9 @@ def tokenizer() -> None:
 @click.option("--vocab-size", type=click.IntRange(min=1), required=True, help="Tokens to learn (a small text may saturate below).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output tokenizer folder.")
 @click.option("--like", default=None, help="Copy this model's (or tokenizer's) special tokens, roles, chat template "
-              "and pre-tokenization, so the result transplants cleanly onto it.")
+              "and pre-tokenization, so the result transplants cleanly onto it; for a model type whose tokenizer "
+              "class transformers forces (e.g. qwen2), that class's pre-tokenization, so AutoTokenizer loads the "
+              "transplanted model's tokenizer as written.")
 @click.option("--algorithm", type=click.Choice(["bpe", "unigram"]), default="bpe", show_default=True,
               help="Byte-level BPE, or Unigram with byte fallback.")
 @click.option("--supertokens", is_flag=True, help="Learn multi-word tokens in a second stage (SuperBPE curriculum; BPE).")

@@ -8,7 +8,10 @@ supertokens (multi-word tokens) and the conventions of an existing model (`like=
 - **Deterministic**: the same texts and settings give the same tokenizer.
 - **`like=MODEL`** copies the model's special tokens (content and roles: bos, eos, pad, unk),
   its chat template and, for BPE, its normalizer, pre-tokenizer and decoder (digits split or
-  not, byte-level or not), so the result transplants cleanly and chat works on day one.
+  not, byte-level or not), so the result transplants cleanly and chat works on day one. When
+  transformers forces a tokenizer class on the model's type (`io/forced_class.py`: Qwen2Tokenizer
+  for qwen2, ...), the pipeline is that class's own instead, so the transplanted model's
+  tokenizer loads as written with plain `AutoTokenizer` (checked before the folder is published).
 - **Supertokens** (BPE only), after SuperBPE (Liu et al., 2025): stage 1 learns ordinary
   subwords, with pre-tokens that end at spaces, up to `vocab_size - n_super`; stage 2 learns
   `n_super` more merges over pre-tokens that span runs of words (`" of the"`, `" in the
@@ -48,6 +51,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 from transplant.common.errors import TransplantError
 from transplant.common.texts import read_texts
 from transplant.common.progress import bar, bars_disabled, stage
+from transplant.io.forced_class import ForcedClass, forced_class, forced_pipeline, model_config, supports_like
 
 # GPT-2's pre-tokenization, and the same with runs of space-separated words kept together (stage 2).
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
@@ -90,6 +94,9 @@ class _Like:
     specials: list[str]
     roles: dict[str, str]
     chat_template: str | None
+    config: dict = field(default_factory=dict)  # the model's config.json (its type decides the class)
+    forced: ForcedClass | None = None
+    pipeline: Tokenizer | None = None  # the forced class's own normalizer, pre-tokenizer, decoder
 
 
 def _read_texts(texts: list[str | Path]) -> list[str]:
@@ -131,15 +138,23 @@ def _load_like(like: str | None) -> _Like:
             roles[role] = value
             if value not in specials:
                 specials.append(value)
-    return _Like(src.tokenizer, specials, roles, src.chat_template)
+    config = model_config(src.folder)
+    forced = forced_class(config)
+    pipeline = forced_pipeline(config) if forced else None
+    if pipeline is not None and not supports_like(pipeline):
+        raise TransplantError(f"--like {like}: transformers loads every `{forced.model_type}` model's tokenizer as "
+                              f"{forced.loaded}, which no trained byte-level BPE matches (transplant onto "
+                              f"another tokenizer with --allow-forced-tokenizer-class instead)")
+    return _Like(src.tokenizer, specials, roles, src.chat_template, config, forced, pipeline)
 
 
 def _bpe_pipeline(tok: Tokenizer, like: _Like, pattern: str) -> None:
     """Normalizer, pre-tokenizer and decoder: `like`'s own for BPE, else byte-level GPT-2 splitting."""
-    if like.tokenizer is not None and like.tokenizer.pre_tokenizer is not None and pattern == GPT2_PATTERN:
-        tok.normalizer = like.tokenizer.normalizer
-        tok.pre_tokenizer = like.tokenizer.pre_tokenizer
-        tok.decoder = like.tokenizer.decoder
+    own = like.pipeline or like.tokenizer  # a forced class rebuilds with its own pipeline: learn with that one
+    if own is not None and own.pre_tokenizer is not None and pattern == GPT2_PATTERN:
+        tok.normalizer = own.normalizer
+        tok.pre_tokenizer = own.pre_tokenizer
+        tok.decoder = own.decoder
         return
     if like.tokenizer is not None and like.tokenizer.normalizer is not None:
         tok.normalizer = like.tokenizer.normalizer
@@ -147,6 +162,30 @@ def _bpe_pipeline(tok: Tokenizer, like: _Like, pattern: str) -> None:
         pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
+
+
+def _check_forced_options(like: _Like, algorithm: str, supertokens: bool) -> None:
+    """Refuse what a forced class would rebuild differently (its pipeline is a byte-level BPE's)."""
+    if like.forced is None:
+        return
+    why = f"transformers rebuilds every `{like.forced.model_type}` model's tokenizer as {like.forced.loaded}"
+    if algorithm != "bpe":
+        raise TransplantError(f"--algorithm {algorithm} cannot load as written next to this --like model: {why}, "
+                              "a byte-level BPE (use --algorithm bpe)")
+    if supertokens:
+        raise TransplantError(f"--supertokens cannot load as written next to this --like model: {why}, whose "
+                              "pre-tokenizer splits multi-word tokens apart (train without --supertokens)")
+
+
+def _check_loads_like(like: _Like, folder: Path) -> None:
+    """The trained folder, next to a model of `like`'s type, loads with AutoTokenizer as written."""
+    from transplant.core.vocab import load_tokenizer
+    from transplant.io.tokenizer_out import check_target_reloads
+
+    if check_target_reloads(like.config, load_tokenizer(folder), allow_forced_class=True) is not None:
+        raise TransplantError(f"the trained tokenizer does not load as written next to a `{like.forced.model_type}` "
+                              f"model ({like.forced.loaded} re-tokenizes it); nothing was written (report this "
+                              "with the --like model named)")
 
 
 def _byte_level(tok: Tokenizer) -> bool:
@@ -309,6 +348,7 @@ def train_tokenizer(texts: list[str | Path], vocab_size: int, out: str | Path, *
         raise TransplantError(f"--vocab-size {vocab_size} is too small (at least 300: 256 bytes plus merges)")
     out = check_output_path(Path(out), [Path(t) for t in texts], overwrite)
     like_info = _load_like(like)
+    _check_forced_options(like_info, algorithm, supertokens)
     lines, held = split_held_out(_read_texts(texts), held_out)
     notes = []
     n_super = int(round(vocab_size * supertoken_share)) if supertokens else 0
@@ -346,6 +386,10 @@ def train_tokenizer(texts: list[str | Path], vocab_size: int, out: str | Path, *
         fast.chat_template = like_info.chat_template
     with staged_output(out, overwrite) as staged:
         fast.save_pretrained(staged.path)
+        if like_info.forced is not None:
+            _check_loads_like(like_info, staged.path)
+            notes.append(f"pre-tokenizes and normalizes as {like_info.forced.loaded}, the class transformers loads "
+                         f"for every `{like_info.forced.model_type}` model: AutoTokenizer keeps it as written")
         (staged.path / "training_summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
     return summary
 

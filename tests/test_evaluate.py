@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 
+import pytest
+import torch
+
 import builders as B
 from transplant import evaluate_bpb, transplant
 
@@ -43,3 +46,29 @@ def _docs(text):
     from transplant.measure.evaluate import split_documents
 
     return split_documents(text)
+
+
+def test_bpb_is_in_bits_on_a_model_whose_next_token_is_uniform(toks, tmp_path):
+    """The scale of BPB, pinned in closed form: a head of zeros gives every one of the V output
+    rows the same logit, so every scored token costs log2(V) bits whatever came before, and
+    BPB = scored tokens * log2(V) / bytes (nats instead of bits would be ln 2 times this)."""
+    from transformers import AutoTokenizer
+
+    from conftest import ROLES, _ids
+
+    tok = toks["bl"]
+    vocab_rows = tok.get_vocab_size(with_added_tokens=True)
+    model = B.tiny_model("llama", vocab_rows, False, *_ids(tok, "bl"))
+    with torch.no_grad():
+        model.get_output_embeddings().weight.zero_()
+    folder = B.save_model(model, tok, tmp_path / "uniform", **ROLES["bl"])
+    result = evaluate_bpb(folder, [LONG], ctx=128)  # several chunks: each chunk's first token counts too
+
+    docs = _docs(LONG)
+    hf = AutoTokenizer.from_pretrained(str(folder))
+    tokens = sum(len(hf(d, add_special_tokens=False).input_ids) for d in docs)
+    n_bytes = sum(len(d.encode("utf-8")) for d in docs)
+    assert (result.tokens, result.bytes) == (tokens, n_bytes) and tokens > 3 * 128
+    assert result.nll_bits == pytest.approx(tokens * math.log2(vocab_rows), rel=1e-5)
+    assert result.bpb == pytest.approx(tokens * math.log2(vocab_rows) / n_bytes, rel=1e-5)
+    assert result.bytes_per_token == pytest.approx(n_bytes / tokens)

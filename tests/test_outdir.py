@@ -4,6 +4,7 @@ inputs and mount points protected, signals and killed runs cleaned up, the user'
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -193,3 +194,135 @@ def test_signal_mid_write_leaves_nothing(llama_bl, tok_dirs, tmp_path, sig):
     assert rc != 0 and "Traceback" not in err, err
     assert len([line for line in err.splitlines() if line.strip()]) == 1, err
     assert not out.exists() and not _stages(tmp_path, "out")
+
+
+# -- publishing at the level of the mechanism: a concurrent reader, and a kill at every step ----
+
+def _write_output(folder: Path, version: str, files: int) -> dict[str, str]:
+    """A previous-output folder (it has the marker) of `files` files named after `version`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / outdir.OUTPUT_MARKERS[0]).write_text(f'{{"version": "{version}"}}')
+    for k in range(files):
+        (folder / f"{version}-{k:03d}.bin").write_bytes(f"{version} {k}".encode() * 64)
+    return _snapshot(folder)
+
+
+def _exchange_supported(tmp_path: Path) -> bool:
+    a, b = tmp_path / "probe-a", tmp_path / "probe-b"
+    a.mkdir()
+    b.mkdir()
+    try:
+        return outdir._renameat2(a, b, outdir._RENAME_EXCHANGE)
+    finally:
+        a.rmdir()
+        b.rmdir()
+
+
+# A reader polling the output path in a process of its own. A listing that is neither version
+# counts as partial only if the folder it listed is still the one at the path afterwards: a
+# folder swapped out (and being deleted under its hidden name) is not what the path holds, and
+# the open descriptor pins its inode number, so a new folder cannot reuse it meanwhile.
+_POLLER = """
+import json, os, sys
+out, stop, versions = sys.argv[1], sys.argv[2], [frozenset(v.split(",")) for v in sys.argv[3:]]
+polls = missing = partial = 0
+print("ready", flush=True)
+while not os.path.exists(stop):
+    polls += 1
+    try:
+        fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        missing += 1
+        continue
+    try:
+        if frozenset(os.listdir(fd)) not in versions:
+            listed = os.fstat(fd)
+            try:
+                now = os.stat(out)
+            except FileNotFoundError:
+                missing += 1
+                continue
+            partial += (now.st_dev, now.st_ino) == (listed.st_dev, listed.st_ino)
+    finally:
+        os.close(fd)
+print(json.dumps({"polls": polls, "missing": missing, "partial": partial}))
+"""
+
+
+def test_a_reader_never_sees_a_missing_or_partial_output_during_overwrite(tmp_path):
+    """The README's "never loses data" for --overwrite: while publish swaps versions back and
+    forth, a reader polling the path always finds one complete version."""
+    if not _exchange_supported(tmp_path):
+        pytest.skip("renameat2(RENAME_EXCHANGE) is not available on this filesystem")
+    out, stop = tmp_path / "out", tmp_path / "stop"
+    versions = {v: set(_write_output(tmp_path / f"model-{v}", v, 100)) for v in ("a", "b")}
+    _write_output(out, "a", 100)
+    poller = subprocess.Popen([sys.executable, "-c", _POLLER, str(out), str(stop),
+                               *(",".join(sorted(names)) for names in versions.values())],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert poller.stdout.readline().strip() == "ready"
+        for cycle in range(120):
+            stage = outdir.Stage(out, overwrite=True)
+            _write_output(stage.path, "ab"[(cycle + 1) % 2], 100)
+            stage.publish()
+    finally:
+        stop.touch()
+        seen = json.loads(poller.communicate(timeout=60)[0])
+    assert seen["polls"] > 0
+    assert seen["missing"] == 0 and seen["partial"] == 0, seen
+    assert not _stages(tmp_path, "out")
+
+
+# Publish in a child that SIGKILLs itself just before its `kill_at`-th filesystem change, as
+# Python's audit hooks see them: renameat2 is looked up (`ctypes.dlsym`) just before it is called,
+# shutil.rmtree unlinks file by file (`os.remove`, `os.rmdir`).
+_KILLED_PUBLISH = """
+import os, signal, sys
+from pathlib import Path
+from transplant.io.outdir import Stage
+out, new, kill_at, overwrite = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+stage = Stage(out, overwrite=overwrite)
+for f in sorted(new.iterdir()):
+    (stage.path / f.name).write_bytes(f.read_bytes())
+CHANGES = {"os.rename", "os.remove", "os.rmdir", "os.mkdir", "os.chmod", "shutil.rmtree", "shutil.move",
+           "ctypes.dlsym"}
+step = 0
+def hook(event, args):
+    global step
+    if event in CHANGES:
+        if step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        step += 1
+sys.addaudithook(hook)
+stage.publish()
+print(step, flush=True)
+"""
+
+
+@pytest.mark.parametrize("overwrite", [True, False], ids=["overwrite", "new"])
+def test_sigkill_at_any_step_of_publish_leaves_a_complete_output(tmp_path, overwrite):
+    """Killed at each step of publish in turn, the path holds the complete old output or the
+    complete new one (nothing, or the new one, when there was none); what the killed process
+    left under hidden names is removed by the next run."""
+    new = _write_output(tmp_path / "new", "new", 4)
+    seen, k = [], 0
+    while True:
+        parent = tmp_path / f"kill-{k}"
+        out = parent / "out"
+        old = _write_output(out, "old", 4) if overwrite else None
+        proc = subprocess.run([sys.executable, "-c", _KILLED_PUBLISH, str(out), str(tmp_path / "new"), str(k),
+                               "1" if overwrite else "0"], capture_output=True, text=True, timeout=120)
+        state = _snapshot(out) if out.exists() else None
+        assert state in (old, new), (k, proc.returncode, state and sorted(state))
+        if proc.returncode == 0:
+            assert state == new and int(proc.stdout) == k  # every step was a kill point before
+            break
+        assert proc.returncode == -signal.SIGKILL, proc.stderr
+        seen.append("new" if state == new else "old")
+        outdir.Stage(out, overwrite=True).discard()  # the next run: removes the dead process's stages
+        assert not _stages(parent, "out"), k
+        k += 1
+        assert k < 200
+    # Kills landed before and after the switch (the hook did reach the publish).
+    assert seen[0] == "old" and (seen[-1] == "new" or not overwrite), seen

@@ -183,7 +183,7 @@ class HyperNet(nn.Module):
         if not cos >= SAME_BASE_COSINE:
             raise TransplantError(
                 f"this hypernetwork belongs to {cfg.base_model or 'another model'}: the model's embeddings do not "
-                f"match it (mean cosine {cos:.2f} over {FINGERPRINT_ROWS} sampled rows, a fine-tune gives > "
+                f"match it (mean cosine {cos:.2f} over {int(keep.sum())} sampled rows, a fine-tune gives > "
                 f"{SAME_BASE_COSINE}); train one for this model with `hypernet train --model ...`")
         return cos
 

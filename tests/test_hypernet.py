@@ -72,6 +72,52 @@ def test_another_base_model_is_refused_a_finetune_accepted(build_model, tok_dirs
     assert loaded.check_source(E_in + 0.05 * torch.randn_like(E_in), E_out) > 0.95  # a fine-tune
 
 
+def _nonzero_net(E_in: torch.Tensor, E_out: torch.Tensor | None) -> HyperNet:
+    """A fresh network with heads of a fixed non-zero draw (the same for any source matrix)."""
+    net = HyperNet.create(E_in, E_out, width=16, heads=2, layers=1, seed=0)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in (*net.head_in.parameters(), *net.head_out.parameters()):
+            p.copy_(0.5 * torch.randn(p.shape, generator=g))
+    return net
+
+
+@pytest.mark.parametrize("untied", [False, True], ids=["tied", "untied"])
+def test_correction_is_in_units_of_the_source_matrix(untied):
+    """The encoder reads pieces standardized by the source's per-dimension mean and std, and its
+    correction is scaled back by that std: a network made for E * s + b predicts the rows the
+    network made for E predicts, times s, plus b (a correction in absolute units would not
+    follow a matrix whose dimensions have other scales)."""
+    g = torch.Generator().manual_seed(0)
+    E_in = torch.randn(300, 16, generator=g)
+    E_out = torch.randn(300, 16, generator=g) if untied else None
+    s, b = torch.logspace(-1, 1, 16), torch.randn(16, generator=g)
+    moved_in, moved_out = E_in * s + b, (E_out * s + b if untied else None)
+    decs = [[1, 2], [3, 4, 5], [7], [10, 20, 30, 40, 50]]
+    rows = _nonzero_net(E_in, E_out).predict(decs, E_in, E_out)
+    moved = _nonzero_net(moved_in, moved_out).predict(decs, moved_in, moved_out)
+    for side, (a, m) in enumerate(zip(rows, moved)):
+        fvt = torch.stack([(E_in if side == 0 or not untied else E_out)[d].mean(0) for d in decs])
+        assert (a - fvt).abs().max() > 0.1  # a real correction, not FVT
+        torch.testing.assert_close(m, a * s + b, rtol=1e-4, atol=1e-4)
+
+
+def test_source_check_averages_over_the_rows_a_shorter_vocabulary_has(llama_bl):
+    """A model whose vocabulary stops before the last fingerprint ids is judged on the rows it
+    has: the mean cosine over those, not a sum over them divided by every fingerprint id."""
+    _, E_in, E_out, _ = load_source(str(llama_bl))
+    net = HyperNet.create(E_in, E_out, width=16, heads=2, layers=1)
+    cut = E_in.shape[0] // 2  # about half of the fingerprint ids are past the end
+    kept = net.fingerprint_ids[net.fingerprint_ids < cut]
+    assert 0 < len(kept) < len(net.fingerprint_ids)
+    tuned = E_in[:cut] + 0.3 * torch.randn(cut, E_in.shape[1], generator=torch.Generator().manual_seed(0))
+    want = torch.nn.functional.cosine_similarity(tuned[kept], E_in[kept], dim=1).mean()
+    assert want > 0.8
+    assert net.check_source(tuned, E_out[:cut]) == pytest.approx(float(want), rel=1e-6)
+    with pytest.raises(TransplantError, match=f"over {len(kept)} sampled rows"):
+        net.check_source(E_in[:cut] + 2.0 * torch.randn(cut, E_in.shape[1]), E_out[:cut])
+
+
 def test_missing_or_wrong_path_is_one_line(llama_bl, tok_dirs, tmp_path):
     with pytest.raises(TransplantError, match="hypernet.path=DIR"):
         transplant(llama_bl, tok_dirs["sp"], None, method="hypernet")
@@ -91,6 +137,8 @@ def test_withheld_decompositions_never_use_the_token(tok_dirs):
 
 
 def test_sampled_tokenizers_are_lossless_and_aligned(tok_dirs):
+    """Each drawn tokenizer reproduces its text, and each of its ids is either an old token with
+    the same bytes or a complete decomposition into old tokens (stage 2 trains on those rows)."""
     import random
 
     from tokenizers import Tokenizer
@@ -99,22 +147,25 @@ def test_sampled_tokenizers_are_lossless_and_aligned(tok_dirs):
     pool = TextPool.from_files(TEXTS)
     sampler = TokenizerSampler(old, pool)
     old_vocab = Vocabulary.from_tokenizer(old)
-    sizes = set()
+    sizes, multi_piece = set(), 0
     for seed in range(3):
         rng = random.Random(seed)
         st = sampler.sample(rng, seed % 2)
         sizes.add(st.tokenizer.get_vocab_size())
         text = pool.chunks(rng, seed % 2, 1, 400)[0]
-        ids = st.tokenizer.encode(text).ids
-        assert st.tokenizer.decode(ids) == text
-        for i in set(ids):
-            piece = st.tokenizer.id_to_token(i)
-            if st.exact[i] >= 0:
-                assert not st.pieces[i]
-            elif st.pieces[i]:
-                assert old_vocab.decode_canonical(st.pieces[i]) == old_vocab.decode_canonical(
-                    old.encode(st.tokenizer.decode([i]), add_special_tokens=False).ids) or piece
+        assert st.tokenizer.decode(st.tokenizer.encode(text).ids) == text
+        new_vocab = Vocabulary.from_tokenizer(st.tokenizer)
+        assert len(st.exact) == len(st.pieces) == len(new_vocab.tokens)
+        for i, tok in enumerate(new_vocab.tokens):  # every id, not only those of one text
+            exact, pieces = st.exact[i], st.pieces[i]
+            assert (exact >= 0) != bool(pieces), (i, tok.text)  # an old token or old pieces, never both
+            if exact >= 0:
+                assert old_vocab.tokens[exact].text == tok.text, i
+            else:
+                assert b"".join(old_vocab.tokens[j].text for j in pieces) == tok.text, (i, pieces)
+                multi_piece += len(pieces) > 1
     assert len(sizes) > 1  # vocabulary sizes are drawn
+    assert multi_piece > 100  # the sampled vocabularies go beyond the old one
 
 
 def _cfg(model: Path, out: Path, **kw) -> TrainConfig:

@@ -47,7 +47,10 @@ _DECIDED = {"bos_token", "eos_token", "pad_token", "unk_token", "chat_template",
             "name_or_path", "auto_map", "tokenizer_file", "backend"}
 _ADDS_SPECIALS = {"TemplateProcessing", "BertProcessing", "RobertaProcessing"}
 GENERIC_CLASS = "TokenizersBackend"
-_CHECK_TEXTS = ["In the beginning God created the heaven and the earth.", "Hola, ¿qué tal?\n  x = 1\t# ok"]
+# The reload check's texts; the last one tells pipelines apart that agree on plain prose: decomposed
+# accents (an NFC normalizer composes them) and digit runs (split one by one, in threes, or whole).
+_CHECK_TEXTS = ["In the beginning God created the heaven and the earth.", "Hola, ¿qué tal?\n  x = 1\t# ok",
+                "Cafe\u0301 cre\u0300me, 1234567 + 89 = 1234656"]
 # Text that a lossless tokenizer reproduces exactly: newlines, runs of spaces, tabs, accents, CJK, emoji.
 LOSSLESS_PROBE = "Line one.\n\n  Two  spaces\tand a tab.\r\nÉté: naïve café — 東京 😀 x=1;"
 

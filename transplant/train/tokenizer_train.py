@@ -260,6 +260,9 @@ def append_merges(base: Tokenizer, pieces, n_new: int, *, max_symbols: int, min_
     alphabet = sorted({c for text in corpus for c in text if c != " "})
     if not alphabet:
         return base, []
+    # Each merge joins a pair inside at least one distinct word, so the text cannot give more than
+    # this; the trainer allocates for what it is asked (a huge request aborted the process).
+    n_new = min(n_new, sum(len(w) - 1 for w in {w for text in corpus for w in text.split(" ")}))
     trainer = trainers.BpeTrainer(vocab_size=len(alphabet) + n_new, initial_alphabet=alphabet, show_progress=False,
                                   max_token_length=max_symbols, min_frequency=min_frequency)
     learner = Tokenizer(models.BPE())

@@ -81,7 +81,12 @@ class ForcedClass:
 
 
 def supports_like(backend: Tokenizer) -> bool:
-    """A BPE without byte fallback or unknown token over bytes: what `tokenizer train` can learn."""
+    """A BPE without byte fallback or unknown token over bytes: what `tokenizer train` can learn.
+
+    Example:
+        >>> supports_like(forced_pipeline({"model_type": "qwen2"}))  # Qwen2Tokenizer: a byte-level BPE
+        True
+    """
     spec = json.loads(backend.to_str())
     model = spec.get("model") or {}
     return (model.get("type") == "BPE" and not model.get("byte_fallback") and model.get("unk_token") is None
@@ -142,7 +147,12 @@ def forced_pipeline(config: dict) -> Tokenizer | None:
 
 
 def model_config(folder: Path | None) -> dict:
-    """A folder's config.json as a dict ({} when there is none or it does not parse)."""
+    """A folder's config.json as a dict ({} when there is none or it does not parse).
+
+    Example:
+        >>> model_config(Path(model_dir))["model_type"], model_config(Path(new_tok_dir))
+        ('llama', {})
+    """
     path = None if folder is None else Path(folder) / "config.json"
     if path is None or not path.is_file():
         return {}
@@ -154,7 +164,12 @@ def model_config(folder: Path | None) -> dict:
 
 
 def load_snippet_tokenizer(folder: Path):
-    """The tokenizer the model card's snippet loads: `PreTrainedTokenizerFast.from_pretrained(folder)`."""
+    """The tokenizer the model card's snippet loads: `PreTrainedTokenizerFast.from_pretrained(folder)`.
+
+    Example:
+        >>> load_snippet_tokenizer(Path(new_tok_dir))("In the beginning", add_special_tokens=False).input_ids[:2]
+        [...]
+    """
     import transformers
 
     return getattr(transformers, SNIPPET_CLASS).from_pretrained(str(folder))

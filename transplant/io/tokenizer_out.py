@@ -146,18 +146,19 @@ def write_tokenizer(new: TokenizerSource, new_vocab: Vocabulary, out: Path, chat
 
 def _forced_or_raise(out: Path, raw: Tokenizer, prefix: list[int], suffix: list[int], problem: str,
                      allow: bool) -> ForcedClass:
-    """The forced class an allowed output is written with; else the refusal naming the cause."""
+    """The forced class an allowed output is written with; else the refusal naming the cause.
+
+    The forced class is the cause only when the generic class (the card's snippet) reads the folder
+    right; otherwise the problem is another one, reported as such.
+    """
     forced = forced_class(model_config(out))
-    if forced is None:
-        raise TransplantError(f"the written tokenizer does not reload as written ({problem}); nothing was "
+    generic_problem = problem if forced is None else check_written_tokenizer(out, raw, prefix, suffix,
+                                                                             loader=load_snippet_tokenizer)
+    if generic_problem:
+        raise TransplantError(f"the written tokenizer does not reload as written ({generic_problem}); nothing was "
                               "written (report this with the tokenizer attached)")
     if not allow:
         raise TransplantError(forced.refusal(problem))
-    snippet_problem = check_written_tokenizer(out, raw, prefix, suffix, loader=load_snippet_tokenizer)
-    if snippet_problem:
-        raise TransplantError(f"the written tokenizer does not reload as written even with the card's loading "
-                              f"snippet ({snippet_problem}); nothing was written (report this with the tokenizer "
-                              "attached)")
     return forced
 
 
@@ -219,7 +220,7 @@ def check_written_tokenizer(folder: Path, raw: Tokenizer, prefix: list[int] | No
     try:
         tok = (loader or (lambda f: AutoTokenizer.from_pretrained(str(f), trust_remote_code=False)))(folder)
     except Exception as exc:
-        who = "AutoTokenizer" if loader is None else getattr(loader, "__name__", "the loader")
+        who = "AutoTokenizer" if loader is None else "the card's loader"
         return f"{who} cannot load it: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
     for text in _CHECK_TEXTS:
         want = raw.encode(text, add_special_tokens=False).ids

@@ -82,6 +82,8 @@ def test_initializer_matrix(method, target, llama_bl, tok_dirs, tmp_path, reques
     assert copied == sum(counts.get(s, 0) for s in COPIED)
     # Rows that are not copies are new vectors, not leftovers of the same id in the old matrix.
     assert not torch.equal(new_in[:len(old_vocab)], old_in)
+    _check_made_rows(method, plan, {"input": old_in, "output": old_out}, {"input": new_in, "output": new_out},
+                     old_vocab, new_vocab, request)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -93,6 +95,69 @@ def test_initializer_matrix(method, target, llama_bl, tok_dirs, tmp_path, reques
     assert gen.shape[1] > enc.input_ids.shape[1]
     assert int(gen.max()) < len(new_vocab)
     assert isinstance(tok.decode(gen[0]), str)
+
+
+# Made rows that are a mix of old rows with weights on the simplex (softmax, sparsemax, convex
+# fits, a local/global blend of two such mixes).
+CONVEX = ("knn", "wechsel", "hull", "focus", "tokenadapt")
+
+
+def _check_made_rows(method, plan, old, new, old_vocab, new_vocab, request) -> None:
+    """Each made row is what its method's definition says, on both sides, from the written weights:
+    a mix of old rows with the plan's weights, and per method: fvt the mean of the rows of a
+    complete decomposition, mean the mean old row, hypernet the network's prediction, random and
+    multivariate draws with the old rows' statistics, the convex methods weights on the simplex,
+    omp an affine mix, focus a mix of anchors (old tokens that new tokens copy exactly)."""
+    from transplant.core.align import Alignment
+
+    align = Alignment.build(old_vocab, new_vocab)
+    made = [i for i, p in enumerate(plan.provenance) if p == method]
+    means = [i for i, p in enumerate(plan.provenance) if p in ("mean", "pad")]
+    for tensor in ("input", "output"):
+        side, O, N = plan.side(tensor), old[tensor].double(), new[tensor].double()
+        scale = np.ones(plan.new_size) if side.scales is None else side.scales
+        for i in made:
+            _, idx, w = side.row(i)
+            if side.kinds[i] == 0:  # a linear row: the weighted old rows the plan records
+                mix = (torch.tensor(w, dtype=torch.float64)[:, None] * O[idx]).sum(0) * float(scale[i])
+                torch.testing.assert_close(N[i], mix, rtol=1e-5, atol=1e-5)
+            if method in CONVEX:
+                assert min(w) >= 0 and sum(w) == pytest.approx(1, abs=1e-5), (i, w)
+            if method == "omp":
+                assert sum(w) == pytest.approx(1, abs=1e-5), (i, w)
+            if method == "focus":
+                assert set(idx) <= set(align.exact.values()), i
+            if method == "fvt":
+                pieces = align.decomposition(i)
+                assert b"".join(old_vocab.tokens[j].text for j in pieces) == new_vocab.tokens[i].text
+                torch.testing.assert_close(N[i], O[pieces].mean(0), rtol=1e-5, atol=1e-5)
+        for i in means:  # the mean method, and any row left to the chain's mean
+            torch.testing.assert_close(N[i], O.mean(0), rtol=1e-5, atol=1e-5)
+        if method in ("random", "multivariate"):
+            _check_draws(method, N[made], O)
+    if method == "hypernet":
+        from hypernet import HyperNet
+
+        net = HyperNet.load(request.getfixturevalue("hypernet_dir"))
+        predicted = net.predict([align.decomposition(i) for i in made], old["input"], old["output"])
+        for tensor, rows in zip(("input", "output"), predicted):
+            torch.testing.assert_close(new[tensor][made], rows, rtol=1e-5, atol=1e-5)
+
+
+def _check_draws(method: str, rows: torch.Tensor, old: torch.Tensor) -> None:
+    """`rows` look drawn from the method's normal: N(0, std^2 I) at the old rows' overall std
+    (random), N(mean, cov) of the old rows (multivariate: whitened, they are N(0, I)). Bounds of
+    five standard errors of the estimates from these many draws."""
+    if method == "multivariate":
+        mean = old.mean(0)
+        chol = torch.linalg.cholesky(torch.cov(old.T, correction=0))
+        rows, target = torch.linalg.solve_triangular(chol, (rows - mean).T, upper=False).T, 1.0
+    else:
+        target = float((old - old.mean(0)).pow(2).mean().sqrt())
+    n, dim = rows.shape
+    assert (rows.mean(0).abs() <= 5 * target / n ** 0.5).all(), rows.mean(0)
+    spread = float(rows.pow(2).mean().sqrt())
+    assert abs(spread / target - 1) <= 5 / (2 * n * dim) ** 0.5, (spread, target)
 
 
 @pytest.mark.parametrize("method", ["fvt", "multivariate"])

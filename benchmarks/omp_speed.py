@@ -41,7 +41,9 @@ def speed_and_fit(args, work: Path) -> dict:
     import torch
 
     from transplant import transplant
+    from transplant.common.texts import take_bytes
     from transplant.core.align import Alignment
+    from transplant.measure.evaluate import evaluate_bpb
     from transplant.methods.initializers.omp import donor_ids, shared_atoms
     from transplant.methods.resources import Resources
     from transplant.io.sources import resolve_model
@@ -51,7 +53,7 @@ def speed_and_fit(args, work: Path) -> dict:
     new_tok = resolve_model(args.donor)  # the donor's own tokenizer is the target
     out = work / "smollm2-gemma-omp"
     started = time.perf_counter()
-    result = transplant(args.model, new_tok, out, method="omp", options={"omp.donor": args.donor})
+    result = transplant(args.model, new_tok, out, method="omp", options={"omp.donor": args.donor}, calibrate=False)
     wall = time.perf_counter() - started
     plan = result.plan
     row = {"task": f"{args.model} -> {args.donor} tokenizer", "wall_seconds": round(wall, 1),
@@ -59,7 +61,18 @@ def speed_and_fit(args, work: Path) -> dict:
            "counts": plan.counts(), "options": plan.meta.get("options", {}).get("omp")}
     print(f"transplant: {wall:.1f} s wall, planning {row['planning_seconds']} s, {row['peak_rss_mib']} MiB peak",
           flush=True)
+    # Quality on English prose, against FVT onto the same tokenizer (both uncalibrated).
+    text = take_bytes((CORPORA / "en" / "dev.txt").read_text(), args.eval_bytes)
+    row["bpb_original"] = round(evaluate_bpb(args.model, [text]).bpb, 4)
+    row["bpb_omp"] = round(evaluate_bpb(out, [text]).bpb, 4)
     shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    transplant(args.model, new_tok, out, method="fvt", calibrate=False)
+    row["fvt_wall_seconds"] = round(time.perf_counter() - started, 1)
+    row["bpb_fvt"] = round(evaluate_bpb(out, [text]).bpb, 4)
+    shutil.rmtree(out, ignore_errors=True)
+    print(f"en/dev.txt ({args.eval_bytes} bytes): original {row['bpb_original']}, omp {row['bpb_omp']}, "
+          f"fvt {row['bpb_fvt']} bits/byte (fvt transplant {row['fvt_wall_seconds']} s)", flush=True)
 
     # Fit quality in the donor's space, on a random sample of the rows the method made.
     old = load_tokenizer(resolve_model(args.model)).vocabulary()
@@ -107,8 +120,9 @@ def speed_and_fit(args, work: Path) -> dict:
 
 def bpb_rows(args, work: Path) -> list[dict]:
     from transplant import transplant
-    from transplant.measure.evaluate import evaluate_bpb, take_bytes
+    from transplant.common.texts import take_bytes
     from transplant.io.sources import resolve_model
+    from transplant.measure.evaluate import evaluate_bpb
 
     text = take_bytes((CORPORA / "en" / "dev.txt").read_text(), args.eval_bytes)
     new_tok = resolve_model(args.model)  # Gemma onto SmolLM2's tokenizer: donor = SmolLM2
@@ -119,7 +133,7 @@ def bpb_rows(args, work: Path) -> list[dict]:
     for label, method, options in runs:
         out = work / f"gemma-smollm2-{label.replace(' ', '-')}"
         started = time.perf_counter()
-        result = transplant(args.donor, new_tok, out, method=method, options=options)
+        result = transplant(args.donor, new_tok, out, method=method, options=options, calibrate=False)
         seconds = time.perf_counter() - started
         bpb = evaluate_bpb(out, [text]).bpb
         rows.append({"task": rows[0]["task"], "method": label, "bpb": round(bpb, 4), "ratio": round(bpb / base, 4),
@@ -150,9 +164,10 @@ def main() -> None:
             args.results.write_text(json.dumps(results, indent=1))
     if "speed" in results:
         s = results["speed"]
-        print(f"\n| task | wall | planning | peak RSS | residual (method) | residual (exact OMP) |\n|---|---:|---:|---:|---:|---:|\n"
+        print(f"\n| task | wall | planning | peak RSS | residual (method) | residual (exact OMP) | BPB omp | BPB fvt |"
+              f"\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
               f"| {s['task']} | {s['wall_seconds']} s | {s['planning_seconds']} s | {s['peak_rss_mib']} MiB | "
-              f"{s['residual_method_mean']} | {s['residual_exact_mean']} |")
+              f"{s['residual_method_mean']} | {s['residual_exact_mean']} | {s.get('bpb_omp')} | {s.get('bpb_fvt')} |")
     if "bpb" in results:
         print("\n| method | bits/byte | ratio |\n|---|---:|---:|")
         for r in results["bpb"]:

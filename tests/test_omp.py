@@ -212,6 +212,33 @@ def test_exact_and_fast_pursuit_agree_on_tiny_vocabularies(omp_setup, llama_bl, 
     assert fast.counts() == exact.counts()
 
 
+@pytest.mark.parametrize("cap", ["atoms", "median"])
+def test_made_rows_are_never_longer_than_the_cap(omp_setup, llama_bl, tok_dirs, tmp_path, cap):
+    """A code fitted in the donor's space may cancel there and not among the source rows; the
+    written rows obey the cap on both sides (input and untied head), and `none` shows the cap
+    is what holds them: without it some row is longer."""
+    old = load_file(str(llama_bl / "model.safetensors"))
+    donor = str(omp_setup["donors"]["untied"])
+    lengths = {}
+    for mode in (cap, "none"):
+        out = tmp_path / mode
+        plan = transplant(llama_bl, tok_dirs["sp"], out, method="omp", calibrate=False,
+                          options={"omp.donor": donor, "omp.max_norm": mode}).plan
+        new = load_file(str(out / "model.safetensors"))
+        made = [i for i, p in enumerate(plan.provenance) if p == "omp"]
+        excess = []
+        for side_plan, key in ((plan, "model.embed_tokens.weight"), (plan.output, "lm_head.weight")):
+            old_len = old[key].norm(dim=1)
+            for i in made:
+                _, idx, w = side_plan.row(i)
+                used = [j for j, x in zip(idx, w) if x != 0]
+                limit = old_len[used].max() if cap == "atoms" else old_len.median()
+                excess.append(float(new[key][i].norm() / limit))
+        lengths[mode] = max(excess)
+    assert lengths[cap] <= 1 + 1e-4
+    assert lengths["none"] > 1.01, lengths  # the fixture's codes do overshoot without the cap
+
+
 def test_donor_on_another_tokenizer_is_refused(build_model, llama_bl, tok_dirs, tmp_path):
     other = build_model(tmp_path / "wp-donor", "llama", tied=True, tok="wp")
     with pytest.raises(TransplantError, match="does not use the new tokenizer"):
@@ -219,7 +246,8 @@ def test_donor_on_another_tokenizer_is_refused(build_model, llama_bl, tok_dirs, 
 
 
 @pytest.mark.parametrize("key,value,match", [("omp.k", "0", "at least 1"), ("omp.rule", "mp", "omp.rule"),
-                                             ("omp.candidates", "-5", "omp.candidates")])
+                                             ("omp.candidates", "-5", "omp.candidates"),
+                                             ("omp.max_norm", "huge", "omp.max_norm")])
 def test_bad_option_values_are_one_line_errors(omp_setup, llama_bl, tok_dirs, key, value, match):
     with pytest.raises(TransplantError, match=match):
         transplant(llama_bl, tok_dirs["sp"], None, method="omp",

@@ -53,12 +53,13 @@ def speed_and_fit(args, work: Path) -> dict:
     new_tok = resolve_model(args.donor)  # the donor's own tokenizer is the target
     out = work / "smollm2-gemma-omp"
     started = time.perf_counter()
-    result = transplant(args.model, new_tok, out, method="omp", options={"omp.donor": args.donor}, calibrate=False)
+    result = transplant(args.model, new_tok, out, method="omp", calibrate=False,
+                        options={"omp.donor": args.donor, "omp.max_norm": args.max_norm})
     wall = time.perf_counter() - started
     plan = result.plan
     row = {"task": f"{args.model} -> {args.donor} tokenizer", "wall_seconds": round(wall, 1),
            "planning_seconds": plan.meta.get("seconds"), "peak_rss_mib": peak_rss_mib(),
-           "counts": plan.counts(), "options": plan.meta.get("options", {}).get("omp")}
+           "counts": plan.counts(), "options": plan.meta.get("options", {}).get("omp"), "max_norm": args.max_norm}
     print(f"transplant: {wall:.1f} s wall, planning {row['planning_seconds']} s, {row['peak_rss_mib']} MiB peak",
           flush=True)
     # Quality on English prose, against FVT onto the same tokenizer (both uncalibrated).
@@ -148,6 +149,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--donor", default="gemma-3-270m")
     ap.add_argument("--sample", type=int, default=500)
+    ap.add_argument("--max-norm", default="atoms", help="omp.max_norm of the 262k transplant (atoms, median, none)")
     ap.add_argument("--bpb", action="store_true", help="also score Gemma onto SmolLM2's tokenizer (fvt, omp, exact)")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--eval-bytes", type=int, default=20_000)

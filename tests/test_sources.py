@@ -42,3 +42,29 @@ def test_uncached_hub_id_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(TransplantError, match="not in the local Hugging Face cache"):
         resolve_model("nobody/nothing-here")
+
+
+def test_every_model_form_is_a_tokenizer_argument(build_model, tok_dirs, tmp_path, monkeypatch):
+    """Wherever a tokenizer is asked for (run's --new-tok/--old-tok, `transplant_model`), a model
+    argument stands for its tokenizer: here a cached hub id, as a packaged name or a .gguf would."""
+    from transformers import AutoModelForCausalLM
+
+    from transplant import transplant
+    from transplant.inmemory import transplant_model
+    from transplant.io.sources import open_tokenizer
+
+    target = build_model(tmp_path / "target-model", tok="sp")
+    cache = tmp_path / "hub"
+    _fake_hub_cache(cache, "tiny-org/target", target)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    expect = open_tokenizer(tok_dirs["sp"]).vocabulary()
+    assert open_tokenizer("tiny-org/target").vocabulary().tokens == expect.tokens
+    src = build_model(tmp_path / "src", tok="bl")
+    written = transplant(src, "tiny-org/target", tmp_path / "out", method="fvt").plan
+    assert written.new_size == len(expect)
+    model = AutoModelForCausalLM.from_pretrained(src)
+    result = transplant_model(model, src, "tiny-org/target", method="fvt", inplace=False)
+    assert result.embeddings["input"].shape[0] == len(expect)
+    with pytest.raises(TransplantError, match="tokenizer not found: nobody/none .*a cached hub id"):
+        open_tokenizer("nobody/none")

@@ -30,12 +30,11 @@ import torch
 from transplant.common.errors import TransplantError
 from transplant.common.progress import stage
 from transplant.core.plan import Plan
-from transplant.core.vocab import load_tokenizer
 from transplant.inmemory import transplant_model
 from transplant.io.card import source_card_metadata
 from transplant.io.checkpoint import EmbeddingLayout, check_vocab_fits, locate_embeddings, read_embedding
 from transplant.io.outdir import check_output_path
-from transplant.io.sources import base_model_id, resolve_model
+from transplant.io.sources import base_model_id, open_tokenizer, resolve_model
 from transplant.io.tokenizer_out import check_target_reloads
 from transplant.methods.auto import choose as choose_auto
 from transplant.methods.auto import is_auto
@@ -221,8 +220,8 @@ def _run(spec: RunSpec, model: str | Path, new_tokenizer: str | Path, out: str |
     method, fallback, options, calibrate = spec.method_arg, spec.fallback, spec.options or None, spec.calibrate
     old_tokenizer, trust_remote_code, language = spec.old_tokenizer, spec.trust_remote_code, spec.language or None
     folder = resolve_model(model)
-    old_src = load_tokenizer(old_tokenizer or folder)
-    new_src = load_tokenizer(new_tokenizer)
+    old_src = open_tokenizer(old_tokenizer or folder)
+    new_src = open_tokenizer(new_tokenizer)
     if out is not None:
         inputs = input_files(folder, old_src, new_src, *(Path(p) for p in input_paths or []))
         out = check_output_path(Path(out), inputs, spec.overwrite)
@@ -270,4 +269,4 @@ def _run(spec: RunSpec, model: str | Path, new_tokenizer: str | Path, out: str |
                          allow_forced_class=spec.allow_forced_tokenizer_class)
 
 
-__all__ = ["transplant", "run_spec", "apply_plan", "transplant_model", "prepare", "TransplantResult", "RunSpec"]
+__all__ = ["RunSpec", "TransplantResult", "apply_plan", "prepare", "run_spec", "transplant", "transplant_model"]

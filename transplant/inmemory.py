@@ -17,8 +17,8 @@ import torch
 
 from transplant.common.errors import TransplantError
 from transplant.common.progress import stage
-from transplant.core.vocab import load_tokenizer
 from transplant.io.configs import remap_config, remap_generation_config
+from transplant.io.sources import open_tokenizer
 from transplant.methods.auto import choose as choose_auto
 from transplant.methods.auto import is_auto
 from transplant.methods.resources import Resources
@@ -49,7 +49,7 @@ def transplant_model(model: torch.nn.Module, old_tokenizer: str | Path, new_toke
         >>> model.config.vocab_size, model.config.eos_token_id, model.generation_config.eos_token_id  # `</s>`
         (759, 2, 2)
     """
-    old_src, new_src = load_tokenizer(old_tokenizer), load_tokenizer(new_tokenizer)
+    old_src, new_src = open_tokenizer(old_tokenizer), open_tokenizer(new_tokenizer)
     inp = model.get_input_embeddings().weight
     old_rows = len(old_src.vocabulary())
     if old_rows > inp.shape[0]:

@@ -105,6 +105,37 @@ def convert_gguf(path: Path) -> Path:
     return target
 
 
+def open_tokenizer(spec: str | Path):
+    """A tokenizer argument: a `tokenizer.json`, a folder holding one, or any `--model` form (a
+    packaged name, a `.gguf` file, a cached hub id), which stands for that model's tokenizer.
+
+    Example:
+        >>> len(open_tokenizer(model_dir).vocabulary())  # a folder holding tokenizer.json
+        500
+        >>> src = open_tokenizer("gemma-3-270m")  # a packaged model: its tokenizer  # doctest: +SKIP
+        >>> open_tokenizer("nobody/no-such-tokenizer")
+        Traceback (most recent call last):
+        ...
+        transplant.common.errors.TransplantError: tokenizer not found: nobody/no-such-tokenizer (pass a tokenizer.json file, a folder holding one, or a model argument: a model folder, a .gguf file, a cached hub id, or one of smollm2-135m-instruct, gemma-3-270m)
+    """
+    from transplant.core.vocab import load_tokenizer
+
+    text = str(spec)
+    path = Path(text)
+    if path.is_dir() or (path.is_file() and path.suffix != ".gguf"):
+        return load_tokenizer(path)
+    if text in PACKAGED or path.suffix == ".gguf":
+        return load_tokenizer(resolve_model(text))
+    if _HUB_ID.match(text) and not Path(text.split("/")[0]).exists():
+        try:
+            return load_tokenizer(resolve_model(text))
+        except TransplantError:
+            pass
+    raise TransplantError(f"tokenizer not found: {text} (pass a tokenizer.json file, a folder holding one, or a "
+                          f"model argument: a model folder, a .gguf file, a cached hub id, or one of "
+                          f"{', '.join(PACKAGED)})")
+
+
 def resolve_model(spec: str | Path) -> Path:
     """Turn a model argument into a local folder with config.json and safetensors weights."""
     text = str(spec)

@@ -109,7 +109,10 @@ def test_demo_end_to_end(smollm2, tmp_path):
     assert "calibration" in result.plan.meta
     assert info["fvt"].bytes == transplanted.bytes and transplanted.bpb < info["fvt"].bpb
     assert math.isfinite(original.bpb) and math.isfinite(transplanted.bpb)
-    assert 0 < transplanted.bpb < 2 * original.bpb, (original.bpb, transplanted.bpb)
+    # README's demo (40 kB held out): the default costs 1.074x the original's bits per byte, plain
+    # FVT 1.230x. With 8 kB held out and ~7% of margin, a material regression of either fails here.
+    ratio, fvt_ratio = transplanted.bpb / original.bpb, info["fvt"].bpb / original.bpb
+    assert 0 < ratio <= 1.15 and fvt_ratio <= 1.30, (original.bpb, ratio, fvt_ratio)
     # The Spanish tokenizer spends fewer tokens on Spanish text.
     assert transplanted.bytes_per_token > original.bytes_per_token
     counts = result.plan.counts()

@@ -168,3 +168,41 @@ def test_run_without_set_unchanged(llama_bl, tok_dirs, tmp_path, monkeypatch, ca
     assert doc["meta"]["options"] == {}
     assert "Options:" not in card
     assert "make it).\n\n| provenance" in card  # the card's layout as before options existed
+
+
+# -- declared ranges, choices and required options (every shipped method) ------------------------
+
+@pytest.mark.parametrize("method, sets, phrase", [
+    ("knn", ["knn.k=0"], "option knn.k must be at least 1, not 0"),
+    ("knn", ["knn.k=-3"], "option knn.k must be at least 1, not -3"),
+    ("knn", ["knn.temperature=0"], "option knn.temperature must be above 0"),
+    ("knn", ["knn.min_similarity=2"], "option knn.min_similarity must be at most 1"),
+    ("hull", ["hull.k=0"], "option hull.k must be at least 1"),
+    ("tokenadapt", ["tokenadapt.local_weight=1.5"], "option tokenadapt.local_weight must be at most 1"),
+    ("tokenadapt", ["tokenadapt.global_temperature=-1"], "must be above 0"),
+    ("omp", ["omp.explore=1"], "option omp.explore must be below 1"),
+    ("omp", ["omp.max_norm=huge"], "option omp.max_norm must be one of atoms, median, none"),
+    ("hypernet", [], "method hypernet needs option hypernet.path (--set hypernet.path=DIR"),
+])
+def test_out_of_range_options_are_refused_before_any_work(method, sets, phrase, llama_bl, tok_dirs, tmp_path,
+                                                         monkeypatch, capsys):
+    """A value an option declares meaningless is one line, and refused before the model is read."""
+    import transplant.api
+
+    def too_late(*args, **kwargs):
+        raise AssertionError("the model was read before the options were checked")
+
+    monkeypatch.setattr(transplant.api, "locate_embeddings", too_late)
+    out = tmp_path / "out"
+    args = ["run", "--model", llama_bl, "--new-tok", tok_dirs["sp"], "--out", out, "--method", method]
+    proc = run_inproc([*args, *[a for s in sets for a in ("--set", s)]], monkeypatch, capsys, cwd=tmp_path)
+    assert_clean_failure(proc, phrase, out)
+
+
+def test_every_numeric_option_of_a_shipped_method_declares_a_range():
+    """Counts, temperatures and shares all have values that mean nothing; each declares its range."""
+    from transplant.methods.initializers import available
+
+    loose = [f"{m}.{name}" for m in available() for name, opt in declared_options(m).items()
+             if opt.type in (int, float) and opt.low is None and opt.high is None and opt.choices is None]
+    assert not loose, loose

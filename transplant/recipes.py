@@ -278,7 +278,9 @@ def chain_options(fields: dict[str, Any], res: _Resolver, chain: list[str], drop
                                   "keep one)")
             options[name] = value
     try:
-        resolve_options(chain, options)  # names and types, as --set is checked
+        # Names, types and ranges, as --set is checked; what must be given is checked with the
+        # final method (the command line may change it, and auto fills the network's path).
+        resolve_options(chain, options, required=False)
     except TransplantError as exc:
         raise RecipeError(f"{res.where}: {exc}") from None
     return options
@@ -305,7 +307,7 @@ def check_recipe(spec: str | Path) -> Recipe:
         check_methods(run.method_arg, run.fallback)
         # Resources are checked by name only here (their files may not exist on this machine).
         typed = {k: v for k, v in run.options.items() if not (isinstance(v, str) and "${" in v)}
-        resolve_options(run.chain(), typed)
+        resolve_options(run.chain(), typed, required="auto" not in run.method)
     except TransplantError as exc:
         raise RecipeError(f"{recipe.where}: {exc}") from None
     return recipe

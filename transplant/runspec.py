@@ -185,7 +185,7 @@ class RunSpec(_Section):
         from transplant.methods.planner import check_methods
 
         check_methods(self.method_arg, self.fallback)
-        resolve_options(self.chain(), dict(self.options))
+        resolve_options(self.chain(), dict(self.options), required="auto" not in self.method)
 
     def require(self, where: str = "the run", hint: str = "") -> None:
         """Refuse a spec without model, new tokenizer or output folder (one line naming the flag)."""

@@ -113,7 +113,8 @@ class FOCUSInitializer(BaseInitializer):
         "vectors": Option("vectors", str, "", "fastText .bin trained with `transplant vectors train --tokenizer NEW_TOK`"),
         "text": Option("text", str, "", "target-language text: train those vectors now (cached)"),
         "temperature": Option("temperature", float, 0.1, "similarities are divided by it before sparsemax "
-                                                         "(1 = the paper; smaller: fewer anchors per token)"),
+                                                         "(1 = the paper; smaller: fewer anchors per token)",
+                              low=0, low_open=True),
     }
 
     def assign(self, ctx: InitContext, todo: list[int]) -> Made:

@@ -84,8 +84,8 @@ class HullInitializer(BaseInitializer):
     name = "hull"
     description = "convex hull: simplex weights over the k nearest old tokens fitted in an auxiliary space"
     options: ClassVar[dict[str, Option]] = {
-        "k": Option("k", int, 10, "nearest old tokens the hull is spanned by"),
-        "iterations": Option("iterations", int, 300, "projected-gradient (FISTA) steps"),
+        "k": Option("k", int, 10, "nearest old tokens the hull is spanned by", low=1),
+        "iterations": Option("iterations", int, 300, "projected-gradient (FISTA) steps", low=1),
         "space": space_option(),
     }
 

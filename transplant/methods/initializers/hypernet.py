@@ -44,14 +44,16 @@ class HyperNetInitializer(BaseInitializer):
     name = "hypernet"
     description = "ZeTT-style hypernetwork: rows predicted from the token's old pieces (hypernet.path=DIR)"
     options = {
-        "path": Option("path", str, "", "folder of a network trained for this base model by `hypernet train`"),
+        "path": Option("path", str, "", "folder of a network trained for this base model by `hypernet train`",
+                       required="--set hypernet.path=DIR; train one with `hypernet train --model MODEL --text FILE "
+                       "--out DIR`, or use --method auto to take the network registered for this model"),
         "tied_output": Option("tied_output", bool, False, "use the predicted input row for the LM head too, so a "
                               "tied model stays tied (default: the head's own prediction, written untied)"),
     }
 
     def assign(self, ctx: InitContext, todo: list[int]) -> Made:
         # On first use only: importing the hypernet package loads its training code too.
-        from hypernet.model import HyperNet
+        from hypernet.registry import open_network  # a damaged network is one line, not a traceback
 
         opts = ctx.options_for(self.name)
         if not opts["path"]:
@@ -63,7 +65,7 @@ class HyperNetInitializer(BaseInitializer):
             raise TransplantError(f"hypernet.path {folder} is not a hypernetwork folder (no model.safetensors; "
                                   "train one with `hypernet train`)")
         res = ctx.need_resources(self.name)
-        net = res.cached(f"hypernet:{folder.resolve()}", lambda: HyperNet.load(folder),
+        net = res.cached(f"hypernet:{folder.resolve()}", lambda: open_network(folder),
                          fingerprint=file_fingerprint(weights))
         E_in = res.old_input()
         E_out = None if res.tied else res.old_output()

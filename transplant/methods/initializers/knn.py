@@ -40,10 +40,12 @@ class KNNInitializer(BaseInitializer):
     name = "knn"
     description = "k nearest old tokens in an auxiliary space, softmax over similarity"
     options: ClassVar[dict[str, Option]] = {
-        "k": Option("k", int, 10, "neighbours per new token"),
-        "temperature": Option("temperature", float, 0.1, "softmax temperature over cosine similarities"),
+        "k": Option("k", int, 10, "neighbours per new token", low=1),
+        "temperature": Option("temperature", float, 0.1, "softmax temperature over cosine similarities", low=0,
+                              low_open=True),
         "space": space_option(),
-        "min_similarity": Option("min_similarity", float, -1.0, "neighbours below this cosine are ignored"),
+        "min_similarity": Option("min_similarity", float, -1.0, "neighbours below this cosine are ignored",
+                                 low=-1, high=1),
     }
 
     def assign(self, ctx: InitContext, todo: list[int]) -> Made:

@@ -71,22 +71,22 @@ class OMPInitializer(BaseInitializer):
     options = {
         "donor": Option("donor", str, "", "a model that already uses the new tokenizer (any --model form); "
                         "empty = pursue in the auxiliary space of option space"),
-        "k": Option("k", int, 64, "atoms per new token (mergekit tokensurgeon's default)"),
+        "k": Option("k", int, 64, "atoms per new token (mergekit tokensurgeon's default)", low=1),
         "candidates": Option("candidates", int, 0, "atoms each token is pursued among, preselected by cosine "
-                             "(0 = 4*k; -1 = every atom: exact OMP, slow on large vocabularies)"),
+                             "(0 = 4*k; -1 = every atom: exact OMP, slow on large vocabularies)", low=-1),
         "explore": Option("explore", float, 0.0, "share of each token's candidates drawn at random from all atoms "
                           "instead of its nearest by cosine: a closer fit in the donor space (exact OMP's atoms "
-                          "are spread over the whole vocabulary), measured to transfer worse"),
+                          "are spread over the whole vocabulary), measured to transfer worse", low=0, high=1,
+                          high_open=True),
         "rule": Option("rule", str, "ormp", "atom selection: omp (highest |cosine| with the residual) or ormp "
-                       "(largest residual decrease; measured to transfer better)"),
+                       "(largest residual decrease; measured to transfer better)", choices=RULES),
         "space": space_option("model", when="when there is no donor"),
         "max_norm": Option("max_norm", str, "atoms", "longest a made row may be: atoms (the longest source row it "
-                           "mixes), median (a median source row) or none"),
+                           "mixes), median (a median source row) or none", choices=NORM_CAPS),
     }
 
     def assign(self, ctx: InitContext, todo: list[int]) -> Made:
         opts = ctx.options_for(self.name)
-        _check(opts)
         res = ctx.need_resources(self.name)
         if opts["donor"]:
             return self._with_donor(ctx, res, todo, opts)
@@ -150,19 +150,6 @@ class OMPInitializer(BaseInitializer):
         indices = atoms[idx.numpy()]
         weights = cap_norms(indices, coef.numpy(), ctx.need_resources(self.name).old_input(), opts["max_norm"])
         return Made(blocks=[RowBlock(ids, indices, weights, source=self.name)])
-
-
-def _check(opts: dict) -> None:
-    if opts["k"] < 1:
-        raise TransplantError(f"omp.k must be at least 1, not {opts['k']}")
-    if opts["candidates"] < -1:
-        raise TransplantError(f"omp.candidates must be -1 (every atom), 0 (4*k) or a count, not {opts['candidates']}")
-    if not 0.0 <= opts["explore"] < 1.0:
-        raise TransplantError(f"omp.explore must be in [0, 1), not {opts['explore']}")
-    if opts["rule"] not in RULES:
-        raise TransplantError(f"omp.rule must be one of {', '.join(RULES)}, not {opts['rule']!r}")
-    if opts["max_norm"] not in NORM_CAPS:
-        raise TransplantError(f"omp.max_norm must be one of {', '.join(NORM_CAPS)}, not {opts['max_norm']!r}")
 
 
 def cap_norms(indices: np.ndarray, weights: np.ndarray, source: torch.Tensor, cap: str,

@@ -161,13 +161,15 @@ def _flatten(raw: dict) -> dict[str, Any]:
     return flat
 
 
-def resolve_options(chain: list[str], raw: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+def resolve_options(chain: list[str], raw: dict[str, Any] | None, required: bool = True) -> dict[str, dict[str, Any]]:
     """Check and type `METHOD.OPTION` settings against the methods of a chain, defaults filled in.
 
     Args:
         chain: the initializers of the run (see `planner.method_chain`).
         raw: `{"knn.k": "20"}` (strings from the command line, or typed values); a nested
             `{"knn": {"k": 20}}` is read the same way.
+        required: refuse a method whose required option is unset (False while `auto` may still
+            fill it in, e.g. the registered network's path).
 
     Returns:
         Method -> option -> typed value, for every method of `chain` that declares options.
@@ -197,6 +199,10 @@ def resolve_options(chain: list[str], raw: dict[str, Any] | None) -> dict[str, d
             resolved[method][option] = declared[option].parse(value)
         except ValueError as exc:
             raise TransplantError(f"option {key} {exc} ({key}: {declared[option].describe()})") from None
+    for method, values in resolved.items() if required else ():  # what must be given, and was not set
+        for option, spec in declared_options(method).items():
+            if spec.required and values.get(option) in ("", None):
+                raise TransplantError(f"method {method} needs option {method}.{option} ({spec.required})")
     return resolved
 
 

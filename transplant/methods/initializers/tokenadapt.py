@@ -67,11 +67,15 @@ class TokenAdaptInitializer(BaseInitializer):
     description = "TokenAdapt hybrid: pieces weighted by similarity and length, blended with global neighbours"
     options: ClassVar[dict[str, Option]] = {
         "space": space_option(),
-        "local_temperature": Option("local_temperature", float, 0.3, "softmax temperature over piece scores"),
-        "global_k": Option("global_k", int, 3, "neighbours of the global estimate"),
-        "min_similarity": Option("min_similarity", float, 0.6, "neighbours below this cosine are ignored"),
-        "global_temperature": Option("global_temperature", float, 0.3, "softmax temperature over neighbours"),
-        "local_weight": Option("local_weight", float, 0.7, "share of the local estimate when both exist"),
+        "local_temperature": Option("local_temperature", float, 0.3, "softmax temperature over piece scores",
+                                    low=0, low_open=True),
+        "global_k": Option("global_k", int, 3, "neighbours of the global estimate", low=1),
+        "min_similarity": Option("min_similarity", float, 0.6, "neighbours below this cosine are ignored",
+                                 low=-1, high=1),
+        "global_temperature": Option("global_temperature", float, 0.3, "softmax temperature over neighbours",
+                                     low=0, low_open=True),
+        "local_weight": Option("local_weight", float, 0.7, "share of the local estimate when both exist",
+                               low=0, high=1),
     }
 
     def assign(self, ctx: InitContext, todo: list[int]) -> Made:

@@ -103,8 +103,9 @@ class WECHSELInitializer(BaseInitializer):
         "source_vectors": Option("source_vectors", str, "", "fastText .bin of the source model's language"),
         "target_vectors": Option("target_vectors", str, "", "fastText .bin of the new tokenizer's language"),
         "dictionary": Option("dictionary", str, "", "bilingual dictionary: 'source<TAB>target' word pairs"),
-        "k": Option("k", int, 10, "old neighbours per new token"),
-        "temperature": Option("temperature", float, 0.1, "softmax temperature over cosine similarities"),
+        "k": Option("k", int, 10, "old neighbours per new token", low=1),
+        "temperature": Option("temperature", float, 0.1, "softmax temperature over cosine similarities", low=0,
+                              low_open=True),
         "identical": Option("identical", bool, False, "also align on words spelled the same in both languages"),
     }
 

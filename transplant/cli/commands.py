@@ -8,7 +8,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -16,8 +15,8 @@ from pathlib import Path
 import click
 
 from transplant.common.errors import TransplantError
-from transplant.common.texts import read_texts
 from transplant.cli.spec_options import as_fields, given_on_command_line, spec_options
+from transplant.cli.tables import print_eval_table as _print_eval_table
 from transplant.runspec import RunSpec, cli_flags, parse_settings
 
 
@@ -90,71 +89,6 @@ def recipes_cmd(checks, show) -> None:
         click.echo(f"{name:<{width}}{description}")
     click.echo("\nRun one with `transplant run --recipe NAME` (flags given there override its fields); "
                "`transplant recipes --show NAME` prints it.")
-
-
-def _print_eval_table(evaluation: dict, base: str | None = "original") -> None:
-    """One row per model; with `base` (a key of `evaluation`) a ratio column of bits per byte against it."""
-    ref = evaluation.get(base) if base else None
-    width = max([14] + [len(name) + 2 for name in evaluation])
-    click.echo(f"{'model':<{width}}{'bits/byte':>11}{'bytes/token':>13}" + (f"{'ratio':>8}" if ref else ""))
-    for name, r in evaluation.items():
-        ratio = f"{r.bpb / ref.bpb:>8.3f}" if ref else ""
-        click.echo(f"{name:<{width}}{r.bpb:>11.4f}{r.bytes_per_token:>13.2f}{ratio}")
-    for name, r in evaluation.items():
-        if not getattr(r, "lossless", True):
-            click.echo(f"warning: {name}'s tokenizer does not reproduce the text (decode(encode(text)) != text): "
-                       "its bits per byte are not comparable with another tokenizer's", err=True)
-
-
-def _model_label(spec: str) -> str:
-    """How a model argument is named in tables: a local folder by its name, anything else as given."""
-    path = Path(spec)
-    if path.exists():
-        return path.resolve().name if path.is_dir() else path.name
-    return spec
-
-
-@cli.command("eval")
-@click.option("--model", required=True, help="Model folder (or any model argument `run` accepts).")
-@click.option("--tokenizer", default=None, help="Tokenizer to use (default: the model's own).")
-@click.option("--text", "texts", multiple=True, required=True, help="UTF-8 text file(s); documents separated by blank lines.")
-@click.option("--max-bytes", type=click.IntRange(min=1), default=None, help="Score only the leading whole documents up to this many bytes.")
-@click.option("--ctx", type=click.IntRange(min=1), default=1024, show_default=True,
-              help="Context length in tokens: documents are packed into chunks of at most this many tokens.")
-@click.option("--compare", default=None,
-              help="Also score this model (with its own tokenizer) and print MODEL's ratio of bits per byte to it.")
-@click.option("--trust-remote-code", is_flag=True,
-              help="Allow custom model code (config.json auto_map) from the model folders; refused otherwise.")
-@click.option("--json", "as_json", is_flag=True,
-              help='Print JSON: {"model": {...}, "compare": {...}, "ratio": ...}, each result with its "name".')
-def eval_cmd(model, tokenizer, texts, max_bytes, ctx, compare, trust_remote_code, as_json) -> None:
-    """Bits per byte and bytes per token of MODEL on TEXT."""
-    from transplant.measure.evaluate import evaluate_bpb
-    from transplant.io.sources import refuse_custom_code, resolve_model
-
-    data = read_texts(texts, max_bytes)
-    # Refuse custom code in either model before spending minutes scoring the other.
-    for spec in [s for s in (compare, model) if s]:
-        refuse_custom_code(resolve_model(spec), trust_remote_code)
-    name = _model_label(model)
-    other = _model_label(compare) if compare else None
-    if other is not None and other == name:
-        name, other = (model, compare) if model != compare else (f"{name} (model)", f"{other} (compare)")
-    results = {}
-    if compare:
-        results["compare"] = evaluate_bpb(compare, data, ctx=ctx, trust_remote_code=trust_remote_code, label=other)
-    results["model"] = evaluate_bpb(model, data, tokenizer=tokenizer, ctx=ctx, trust_remote_code=trust_remote_code,
-                                    label=name)
-    if as_json:
-        doc = {"model": {"name": name, **results["model"].as_dict()}}
-        if compare:
-            doc["compare"] = {"name": other, **results["compare"].as_dict()}
-            doc["ratio"] = results["model"].bpb / results["compare"].bpb
-        click.echo(json.dumps(doc, indent=2))
-    elif compare:
-        _print_eval_table({other: results["compare"], name: results["model"]}, base=other)
-    else:
-        _print_eval_table({name: results["model"]}, base=None)
 
 
 @cli.command()
@@ -444,6 +378,8 @@ from transplant.cli.vectors import vectors as vectors_group  # noqa: E402  (regi
 cli.add_command(vectors_group)
 from transplant.cli.tokenizer import tokenizer as tokenizer_group  # noqa: E402
 cli.add_command(tokenizer_group)
+from transplant.cli.eval_cmd import eval_cmd  # noqa: E402
+cli.add_command(eval_cmd)
 
 
 if __name__ == "__main__":

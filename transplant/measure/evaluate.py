@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -74,11 +75,14 @@ def pack(doc_ids: list[list[int]], ctx: int) -> list[list[int]]:
 
 @torch.inference_mode()
 def score(model, encode, start_id: int, texts: list[str], ctx: int = 1024, batch_size: int | None = None,
-          desc: str = "scoring") -> EvalResult:
+          desc: str = "scoring", observe: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> EvalResult:
     """Score an in-memory model; `encode(list[str]) -> list[list[int]]` without special tokens.
 
     `batch_size` defaults to what keeps the float32 logits near 1 GB (1 for a 262k vocabulary).
     A progress bar over the batches (counted in tokens) is labelled `desc` (see `transplant.common.progress`).
+    `observe(logits, targets)` sees each batch's logits (batch, positions, rows) and targets (-100:
+    not scored), in text order, so more can be measured in the same pass
+    (`transplant.measure.breakdown`); it must not keep the logits.
     """
     started = time.perf_counter()
     docs = [d for t in texts for d in split_documents(t)]
@@ -104,6 +108,8 @@ def score(model, encode, start_id: int, texts: list[str], ctx: int = 1024, batch
         targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
         nll += float(torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
                                                        ignore_index=-100, reduction="sum"))
+        if observe is not None:
+            observe(logits, targets)
         del logits
         pbar.update(batch_tokens)
     pbar.close()
@@ -124,11 +130,13 @@ def _label(folder: Path) -> str:
 
 def evaluate_bpb(model_dir: str | Path, texts: list[str], tokenizer: str | Path | None = None, ctx: int = 1024,
                  batch_size: int | None = None, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
-                 label: str | None = None) -> EvalResult:
+                 label: str | None = None,
+                 observe: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> EvalResult:
     """Load a checkpoint folder (and its tokenizer, or `tokenizer`) and score `texts`.
 
     A folder whose config.json asks for custom code (`auto_map`) is refused unless
     `trust_remote_code=True`. `label` names the progress bar ("scoring <label>"; default: the folder's name).
+    `observe` is passed to `score`.
     """
     from transformers import AutoModelForCausalLM
 
@@ -154,7 +162,7 @@ def evaluate_bpb(model_dir: str | Path, texts: list[str], tokenizer: str | Path 
         return [e.ids for e in src.tokenizer.encode_batch(docs, add_special_tokens=False)]
 
     result = score(model, encode, start, texts, ctx=ctx, batch_size=batch_size,
-                   desc=f"scoring {label or _label(folder)}")
+                   desc=f"scoring {label or _label(folder)}", observe=observe)
     docs = [d for t in texts for d in split_documents(t)]
     decoded = [src.tokenizer.decode(e.ids, skip_special_tokens=False)
                for e in src.tokenizer.encode_batch(docs, add_special_tokens=False)]

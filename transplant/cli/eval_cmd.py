@@ -1,0 +1,107 @@
+"""`transplant eval`: bits per byte of a model on a text, and where its loss is.
+
+Example:
+    $ transplant eval --model smollm2-de --text dev.txt
+    $ transplant eval --model smollm2-de --text dev.txt --compare smollm2-135m-instruct --plot where.png
+    $ transplant eval --model smollm2-de --text dev.txt --compare smollm2-135m-instruct --json
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from transplant.cli.tables import print_breakdown, print_eval_table, print_top_tokens
+from transplant.common.errors import TransplantError
+from transplant.common.texts import read_texts
+
+
+def model_label(spec: str) -> str:
+    """How a model argument is named in tables: a local folder by its name, anything else as given.
+
+    Example:
+        >>> model_label("smollm2-135m-instruct"), model_label(model_dir)
+        ('smollm2-135m-instruct', 'tiny-model')
+    """
+    path = Path(spec)
+    if path.exists():
+        return path.resolve().name if path.is_dir() else path.name
+    return spec
+
+
+@click.command("eval")
+@click.option("--model", required=True, help="Model folder (or any model argument `run` accepts).")
+@click.option("--tokenizer", default=None, help="Tokenizer to use (default: the model's own).")
+@click.option("--text", "texts", multiple=True, required=True, help="UTF-8 text file(s); documents separated by blank lines.")
+@click.option("--max-bytes", type=click.IntRange(min=1), default=None, help="Score only the leading whole documents up to this many bytes.")
+@click.option("--ctx", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Context length in tokens: documents are packed into chunks of at most this many tokens.")
+@click.option("--compare", default=None,
+              help="Also score this model (with its own tokenizer), print MODEL's ratio of bits per byte to it and "
+                   "the tokens that cost most against it on the same bytes.")
+@click.option("--top", type=click.IntRange(min=0), default=10, show_default=True,
+              help="How many tokens to list by excess loss against --compare.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, metavar="FILE.png",
+              help="Draw the per-kind shares of tokens, loss and probability mass into this PNG "
+                   "(needs matplotlib: pip install 'tokentransplant[plot]').")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Allow custom model code (config.json auto_map) from the model folders; refused otherwise.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print JSON: {"model": {...}, "compare": {...}, "ratio": ..., "excess": {...}}, each model with its '
+                   '"name" and its "breakdown" (one row per kind of token).')
+def eval_cmd(model, tokenizer, texts, max_bytes, ctx, compare, top, plot, trust_remote_code, as_json) -> None:
+    """Bits per byte and bytes per token of MODEL on TEXT, and where the loss is.
+
+    A transplanted MODEL's loss is split by where each token's row came from (copied exactly,
+    special, or made by a method), with the probability mass the model puts on each kind.
+    """
+    from transplant.io.sources import refuse_custom_code, resolve_model
+
+    if plot:  # before minutes of scoring
+        from transplant.measure.breakdown_plot import require_matplotlib
+
+        require_matplotlib()
+        if not Path(plot).resolve().parent.is_dir():
+            raise TransplantError(f"no folder {Path(plot).parent} for --plot {plot} (create it first)")
+    data = read_texts(texts, max_bytes)
+    # Refuse custom code in either model before spending minutes scoring the other.
+    for spec in [s for s in (compare, model) if s]:
+        refuse_custom_code(resolve_model(spec), trust_remote_code)
+    name = model_label(model)
+    other = model_label(compare) if compare else None
+    if other is not None and other == name:
+        name, other = (model, compare) if model != compare else (f"{name} (model)", f"{other} (compare)")
+    from transplant.measure.breakdown import breakdown_bpb, compare_on_bytes
+
+    found = {}
+    if compare:
+        found["compare"] = breakdown_bpb(compare, data, ctx=ctx, trust_remote_code=trust_remote_code, label=other)
+    found["model"] = breakdown_bpb(model, data, tokenizer=tokenizer, ctx=ctx, trust_remote_code=trust_remote_code,
+                                   label=name)
+    versus = compare_on_bytes(found["model"], found["compare"], top=top) if compare else None
+    bd = found["model"]
+    if plot:
+        from transplant.measure.breakdown_plot import plot_breakdown
+
+        plot_breakdown(bd.kinds, plot, title=f"{name}: {bd.result.bpb:.4f} bits/byte on {bd.result.bytes:,} bytes")
+    if as_json:
+        doc = {"model": {"name": name, **bd.result.as_dict(), "breakdown": bd.as_dict()}}
+        if compare:
+            ref = found["compare"]
+            doc["compare"] = {"name": other, **ref.result.as_dict(), "breakdown": ref.as_dict()}
+            doc["ratio"] = bd.result.bpb / ref.result.bpb
+            doc["excess"] = versus.as_dict()
+        click.echo(json.dumps(doc, indent=2))
+        return
+    if compare:
+        print_eval_table({other: found["compare"].result, name: bd.result}, base=other)
+    else:
+        print_eval_table({name: bd.result}, base=None)
+    if len(bd.kinds) > 1 or versus is not None:  # a model without a plan is one kind: nothing to split
+        click.echo()
+        print_breakdown(name, bd.kinds, bd.result.bytes, versus.by_kind if versus else None, other)
+    if versus is not None and versus.tokens:
+        click.echo()
+        print_top_tokens(versus.tokens, other)

@@ -49,3 +49,20 @@ def test_transplant_accepts_an_in_memory_model_and_leaves_it_untouched(build_mod
     assert torch.equal(result.embeddings["input"], from_disk.embeddings["input"])
     assert torch.equal(result.embeddings["output"], from_disk.embeddings["output"])
     assert torch.equal(model.get_input_embeddings().weight, before)
+
+
+def test_transplant_model_does_not_sample_rows_it_overwrites(build_model, tok_dirs, tmp_path, monkeypatch):
+    """Growing the in-memory model must not fit and sample a normal for every new row (transformers'
+    mean_resizing: minutes and a warning on a 262k vocabulary) when the plan overwrites them all."""
+    src = build_model(tmp_path / "src", kind="llama", tied=True, tok="bl")
+    model = AutoModelForCausalLM.from_pretrained(str(src))
+    calls = []
+    resize = type(model).resize_token_embeddings
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs.get("mean_resizing", True))
+        return resize(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "resize_token_embeddings", spy)
+    transplant_model(model, str(src), str(tok_dirs["sp"]), method="fvt")
+    assert calls == [False]

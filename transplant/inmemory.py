@@ -83,7 +83,9 @@ def transplant_model(model: torch.nn.Module, old_tokenizer: str | Path, new_toke
     result = TransplantResult(plan, None, {"input": new_in, **({"output": new_out} if new_out is not None else {})},
                               prep.notes, special_ids=prep.ids)
     if inplace:
-        model.resize_token_embeddings(plan.new_size)
+        # mean_resizing would sample every new row from a fitted normal (minutes for 200k rows,
+        # and a warning) only for the rows to be overwritten next.
+        model.resize_token_embeddings(plan.new_size, mean_resizing=False)
         if untie:
             text_cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
             model.config.tie_word_embeddings = text_cfg.tie_word_embeddings = False

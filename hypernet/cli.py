@@ -57,6 +57,8 @@ def cli(quiet: bool) -> None:
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True, help="Steps between checkpoints.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--overwrite", is_flag=True,
+              help="Start afresh in --out, replacing an earlier hypernetwork run or network there (nothing else).")
 def train_cmd(recipe, **flags) -> None:
     """Train a hypernetwork for MODEL on TEXT; the trained network lands in OUT."""
     from .train import train
@@ -85,9 +87,10 @@ def config_from(recipe: str | None, flags: dict, given: set[str]):
     """A TrainConfig from a recipe's fields overridden by the flags given on the command line.
 
     The recipe is read by the loader every spec file uses (`transplant.common.specfile.config_values`):
-    safe YAML, unknown keys and bad values refused in one line, `${VAR}` / `${VAR:-default}`
-    expanded; a relative text path is read from the recipe's folder when it is there, else from
-    the current directory (the shipped recipes name files of the checkout).
+    safe YAML, unknown keys and values of the wrong type refused in one line (as `transplant run
+    --recipe` does), `${VAR}` / `${VAR:-default}` expanded; values out of range are refused by
+    `TrainConfig` itself; a relative text path is read from the recipe's folder when it is there,
+    else from the current directory (the shipped recipes name files of the checkout).
     """
     from transplant.common.specfile import config_values
 
@@ -99,10 +102,7 @@ def config_from(recipe: str | None, flags: dict, given: set[str]):
             raise TransplantError(f"no {need}: pass {flag} (or set {need} in the recipe)")
     if not values.get("texts"):
         raise TransplantError("no training text: pass --text FILE (repeatable) or set texts in the recipe")
-    try:
-        return TrainConfig(**values)
-    except TypeError as exc:
-        raise TransplantError(f"bad training settings: {exc}") from None
+    return TrainConfig(**values)  # checks the ranges: one line naming the setting and its flag
 
 
 @cli.command("export")
@@ -110,11 +110,12 @@ def config_from(recipe: str | None, flags: dict, given: set[str]):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the network.")
 @click.option("--run", default=None, type=click.Path(exists=True, file_okay=False),
               help="The training run's folder (default: two levels above CHECKPOINT).")
-def export_cmd(checkpoint, out, run) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace an earlier hypernetwork folder at --out (nothing else).")
+def export_cmd(checkpoint, out, run, overwrite) -> None:
     """Write the network of a training CHECKPOINT (<run>/checkpoints/step-N) as a usable folder."""
-    from .train import export_checkpoint
+    from .registry import export_checkpoint
 
-    path = export_checkpoint(checkpoint, out, run)
+    path = export_checkpoint(checkpoint, out, run, overwrite=overwrite)
     click.echo(f"hypernet: {path}, registered as {_register(path).name!r} (`hypernet list`)")
 
 
@@ -152,13 +153,14 @@ def info_cmd(folder) -> None:
     import json
     from dataclasses import asdict
 
-    from .model import HyperNet, parameter_count
+    from .model import parameter_count
+    from .registry import open_network
 
-    net = HyperNet.load(folder)
+    net = open_network(folder)
     click.echo(json.dumps({**asdict(net.config), "parameters": parameter_count(net)}, indent=2))
     summary = Path(folder) / "training.json"
     if summary.is_file():
-        click.echo(summary.read_text().rstrip())
+        click.echo(summary.read_text(encoding="utf-8", errors="replace").rstrip())
 
 
 def main() -> None:
@@ -174,6 +176,12 @@ def main() -> None:
     except click.UsageError as exc:
         click.echo(f"error: {' '.join(exc.format_message().split())} (see `hypernet --help`)", err=True)
         sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+        sys.exit(exc.exit_code)
+    except (OSError, MemoryError) as exc:  # a full disk, a permission: the system's own words, one line
+        click.echo(f"error: {' '.join(str(exc).split())}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

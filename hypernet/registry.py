@@ -37,18 +37,159 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from transplant.common.errors import TransplantError
+from transplant.common.safetensors_header import validate_shard
+from transplant.io.outdir import OutputKind
+
+log = logging.getLogger(__name__)
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "networks"
 # Files of a network folder that are copied into the registry (training checkpoints are not).
 NETWORK_FILES = ("config.json", "model.safetensors", "training.json")
 REGISTERED = "registered.json"
+# A training run's folder holds its settings from the moment it is created (`hypernet train`).
+RUN_CONFIG = "train_config.json"
+RUN_FORMAT = "tokentransplant-hypernet-run/1"
+# Settings a run folder written before RUN_FORMAT existed is recognised by.
+_RUN_KEYS = {"model", "texts", "out", "stage1_steps", "width"}
+# Smallest valid value of each integer field of a network's config.json (ffn_mult: positive).
+_CONFIG_MINIMUM = {"hidden_size": 1, "width": 0, "layers": 1, "heads": 0, "max_pieces": 1, "vocab_size": 0}
+
+
+def _json_object(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def is_training_run(folder: Path) -> bool:
+    """Whether `folder` is a `hypernet train` run folder (its settings file says so)."""
+    settings = _json_object(Path(folder) / RUN_CONFIG)
+    return settings is not None and (settings.get("format") == RUN_FORMAT or _RUN_KEYS <= settings.keys())
+
+
+def is_hypernet_output(folder: Path) -> bool:
+    """Whether `folder` was written by `hypernet train` or `hypernet export` (a run or a network),
+    so that `--overwrite` may replace it; a model folder's config.json has no hypernetwork format.
+
+    Example:
+        >>> is_hypernet_output(Path(model_dir))
+        False
+    """
+    from .model import FORMAT
+
+    config = _json_object(Path(folder) / "config.json")
+    return (config is not None and config.get("format") == FORMAT) or is_training_run(folder)
+
+
+# What `hypernet train` and `hypernet export` write: `--overwrite` replaces only this.
+HYPERNET_OUTPUT = OutputKind("a hypernetwork folder", f"no hypernetwork config.json or {RUN_CONFIG}",
+                             is_hypernet_output)
+
+
+def check_network_folder(folder: str | Path) -> dict:
+    """The config of a saved network, after checking it can be loaded: config.json (JSON, format,
+    known keys, types, ranges) and model.safetensors (header complete, tensors of the config's
+    shapes), each failure one line. No tensor data is read.
+
+    Example:
+        >>> _ = Path("broken").mkdir()
+        >>> _ = Path("broken/config.json").write_text('{"format": "tokentransplant-hypernet/1", "hidden": 3}')
+        >>> _ = Path("broken/model.safetensors").write_bytes(b"")
+        >>> check_network_folder("broken")
+        Traceback (most recent call last):
+        ...
+        transplant.common.errors.TransplantError: broken/config.json: unknown key 'hidden' (valid keys: ...)
+    """
+    from .model import FORMAT
+
+    folder = Path(folder)
+    cfg_path, weights = folder / "config.json", folder / "model.safetensors"
+    if not cfg_path.is_file() or not weights.is_file():
+        raise TransplantError(f"{folder} is not a hypernetwork folder (expected config.json and "
+                              "model.safetensors, as written by `hypernet train`)")
+    fix = "train the network again, or export it from a checkpoint with `hypernet export`"
+    raw = _json_object(cfg_path)
+    if raw is None:
+        raise TransplantError(f"{cfg_path} is not a JSON object ({fix})")
+    if raw.get("format") != FORMAT:
+        raise TransplantError(f"{cfg_path} is not a {FORMAT} config (train the network with this version)")
+    values = {k: v for k, v in raw.items() if k != "format"}
+    _check_config_values(values, cfg_path)
+    _check_weights(weights, values, fix)
+    return values
+
+
+def _check_config_values(values: dict, where: Path) -> None:
+    """Keys and types as `HyperNetConfig` declares them (the one spec schema), then the ranges."""
+    from pydantic import ValidationError
+
+    from transplant.common.specfile import dataclass_spec, explain
+
+    from .model import HyperNetConfig
+
+    spec = dataclass_spec(HyperNetConfig)
+    try:
+        spec.model_validate(values, strict=True)
+    except ValidationError as exc:
+        raise TransplantError(explain(exc, spec, str(where), values)) from None
+    known = {f.name for f in fields(HyperNetConfig)}
+    if "hidden_size" not in values:
+        raise TransplantError(f"{where}: no hidden_size (valid keys: {', '.join(sorted(known))})")
+    bad = [(key, f"at least {low}") for key, low in _CONFIG_MINIMUM.items() if key in values and values[key] < low]
+    if "ffn_mult" in values and not 0 < values["ffn_mult"] < float("inf"):
+        bad.append(("ffn_mult", "a positive number"))
+    if bad:
+        key, what = bad[0]
+        raise TransplantError(f"{where}: {key} must be {what}, not {values[key]!r} (train the network again)")
+
+
+def _check_weights(weights: Path, values: dict, fix: str, config: str = "its config.json") -> None:
+    """The weights file's header is complete and holds exactly the tensors the config describes."""
+    import torch
+
+    from .model import HyperNet, HyperNetConfig
+
+    header, _ = validate_shard(weights)
+    try:
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            expected = {k: list(v.shape) for k, v in HyperNet(HyperNetConfig(**values)).state_dict().items()}
+    except (RuntimeError, ValueError, OverflowError) as exc:
+        raise TransplantError(f"{weights.parent / 'config.json'} describes a network that cannot be built "
+                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; {fix})") from None
+    found = {k: v.get("shape") for k, v in header.items() if k != "__metadata__"}
+    for name in sorted(set(expected) | set(found)):
+        if expected.get(name) != found.get(name):
+            there = "missing" if name not in found else f"of shape {found[name]}"
+            want = "no such tensor" if name not in expected else f"shape {expected[name]}"
+            raise TransplantError(f"{weights} does not match {config}: tensor {name} is {there} "
+                                  f"(the config gives {want}; {fix})")
+
+
+def open_network(folder: str | Path):
+    """`HyperNet.load` after `check_network_folder`: a damaged or mismatched network is one line.
+
+    Example:
+        >>> from hypernet.model import HyperNet
+        >>> from safetensors.torch import load_file
+        >>> E_in = load_file(f"{model_dir}/model.safetensors")["model.embed_tokens.weight"]
+        >>> _ = HyperNet.create(E_in, None, width=16, layers=1, heads=2).save("hn-open")
+        >>> open_network("hn-open").config.width
+        16
+    """
+    from .model import HyperNet
+
+    check_network_folder(folder)
+    return HyperNet.load(folder)
 
 
 def registry_dir() -> Path:
@@ -87,19 +228,18 @@ class KnownNetwork:
 
 
 def _read(folder: Path, name: str, origin: str) -> KnownNetwork | None:
-    try:
-        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not (folder / "model.safetensors").is_file() or not isinstance(cfg, dict):
+    """The entry of a network folder, or None (a warning) when it cannot be loaded: a damaged
+    network in the registry is skipped, never a traceback in `transplant run` or `hypernet list`."""
+    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
         return None
     try:
-        training = json.loads((folder / "training.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        training = {}
-    return KnownNetwork(name, folder, origin, str(cfg.get("base_model", "")), int(cfg.get("hidden_size", 0)),
-                        int(cfg.get("vocab_size", 0)), bool(cfg.get("untied", False)),
-                        training if isinstance(training, dict) else {})
+        cfg = check_network_folder(folder)
+    except TransplantError as exc:
+        log.warning("skipped the %s network %s: %s", origin, name, exc)
+        return None
+    training = _json_object(folder / "training.json") or {}
+    return KnownNetwork(name, folder, origin, str(cfg.get("base_model", "")), int(cfg["hidden_size"]),
+                        int(cfg.get("vocab_size", 0)), bool(cfg.get("untied", False)), training)
 
 
 def known_networks() -> list[KnownNetwork]:
@@ -152,9 +292,10 @@ def register(folder: str | Path, name: str | None = None) -> KnownNetwork:
     it, and this one gets the name with a short hash of its source path.
     """
     folder = Path(folder).resolve()
-    if _read(folder, folder.name, "registered") is None:
+    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
         raise TransplantError(f"{folder} is not a trained hypernetwork folder (config.json and model.safetensors "
                               "from `hypernet train` or `hypernet export`)")
+    check_network_folder(folder)  # a damaged network is refused here, in one line
     root = registry_dir()
     name = name or folder.name
     target = root / name
@@ -215,6 +356,42 @@ def ship(folder: str | Path, name: str, root: Path = SHIPPED_DIR) -> Path:
     return target
 
 
+def export_checkpoint(checkpoint: str | Path, out: str | Path, run: str | Path | None = None, *,
+                      overwrite: bool = False) -> Path:
+    """A network folder from a training checkpoint (`<run>/checkpoints/step-N`), to use or score
+    the network as it was at that step. The run folder's `config.json` gives the shape (it is
+    written when training ends; pass `run` for a checkpoint copied elsewhere); the weights are
+    the checkpoint's safetensors, checked against that shape. `out` is written like every output
+    (staged, one rename); `overwrite` may replace an earlier hypernetwork folder, nothing else.
+
+    Example:
+        >>> from hypernet.train import TrainConfig, train
+        >>> run = train(TrainConfig(model=model_dir, texts=[text_file], out="hn", stage1_steps=2,
+        ...                         stage1_batch=32, width=16, layers=1, checkpoint_every=1))
+        >>> export_checkpoint(run / "checkpoints" / "step-000001", "hn-step1").name
+        'hn-step1'
+    """
+    from safetensors.torch import load_file
+
+    from transplant.io.outdir import check_output_path, staged_output
+
+    checkpoint = Path(checkpoint)
+    weights = checkpoint / "model.safetensors"
+    run = Path(run) if run is not None else checkpoint.parent.parent
+    if not weights.is_file():
+        raise TransplantError(f"{checkpoint} is not a training checkpoint (no model.safetensors)")
+    if not (run / "config.json").is_file():
+        raise TransplantError(f"{run} has no config.json yet (it is written when training ends; export after that)")
+    net = open_network(run)
+    target = check_output_path(Path(out), [checkpoint, run], overwrite, HYPERNET_OUTPUT)
+    _check_weights(weights, check_network_folder(run), f"pass --run: the folder of the run {checkpoint} belongs to",
+                   f"the run's {run / 'config.json'}")
+    net.load_state_dict(load_file(str(weights)))
+    with staged_output(target, overwrite, HYPERNET_OUTPUT) as staged:
+        net.save(staged.path)
+    return Path(out)
+
+
 def _source_of(folder: Path) -> str | None:
     try:
         return json.loads((folder / REGISTERED).read_text(encoding="utf-8")).get("source")
@@ -223,4 +400,5 @@ def _source_of(folder: Path) -> str | None:
 
 
 __all__ = ["KnownNetwork", "known_networks", "find_network", "match_cosine", "register", "unregister", "ship",
-           "registry_dir", "SHIPPED_DIR"]
+           "registry_dir", "SHIPPED_DIR", "HYPERNET_OUTPUT", "RUN_CONFIG", "RUN_FORMAT", "check_network_folder",
+           "is_hypernet_output", "is_training_run", "open_network", "export_checkpoint"]

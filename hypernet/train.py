@@ -19,6 +19,12 @@ states are checkpointed (`accelerator.save_state`) into a folder written beside 
 and renamed into place, so a run killed at any point and resumed with `resume=True` continues to
 the same weights an uninterrupted run reaches (tested).
 
+The output folder is the run's folder. Every input and the output path are checked before any
+work; the folder is published like every output (`transplant.io.outdir`: staged, one rename, its
+settings inside from the first instant) and never replaces what is not a hypernetwork output. A
+resume must find the same run (settings, texts and tokenizer by content, a checkpoint of this
+network's shapes for this model's embeddings), else one line and the run folder is untouched.
+
 Example:
     >>> cfg = TrainConfig(model="smollm2-135m-instruct", texts=["de/train.txt"], out="hn",
     ...                   stage1_steps=300, steps=200)  # doctest: +SKIP
@@ -39,10 +45,21 @@ import torch.nn.functional as F
 
 from hypernet.data import TextPool, TokenizerSampler, withheld_decompositions
 from hypernet.model import HyperNet, pad_pieces, parameter_count
+from hypernet.registry import HYPERNET_OUTPUT, RUN_CONFIG, RUN_FORMAT, export_checkpoint, is_training_run
 from transplant.common.errors import TransplantError
 from transplant.common.progress import bar, stage
 from transplant.core.vocab import Vocabulary
 from transplant.measure.lm import embed_scale, logit_softcap, start_token, with_start_token
+from transplant.train.resume import (
+    check_run_output,
+    check_same_inputs,
+    check_same_settings,
+    checkpoint_tensors,
+    input_fingerprints,
+    open_run_output,
+    restore_checked,
+    write_json,
+)
 from transplant.train.trainloop import (
     LOG_FILE,
     Checkpoints,
@@ -51,7 +68,6 @@ from transplant.train.trainloop import (
     begin_step,
     budget_spent,
     optimizer_step,
-    restore,
     training_accelerator,
     warm_up,
 )
@@ -87,6 +103,59 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     resume: bool = False
+    overwrite: bool = False  # start afresh in `out`, replacing an earlier hypernetwork run or network
+
+    def __post_init__(self) -> None:
+        # Paths from Python callers are kept as strings (the settings are saved as JSON).
+        self.model, self.out = (str(v) if isinstance(v, Path) else v for v in (self.model, self.out))
+        if isinstance(self.texts, (list, tuple)):
+            self.texts = [str(t) if isinstance(t, Path) else t for t in self.texts]
+        check_settings(self)
+
+
+# The smallest value of each numeric setting: the command line's ranges, which a recipe or a
+# Python caller must meet too (a negative width or a zero log interval fails deep in the run).
+_AT_LEAST = {"stage1_steps": 0, "stage1_minutes": 0, "steps": 0, "minutes": 0, "stage1_batch": 1, "batch_size": 1,
+             "seq_len": 8, "negatives": 0, "aux_batch": 1, "aux_weight": 0, "warmup": 0, "width": 0, "layers": 1,
+             "max_pieces": 1, "train_chars": 1, "checkpoint_every": 1, "keep_checkpoints": 1, "log_every": 1}
+_POSITIVE = ("lr", "stage2_lr", "min_vocab_share")
+# What a resumed run may change (the budget, where it checkpoints); `model` and `texts` are
+# compared by content instead of by path (see `check_resumable`).
+_MAY_CHANGE = {"stage1_steps", "stage1_minutes", "steps", "minutes", "out", "resume", "overwrite",
+               "checkpoint_every", "keep_checkpoints", "log_every", "model", "texts", "format", "inputs"}
+
+
+def check_settings(cfg: TrainConfig) -> None:
+    """Types (the spec-file schema, strict) and ranges of every setting, each failure one line.
+
+    Example:
+        >>> TrainConfig(model="m", texts=["t.txt"], out="hn", width=-4)
+        Traceback (most recent call last):
+        ...
+        transplant.common.errors.TransplantError: width must be at least 0, not -4 (--width, or width in a recipe)
+    """
+    from pydantic import ValidationError
+
+    from transplant.common.specfile import dataclass_spec, explain
+
+    spec, values = dataclass_spec(TrainConfig), asdict(cfg)
+    try:
+        spec.model_validate(values, strict=True)
+    except ValidationError as exc:
+        raise TransplantError(explain(exc, spec, "hypernet train settings", values)) from None
+    for name, low in _AT_LEAST.items():
+        value = getattr(cfg, name)
+        if value is not None and not (math.isfinite(value) and value >= low):
+            raise TransplantError(f"{name} must be at least {low}, not {value!r} ({_where(name)})")
+    for name in _POSITIVE:
+        value, most = getattr(cfg, name), 1 if name == "min_vocab_share" else math.inf
+        if not 0 < value <= most:
+            raise TransplantError(f"{name} must be positive{' and at most 1' if most == 1 else ''}, not {value!r} "
+                                  f"({_where(name)})")
+
+
+def _where(name: str) -> str:
+    return f"--{name.replace('_', '-')}, or {name} in a recipe"
 
 
 def load_source(spec: str, device: torch.device | str = "cpu"):
@@ -105,6 +174,53 @@ def load_source(spec: str, device: torch.device | str = "cpu"):
     return lm, E_in, E_out, folder
 
 
+@dataclass
+class Inputs:
+    """What a run reads, checked before any work: the model folder, its tokenizer, the texts."""
+
+    folder: Path
+    tokenizer: object  # tokenizers.Tokenizer
+    vocab: Vocabulary
+    pool: TextPool
+    fingerprints: dict  # content fingerprints of the texts and the tokenizer (a resume must match them)
+
+    @property
+    def paths(self) -> list[Path]:
+        return [self.folder, *map(Path, self.pool.names)]
+
+
+def check_inputs(cfg: TrainConfig) -> Inputs:
+    """Every input, whichever stage reads it: the model folder (weights' headers, no custom code),
+    its tokenizer (one token per id) and every training text (found, not empty)."""
+    from transplant.core.vocab import load_tokenizer
+    from transplant.io.sources import refuse_custom_code, resolve_model
+
+    folder = resolve_model(cfg.model)
+    refuse_custom_code(folder)
+    source = load_tokenizer(folder)
+    vocab = source.vocabulary()
+    pool = TextPool.from_files(cfg.texts)
+    prints = input_fingerprints({"texts": pool.names, "tokenizer": [source.path]})
+    return Inputs(folder, source.tokenizer, vocab, pool, prints)
+
+
+def check_resumable(cfg: TrainConfig, out: Path, latest: Path, net: HyperNet, prints: dict) -> None:
+    """A resume continues the same run: its settings, its texts and tokenizer (by content), and a
+    checkpoint of this network's shapes trained for this model's embeddings."""
+    saved = json.loads((out / RUN_CONFIG).read_text(encoding="utf-8"))
+    check_same_settings(saved, asdict(cfg), _MAY_CHANGE, out, "another --out")
+    check_same_inputs(saved.get("inputs"), prints, out)
+    checkpoint_tensors(latest, net, "--model, --width or --layers")
+    from safetensors import safe_open
+
+    with safe_open(str(latest / "model.safetensors"), "pt") as fh:
+        rows = fh.get_tensor("fingerprint_rows")
+    if not torch.equal(rows.float(), net.fingerprint_rows):
+        raise TransplantError(f"checkpoint {latest} was trained for another model: {cfg.model}'s embeddings are "
+                              "not the ones it started from; resume with that model, or start a new run with "
+                              "another --out")
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) a hypernetwork; returns the output folder holding the trained network.
 
@@ -117,41 +233,35 @@ def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
     accelerator = training_accelerator()
     device = accelerator.device
-    ckpts = Checkpoints(out, cfg.keep_checkpoints)
-    latest = ckpts.latest()
-    if accelerator.is_main_process:
-        if out.exists() and any(out.iterdir()) and not cfg.resume and latest is None and \
-                not (out / "config.json").exists():
-            raise TransplantError(f"{out} exists and is not a hypernetwork training folder (choose another --out)")
-        if latest is not None and not cfg.resume:
-            raise TransplantError(f"{out} holds a training run (checkpoint {latest.name}); pass --resume to continue "
-                                  "it, or choose another --out")
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    accelerator.wait_for_everyone()
+    inputs = check_inputs(cfg)
+    latest = check_run_output(out, inputs.paths, cfg.resume, cfg.overwrite, HYPERNET_OUTPUT, is_training_run,
+                              RUN_CONFIG)
 
     stage(f"hypernet: loading {cfg.model}")
-    lm, E_in, E_out, folder = load_source(cfg.model, device)
-    from tokenizers import Tokenizer  # a heavy import, only when a run starts
-
-    old_tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    old_vocab = Vocabulary.from_tokenizer(old_tok)
+    lm, E_in, E_out, _ = load_source(str(inputs.folder), device)
+    old_tok, old_vocab = inputs.tokenizer, inputs.vocab
     targets, decomps = withheld_decompositions(old_vocab)
     if not targets:
         raise TransplantError(f"{cfg.model}'s vocabulary has no token made of smaller tokens to learn from")
     net = HyperNet.create(E_in.cpu(), None if E_out is None else E_out.cpu(), base_model=cfg.model, seed=cfg.seed,
                           **({"width": cfg.width} if cfg.width else {}), layers=cfg.layers,
                           max_pieces=cfg.max_pieces)
+    if latest is not None:
+        check_resumable(cfg, out, latest, net, inputs.fingerprints)
     stage(f"hypernet: {parameter_count(net) / 1e6:.1f}M parameters, {len(targets)} stage-1 examples")
     net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
     net, opt = accelerator.prepare(net, opt)
     core: HyperNet = accelerator.unwrap_model(net)
+    ckpts = Checkpoints(out, cfg.keep_checkpoints)
 
     state = {"step": 0, "stage1_seconds": 0.0, "stage2_seconds": 0.0, "stage1_done": 0, "stage2_done": 0}
     if latest is not None:
         stage(f"hypernet: resuming from {latest.name}")
-        state = restore(accelerator, latest, out / LOG_FILE)
+        state = restore_checked(accelerator, latest, out / LOG_FILE)
+    if accelerator.is_main_process:  # every check passed: now the run folder is written
+        settings = {"format": RUN_FORMAT, **asdict(cfg), "inputs": inputs.fingerprints}
+        open_run_output(out, RUN_CONFIG, settings, cfg.resume, cfg.overwrite, HYPERNET_OUTPUT)
     accelerator.wait_for_everyone()
 
     # Tokens are split 98 / 2 into training and held-out old tokens (by a fixed permutation).
@@ -222,7 +332,7 @@ def train(cfg: TrainConfig) -> Path:
     # ---- stage 2 -----------------------------------------------------------------------
     s2_wanted = cfg.steps > 0 or cfg.minutes is not None
     if s2_wanted:
-        pool = TextPool.from_files(cfg.texts)
+        pool = inputs.pool
         stage("hypernet: seed vocabularies for sampled tokenizers")
         sampler = TokenizerSampler(old_tok, pool, min_share=cfg.min_vocab_share, train_chars=cfg.train_chars)
         bos = start_token(old_vocab.roles)
@@ -252,31 +362,12 @@ def train(cfg: TrainConfig) -> Path:
     if state["step"] % cfg.checkpoint_every:
         ckpts.save(accelerator, state)
     if accelerator.is_main_process:
-        core.save(out)
         summary = {**state, "base_model": cfg.model, "texts": cfg.texts, "parameters": parameter_count(core),
                    "held_out_stage1_loss": held_out_loss(), "processes": accelerator.num_processes}
-        (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(out / "training.json", summary)
+        core.save(out)  # config.json last: the folder is a network once it is there
     accelerator.wait_for_everyone()
     return out
-
-
-def export_checkpoint(checkpoint: str | Path, out: str | Path, run: str | Path | None = None) -> Path:
-    """A network folder from a training checkpoint (`<run>/checkpoints/step-N`), to use or score
-    the network as it was at that step. The run folder's `config.json` gives the shape (it is
-    written when training ends; pass `run` for a checkpoint copied elsewhere); the weights are
-    the checkpoint's safetensors."""
-    from safetensors.torch import load_file
-
-    checkpoint = Path(checkpoint)
-    weights = checkpoint / "model.safetensors"
-    run = Path(run) if run is not None else checkpoint.parent.parent
-    if not weights.is_file():
-        raise TransplantError(f"{checkpoint} is not a training checkpoint (no model.safetensors)")
-    if not (run / "config.json").is_file():
-        raise TransplantError(f"{run} has no config.json yet (it is written when training ends; export after that)")
-    net = HyperNet.load(run)
-    net.load_state_dict(load_file(str(weights)))
-    return net.save(out)
 
 
 def _stage2_loss(rng, g, cfg, pool, sampler, forward, E_in, E_out, decoder, bos, scale, softcap, device,
@@ -327,4 +418,4 @@ def _stage2_loss(rng, g, cfg, pool, sampler, forward, E_in, E_out, decoder, bos,
     return {"total": lm + cfg.aux_weight * aux, "lm": lm.detach(), "aux": aux.detach()}, n_tok, made_share
 
 
-__all__ = ["TrainConfig", "export_checkpoint", "load_source", "train"]
+__all__ = ["TrainConfig", "export_checkpoint", "load_source", "train"]  # export_checkpoint: from .registry

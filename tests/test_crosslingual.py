@@ -175,7 +175,10 @@ def test_cli_vectors_train_and_cache_hit(tmp_path):
     assert fasttext.load_model(str(tmp_path / "v.bin")).get_dimension() == 8
     entry = next((tmp_path / "cache" / "vectors").glob("*.bin"))
     stamp = entry.stat().st_mtime_ns
-    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    # The same --out again: refused without --overwrite (nothing written), replaced with it.
+    refused = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert refused.returncode == 2 and "--overwrite" in refused.stderr, refused.stderr
+    second = subprocess.run(cmd + ["--overwrite"], capture_output=True, text=True, env=env, timeout=300, check=False)
     assert second.returncode == 0, second.stderr
     assert entry.stat().st_mtime_ns == stamp  # not trained again
     missing = subprocess.run(cmd[:6] + [str(tmp_path / "nope.txt")] + cmd[7:], capture_output=True, text=True,

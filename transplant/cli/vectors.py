@@ -33,12 +33,13 @@ def vectors() -> None:
 @click.option("--model", "algorithm", type=click.Choice(["skipgram", "cbow"]), default="skipgram", show_default=True,
               help="fastText training objective.")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="fastText threads.")
-def train(texts, out, tokenizer, dim, epochs, min_count, algorithm, threads) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT (only fastText vectors, never another file).")
+def train(texts, out, tokenizer, dim, epochs, min_count, algorithm, threads, overwrite) -> None:
     """Train fastText vectors on TEXT (cached by content: the same inputs return at once)."""
     from transplant.common.progress import is_quiet
     from transplant.methods.vectors import train_vectors
 
     started = time.perf_counter()
     path = train_vectors(list(texts), out, dim=dim, epochs=epochs, min_count=min_count, tokenizer=tokenizer,
-                         model=algorithm, threads=threads, quiet=is_quiet())
+                         model=algorithm, threads=threads, quiet=is_quiet(), overwrite=overwrite)
     click.echo(f"vectors: {path} ({time.perf_counter() - started:.1f}s)")

@@ -68,6 +68,8 @@ def read_yaml_mapping(text: str, where: str, empty_hint: str = "write at least o
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         hint = " (quote a ${VAR} value inside [...] or {...})" if "'{'" in problem and "${" in text else ""
         raise RecipeError(f"{where} is not valid YAML: {problem}{line}{hint}") from None
+    except RecursionError:  # PyYAML composes nested nodes recursively
+        raise RecipeError(f"{where} nests its values too deeply to be a recipe (write plain keys and values)") from None
     if raw is None:
         raise RecipeError(f"{where} is empty ({empty_hint})")
     if not isinstance(raw, dict):
@@ -246,8 +248,8 @@ def config_values(recipe: str | None, cls: type, flags: dict[str, Any], given: s
             if isinstance(raw.get(name), str):
                 raw[name] = [raw[name]]
         spec = dataclass_spec(cls, exclude)
-        try:
-            spec.model_validate(raw)
+        try:  # strict, as `transplant run --recipe`: "3" is not a number, "yes" is not true
+            spec.model_validate(raw, strict=True)
         except ValidationError as exc:
             raise RecipeError(explain(exc, spec, where, raw)) from None
         base = os.path.dirname(os.path.abspath(recipe))

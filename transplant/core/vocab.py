@@ -141,7 +141,8 @@ class Vocabulary:
     _by_text: dict[bytes, int] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: Tokenizer, config: dict | None = None) -> "Vocabulary":
+    def from_tokenizer(cls, tokenizer: Tokenizer, config: dict | None = None,
+                       where: str = "the tokenizer") -> "Vocabulary":
         spec = json.loads(tokenizer.to_str())
         family, marker = detect_family(spec)
         model = spec.get("model") or {}
@@ -149,6 +150,7 @@ class Vocabulary:
         alphabet = gpt2_byte_alphabet()
         added = {a["id"]: a for a in spec.get("added_tokens") or []}
         vocab = tokenizer.get_vocab(with_added_tokens=True)
+        check_unique_ids(vocab, where)
         size = max(vocab.values()) + 1 if vocab else 0
         tokens = [CanonicalToken(b"", UNUSED)] * size
         for piece, idx in vocab.items():
@@ -189,6 +191,26 @@ class Vocabulary:
         core = [role for role in CORE_ROLES if self.roles.get(role) == idx]
         spelled = [role for role, spellings in _ROLE_SPELLINGS.items() if content in spellings and role not in core]
         return core + spelled + [r for r, rid in self.roles.items() if rid == idx and r not in core + spelled]
+
+
+def check_unique_ids(vocab: dict[str, int], where: str = "the tokenizer") -> None:
+    """Refuse a vocabulary that gives one id to two tokens: `tokenizers` loads it, keeps one of
+    them for decoding, and fails only when the tokenizer is saved again (after a whole transplant).
+
+    Example:
+        >>> check_unique_ids({"a": 0, "b": 1, "c": 1}, "tokenizer t.json")
+        Traceback (most recent call last):
+        ...
+        transplant.common.errors.TransplantError: tokenizer t.json gives id 1 to two tokens, 'b' and 'c' (each token needs an id of its own: fix the vocabulary of its tokenizer.json)
+    """
+    if len(set(vocab.values())) == len(vocab):
+        return
+    seen: dict[int, str] = {}
+    for piece, idx in sorted(vocab.items(), key=lambda item: (item[1], item[0])):
+        if idx in seen:
+            raise TransplantError(f"{where} gives id {idx} to two tokens, {seen[idx]!r} and {piece!r} (each token "
+                                  "needs an id of its own: fix the vocabulary of its tokenizer.json)")
+        seen[idx] = piece
 
 
 def _canonical(piece: str, idx: int, added: dict, family: str, marker: str, prefix: str,
@@ -252,7 +274,8 @@ class TokenizerSource:
         """The canonical vocabulary (built once: 0.5-1 s for a 49k-262k vocabulary)."""
         cached = self.__dict__.get("_vocabulary")
         if cached is None:
-            cached = self.__dict__["_vocabulary"] = Vocabulary.from_tokenizer(self.tokenizer, self.config)
+            cached = self.__dict__["_vocabulary"] = Vocabulary.from_tokenizer(self.tokenizer, self.config,
+                                                                              f"tokenizer {self.path}")
         return cached
 
 

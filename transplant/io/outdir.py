@@ -15,6 +15,10 @@ Rules (each one a test in tests/test_outdir.py):
   removed by the next run that writes to the same ``out``.
 * The output folder gets the user's umask (``mkdtemp`` makes 0700 folders).
 * SIGTERM cleans up like Ctrl-C (see `terminate_like_interrupt`).
+* Each command names its kind of output (`OutputKind`: a transplant, a hypernetwork, a fastText
+  file, ...) and ``overwrite`` replaces only that kind: a hypernetwork folder never replaces a
+  model folder, fastText vectors never replace a model's weights. A kind may be a single file,
+  staged as a hidden sibling file and published the same way.
 
 Example:
     >>> out = check_output_path(Path("out"), inputs=[Path(model_dir)], overwrite=False)
@@ -44,6 +48,8 @@ import re
 import shutil
 import signal
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -56,6 +62,39 @@ OUTPUT_MARKERS = ("transplant_plan.json", "training_summary.json")  # a transpla
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 _AT_FDCWD = -100
 _STAGE = re.compile(r"^\.(?P<name>.+)\.(?:partial|old)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+
+
+def _has_marker(markers: tuple[str, ...]) -> Callable[[Path], bool]:
+    def owns(folder: Path) -> bool:
+        return any((folder / m).exists() for m in markers)
+
+    return owns
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """What one command writes, so that ``overwrite`` replaces that and nothing else.
+
+    Args:
+        name: the kind in words, for messages ("a tokentransplant output").
+        hint: what an existing path lacks when it is not of this kind ("no transplant_plan.json").
+        owns: whether an existing path is an earlier output of this kind (an empty folder always is).
+        folder: a folder (True) or a single file (False).
+
+    Example:
+        >>> vectors = OutputKind("a fastText file", "no fastText header", lambda p: False, folder=False)
+        >>> TRANSPLANT_OUTPUT.owns(Path(model_dir)), vectors.folder
+        (False, False)
+    """
+
+    name: str
+    hint: str
+    owns: Callable[[Path], bool]
+    folder: bool = True
+
+
+# The default kind: a transplant (its plan) or a trained tokenizer (its summary).
+TRANSPLANT_OUTPUT = OutputKind("a tokentransplant output", f"no {OUTPUT_MARKERS[0]}", _has_marker(OUTPUT_MARKERS))
 
 
 def _renameat2(src: Path, dst: Path, flags: int) -> bool:
@@ -116,68 +155,90 @@ def _umask() -> int:
     return mask
 
 
-def _is_previous_output(folder: Path) -> bool:
+def _is_previous_output(path: Path, kind: OutputKind = TRANSPLANT_OUTPUT) -> bool:
+    if not kind.folder:
+        return path.is_file() and not path.is_symlink() and kind.owns(path)
     try:
-        names = {p.name for p in folder.iterdir()}
+        empty = not any(path.iterdir())
     except OSError:
         return False
-    return not names or any(m in names for m in OUTPUT_MARKERS)
+    return empty or kind.owns(path)
 
 
-def check_output_path(out: Path, inputs: list[Path], overwrite: bool) -> Path:
+def check_output_path(out: Path, inputs: list[Path], overwrite: bool, kind: OutputKind = TRANSPLANT_OUTPUT) -> Path:
     """Validate `out` before any work starts; return it with its parent resolved.
 
     Args:
-        out: the requested output folder.
+        out: the requested output folder (or file, for a kind that is a file).
         inputs: every file or folder the run reads (model, tokenizers, plan, texts).
         overwrite: whether an existing output may be replaced.
+        kind: what the command writes; `overwrite` replaces only an earlier output of this kind.
     """
     out = Path(os.path.abspath(out))
     out = out.parent.resolve() / out.name
     real_out = out.resolve()
+    noun = "output folder" if kind.folder else "output file"
     for src in inputs:
         src = Path(src).resolve()
+        if not kind.folder and real_out == src:
+            raise TransplantError(f"{noun} {out} is one of this command's inputs (choose an output elsewhere)")
         if real_out == src or src in real_out.parents:
             what = "folder" if src.is_dir() else "file"
-            raise TransplantError(f"output folder {out} is inside the input {what} {src} (choose an output elsewhere)")
+            raise TransplantError(f"{noun} {out} is inside the input {what} {src} (choose an output elsewhere)")
         if real_out in src.parents:
-            raise TransplantError(f"the input {src} lies inside the output folder {out}; writing there could "
+            raise TransplantError(f"the input {src} lies inside the {noun} {out}; writing there could "
                                   "delete it (move the input or choose another --out)")
     if out.exists() or out.is_symlink():
-        if not overwrite:
-            raise TransplantError(f"output folder {out} already exists (pass --overwrite to replace it)")
-        if os.path.ismount(out):
-            raise TransplantError(f"output folder {out} is a mount point; refusing to replace it "
-                                  "(write to a folder inside it)")
-        if not out.is_dir():
-            raise TransplantError(f"{out} exists and is not a folder; refusing to replace it (remove it or "
-                                  "choose another --out)")
-        if not _is_previous_output(out):
-            raise TransplantError(f"{out} is not empty and is not a tokentransplant output (no "
-                                  f"{OUTPUT_MARKERS[0]}); refusing to delete it with --overwrite (remove it "
-                                  "yourself or choose another --out)")
+        _check_replaceable(out, overwrite, kind, noun)
     return out
 
 
-class Stage:
-    """A hidden folder beside `out` that becomes `out` on `publish()`."""
+def _check_replaceable(out: Path, overwrite: bool, kind: OutputKind, noun: str) -> None:
+    """An existing `out` may be replaced only with `overwrite`, and only by its own kind of output."""
+    if not overwrite:
+        raise TransplantError(f"{noun} {out} already exists (pass --overwrite to replace it)")
+    if os.path.ismount(out):
+        raise TransplantError(f"{noun} {out} is a mount point; refusing to replace it "
+                              "(write to a folder inside it)")
+    if kind.folder and not out.is_dir():
+        raise TransplantError(f"{out} exists and is not a folder; refusing to replace it (remove it or "
+                              "choose another --out)")
+    if not kind.folder and (out.is_symlink() or not out.is_file()):
+        raise TransplantError(f"{out} exists and is not a plain file; refusing to replace it (remove it or "
+                              "choose another --out)")
+    if not _is_previous_output(out, kind):
+        state = "is not empty and is not" if kind.folder else "is not"
+        raise TransplantError(f"{out} {state} {kind.name} ({kind.hint}); refusing to delete it with "
+                              "--overwrite (remove it yourself or choose another --out)")
 
-    def __init__(self, out: Path, overwrite: bool):
+
+class Stage:
+    """A hidden folder (or file, for a file kind) beside `out` that becomes `out` on `publish()`."""
+
+    def __init__(self, out: Path, overwrite: bool, kind: OutputKind = TRANSPLANT_OUTPUT):
         self.out = out
         self.overwrite = overwrite
+        self.kind = kind
         out.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_stages(out)
-        self.path = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
-        os.chmod(self.path, 0o777 & ~_umask())
+        prefix = f".{out.name}.partial-{os.getpid()}-"
+        if kind.folder:
+            self.path = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
+            os.chmod(self.path, 0o777 & ~_umask())
+        else:
+            fd, name = tempfile.mkstemp(prefix=prefix, dir=out.parent)
+            os.close(fd)
+            self.path = Path(name)
+            os.chmod(self.path, 0o666 & ~_umask())  # mkstemp makes private files
         self.published = False
 
     def publish(self) -> None:
         """Move the finished folder into place (see the module rules)."""
         out, path = self.out, self.path
         if self.overwrite and (out.exists() or out.is_symlink()):
-            if not _is_previous_output(out) and not out.is_symlink():
-                raise TransplantError(f"{out} changed while this run was writing and is no longer a "
-                                      "tokentransplant output; left it untouched (remove it or choose another --out)")
+            if not _is_previous_output(out, self.kind) and not out.is_symlink():
+                raise TransplantError(f"{out} changed while this run was writing and is no longer "
+                                      f"{self.kind.name}; left it untouched (remove it or choose another --out)")
             if _renameat2(path, out, _RENAME_EXCHANGE):
                 self.published = True  # `path` now holds the old output
             else:
@@ -201,7 +262,11 @@ class Stage:
                 raise TransplantError(f"{out} appeared while this run was writing (another run?); left it "
                                       "untouched (pass --overwrite to replace it)")
             try:
-                os.rename(path, out)
+                if self.kind.folder:
+                    os.rename(path, out)
+                else:  # os.rename would replace a file silently; a hard link never does
+                    os.link(path, out)
+                    os.unlink(path)
             except OSError as exc:
                 if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
                     raise TransplantError(f"{out} appeared while this run was writing (another run?); left it "
@@ -215,9 +280,9 @@ class Stage:
 
 
 @contextlib.contextmanager
-def staged_output(out: Path, overwrite: bool) -> Iterator[Stage]:
-    """Stage into a hidden folder; publish on success, delete the stage on any failure or signal."""
-    stage = Stage(out, overwrite)
+def staged_output(out: Path, overwrite: bool, kind: OutputKind = TRANSPLANT_OUTPUT) -> Iterator[Stage]:
+    """Stage into a hidden folder (or file); publish on success, delete the stage on any failure or signal."""
+    stage = Stage(out, overwrite, kind)
     try:
         with terminate_like_interrupt():
             yield stage

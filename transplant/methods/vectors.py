@@ -9,7 +9,9 @@ vector per token: the auxiliary space FOCUS needs.
 
 Training runs fastText in a child process (its progress becomes a progress bar; Ctrl-C stops it)
 and the result is cached by content: the texts' bytes, the tokenizer and every setting. A second
-call with the same inputs returns at once.
+call with the same inputs returns at once. The `.bin` is written like every output of the tool
+(`transplant.io.outdir`): checked before any work, staged beside its name and renamed into place;
+an existing file is replaced only with `overwrite` and only when it is fastText vectors itself.
 
 Example:
     >>> path = train_vectors(["de/train.txt"], "de.bin")  # doctest: +SKIP
@@ -24,6 +26,7 @@ import logging
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -32,6 +35,7 @@ from pathlib import Path
 
 from transplant.common.errors import TransplantError
 from transplant.core.vocab import Vocabulary, gpt2_byte_alphabet
+from transplant.io.outdir import OutputKind, check_output_path, staged_output
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,27 @@ _FORMAT = 1
 DIM, EPOCHS, MIN_COUNT, BUCKET = 100, 20, 3, 500_000
 
 _WORDS = re.compile(r"\w+|[^\w\s]+")
+# A fastText model file starts with this int32 (fastText's FASTTEXT_FILEFORMAT_MAGIC_INT32).
+_FASTTEXT_MAGIC = 793712314
+
+
+def is_fasttext_file(path: Path) -> bool:
+    """Whether `path` starts like a fastText `.bin` (so `--overwrite` may replace it, and nothing else).
+
+    Example:
+        >>> is_fasttext_file(Path(model_dir) / "model.safetensors")  # a model's weights: never replaced
+        False
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    return len(head) == 4 and struct.unpack("<i", head)[0] == _FASTTEXT_MAGIC
+
+
+# What `transplant vectors train --out` writes: one file, replaced only by another one.
+FASTTEXT_FILE = OutputKind("a fastText vectors file", "no fastText header", is_fasttext_file, folder=False)
 _CHAR_OF = {b: c for c, b in gpt2_byte_alphabet().items()}
 
 
@@ -152,25 +177,9 @@ def _run_fasttext(args: dict, out: Path, quiet: bool) -> None:
         raise TransplantError(f"fastText training failed: {detail}{hint}")
 
 
-def _publish(source: Path, target: Path) -> None:
-    """Copy `source` to `target` atomically (a temporary sibling renamed into place)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp made it private; a copy gets the usual permissions
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def train_vectors(texts: Sequence[str | Path], out: str | Path | None = None, *, dim: int = DIM,
                   epochs: int = EPOCHS, min_count: int = MIN_COUNT, tokenizer=None, model: str = "skipgram",
-                  bucket: int = BUCKET, threads: int = 2, quiet: bool = False) -> Path:
+                  bucket: int = BUCKET, threads: int = 2, quiet: bool = False, overwrite: bool = False) -> Path:
     """Train fastText vectors on `texts` (cached by content) and return the `.bin` path.
 
     Defaults: skipgram, 100 dimensions, 20 epochs, words seen at least 3 times, 500k n-gram
@@ -188,13 +197,15 @@ def train_vectors(texts: Sequence[str | Path], out: str | Path | None = None, *,
         model: "skipgram" or "cbow".
         threads: fastText threads.
         quiet: no progress bar.
+        overwrite: replace an existing `out` (only when it is fastText vectors itself).
 
     Returns:
         The path of the vectors (`out` when given).
 
     Raises:
         TransplantError: (one line) a missing or non-UTF-8 text file, fastText not installed, a
-            failed training run.
+            failed training run, an `out` that exists (without `overwrite`), is not fastText
+            vectors or is one of the inputs.
 
     Example:
         >>> train_vectors(["de/train.txt"], "de.bin", dim=100, epochs=10)  # doctest: +SKIP
@@ -213,6 +224,7 @@ def train_vectors(texts: Sequence[str | Path], out: str | Path | None = None, *,
             raise TransplantError(f"{name} must be at least 1, not {value}")
     paths = _check_texts(texts)
     vocab = _as_vocabulary(tokenizer) if tokenizer is not None else None
+    target = _check_out(out, paths, tokenizer, overwrite) if out is not None else None
     settings = {"format": _FORMAT, "dim": int(dim), "epoch": int(epochs), "minCount": int(min_count),
                 "bucket": int(bucket), "model": model, "neg": 10}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
@@ -241,10 +253,17 @@ def train_vectors(texts: Sequence[str | Path], out: str | Path | None = None, *,
             shutil.rmtree(work, ignore_errors=True)
     else:
         log.info("vectors found in the cache: %s", cached)
-    if out is None:
+    if target is None:
         return cached
+    with staged_output(target, overwrite, FASTTEXT_FILE) as stage:
+        shutil.copyfile(cached, stage.path)
+    return Path(out)
+
+
+def _check_out(out: str | Path, texts: list[Path], tokenizer, overwrite: bool) -> Path:
+    """The output file, checked before any training: never a folder, an input, or another kind of file."""
     out = Path(out)
-    if out.exists() and out.is_dir():
+    if out.is_dir() and not out.is_symlink():
         raise TransplantError(f"{out} is a folder; pass a file name for the vectors (e.g. {out / 'vectors.bin'})")
-    _publish(cached, out)
-    return out
+    inputs = [*texts, *([Path(tokenizer)] if isinstance(tokenizer, (str, Path)) else [])]
+    return check_output_path(out, inputs, overwrite, FASTTEXT_FILE)

@@ -47,11 +47,19 @@ import torch
 from transplant.common.errors import TransplantError
 from transplant.common.progress import stage
 from transplant.io.outdir import check_output_path
-from transplant.train.heal_config import HealConfig, check_inputs, documents, prepare_run_folder
+from transplant.train.heal_config import (
+    HealConfig,
+    check_inputs,
+    check_run_folder,
+    documents,
+    run_inputs,
+    write_run_config,
+)
 from transplant.train.heal_loop import HealLoop
 from transplant.train.heal_model import FrozenLM, RowOffsets, load_models, rows_to_heal
 from transplant.train.heal_windows import aligned_windows, chunk_logprobs, clean_cuts, split_held_out
 from transplant.train.heal_writer import write_healed
+from transplant.train.resume import checkpoint_tensors
 from transplant.train.trainloop import Checkpoints, training_accelerator
 
 __all__ = ["HealConfig", "HealResult", "aligned_windows", "chunk_logprobs", "clean_cuts", "heal"]
@@ -83,9 +91,8 @@ def heal(cfg: HealConfig) -> HealResult:
     latest = ckpts.latest()
     folder, teacher_folder, plan = check_inputs(cfg)
     out = check_output_path(Path(cfg.out), [folder, teacher_folder, *map(Path, cfg.texts)], cfg.overwrite)
-    if accelerator.is_main_process:
-        prepare_run_folder(cfg, latest)
-    accelerator.wait_for_everyone()
+    inputs = run_inputs(cfg, folder, teacher_folder)
+    check_run_folder(cfg, latest, inputs)  # on every process (it writes nothing): all of them stop alike
 
     stage(f"heal: loading {folder.name} and its teacher {teacher_folder.name}")
     student_lm, teacher_lm, s_tok, t_tok, s_start, t_start = load_models(folder, teacher_folder, device)
@@ -107,9 +114,14 @@ def heal(cfg: HealConfig) -> HealResult:
     stage(f"heal: training {len(rows):,} of {int(made.sum()):,} made rows ({'untied' if untied else 'tied'}), "
           f"{len(train_idx):,} windows, {len(held_idx)} held out")
 
+    if latest is not None:
+        checkpoint_tensors(latest, core, "model or text")
     loop = HealLoop(cfg=cfg, accelerator=accelerator, windows=windows, train_idx=train_idx, held_idx=held_idx,
                     teacher=teacher, s_start=s_start, t_start=t_start, net=net, core=core, opt=opt, ckpts=ckpts)
     loop.resume_from(latest)
+    if accelerator.is_main_process:  # every check passed and the checkpoint loaded: the run folder is written
+        write_run_config(cfg, inputs)
+    accelerator.wait_for_everyone()
     loop.train()
 
     summary = {**loop.state.as_dict(), "model": str(cfg.model), "teacher": str(teacher_folder),

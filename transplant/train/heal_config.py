@@ -2,8 +2,9 @@
 before it loads a model.
 
 The run folder (default `<out>.heal-run` beside the output) holds `heal_config.json` (the
-settings), `log.jsonl`, `best.safetensors` (the best offsets so far) and `checkpoints/`. A resume
-continues the same run: only its budget, where the result goes and when to stop may change.
+settings and the inputs' fingerprints), `log.jsonl`, `best.safetensors` (the best offsets so
+far) and `checkpoints/`. A resume continues the same run: only its budget, where the result goes
+and when to stop may change; its inputs must be the same by content (`transplant.train.resume`).
 
 Example:
     >>> cfg = HealConfig(model="smollm2-de", texts=["de.txt"], out="smollm2-de-healed", steps=100)
@@ -21,6 +22,7 @@ from transplant.common.errors import TransplantError
 from transplant.common.texts import read_texts, split_documents
 from transplant.core.plan import PLAN_JSON, Plan
 from transplant.io.sources import resolve_model
+from transplant.train.resume import check_same_inputs, check_same_settings, input_fingerprints, write_json
 
 BEST_FILE = "best.safetensors"
 SUMMARY_FILE = "heal.json"
@@ -93,9 +95,17 @@ def check_inputs(cfg: HealConfig) -> tuple[Path, Path, Plan]:
     return folder, teacher_folder, plan
 
 
-def prepare_run_folder(cfg: HealConfig, latest: Path | None) -> None:
-    """Check the run folder (a resume needs `resume`, another run's folder is refused, a resume
-    continues the same run) and write the settings into it (main process only)."""
+def run_inputs(cfg: HealConfig, folder: Path, teacher: Path) -> dict:
+    """Content fingerprints of what fixes the rows a run trains: the texts, the transplant's plan
+    and tokenizer, the teacher's tokenizer (a resume must find them unchanged, wherever they are)."""
+    files = [folder / PLAN_JSON, *sorted(folder.glob("transplant_plan*.safetensors")), folder / "tokenizer.json"]
+    return input_fingerprints({"texts": list(cfg.texts), "model files": [f for f in files if f.is_file()],
+                               "teacher tokenizer": [f for f in [teacher / "tokenizer.json"] if f.is_file()]})
+
+
+def check_run_folder(cfg: HealConfig, latest: Path | None, inputs: dict) -> None:
+    """Check the run folder before any work, writing nothing: a resume needs `resume` and continues
+    the same run (settings, and inputs by content); another run's folder is refused."""
     run = cfg.run_dir
     if latest is not None and not cfg.resume:
         raise TransplantError(f"{run} holds a healing run (checkpoint {latest.name}); pass --resume to continue "
@@ -103,9 +113,15 @@ def prepare_run_folder(cfg: HealConfig, latest: Path | None) -> None:
     if run.exists() and any(run.iterdir()) and latest is None and not (run / CONFIG_FILE).is_file():
         raise TransplantError(f"{run} exists and is not a healing run folder (choose another --run)")
     if latest is not None:
-        check_same_run(cfg, json.loads((run / CONFIG_FILE).read_text()), run)
-    run.mkdir(parents=True, exist_ok=True)
-    (run / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        saved = json.loads((run / CONFIG_FILE).read_text())
+        check_same_run(cfg, saved, run)
+        check_same_inputs(saved.get("inputs"), inputs, run)
+
+
+def write_run_config(cfg: HealConfig, inputs: dict) -> None:
+    """Write the settings and input fingerprints into the run folder (main process, once every check passed)."""
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(cfg.run_dir / CONFIG_FILE, {**asdict(cfg), "inputs": inputs})
 
 
 # What a resumed run may change: its budget, where the result goes, when to stop early.
@@ -124,10 +140,7 @@ def check_same_run(cfg: HealConfig, saved: dict, run: Path) -> None:
         ...
         transplant.common.errors.TransplantError: o.heal-run was started with lr=1.0, not 0.01; ...
     """
-    for key, value in asdict(cfg).items():
-        if key not in _MAY_CHANGE and key in saved and saved[key] != value:
-            raise TransplantError(f"{run} was started with {key}={saved[key]!r}, not {value!r}; a resume continues "
-                                  "the same run (pass the same setting, or start a new run with another --run)")
+    check_same_settings(saved, asdict(cfg), _MAY_CHANGE, run, "another --run")
 
 
 def documents(texts: list[str]) -> list[str]:

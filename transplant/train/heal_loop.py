@@ -32,6 +32,7 @@ from transplant.common.progress import bar, stage
 from transplant.train.heal_config import BEST_FILE, HealConfig
 from transplant.train.heal_model import FrozenLM, RowOffsets, window_batch
 from transplant.train.heal_windows import Window, chunk_logprobs
+from transplant.train.resume import restore_checked
 from transplant.train.trainloop import (
     LOG_FILE,
     Checkpoints,
@@ -40,7 +41,6 @@ from transplant.train.trainloop import (
     begin_step,
     budget_spent,
     optimizer_step,
-    restore,
     warm_up,
 )
 
@@ -103,7 +103,7 @@ class HealLoop:
         """Restore the state of checkpoint `latest` (none: start afresh) and its best offsets."""
         if latest is not None:
             stage(f"heal: resuming from {latest.name}")
-            self.state = HealState(**restore(self.accelerator, latest, self.run / LOG_FILE))
+            self.state = HealState(**restore_checked(self.accelerator, latest, self.run / LOG_FILE))
             if self.accelerator.is_main_process:
                 # The best state as of that checkpoint (a later one may have been saved before the kill).
                 shutil.copyfile(latest / BEST_FILE, self.run / BEST_FILE)

@@ -1,0 +1,465 @@
+"""Bad input to the commands added after `run`, `apply` and `eval`, held to their guarantees:
+`transplant vectors train`, `hypernet train / export / info`, `transplant heal --resume`,
+`transplant extend`, and the loaders they share (recipes, networks, tokenizers).
+
+Every refusal is one `error: ...` line and exit status 2, no traceback, nothing left behind (no
+output, no hidden `.NAME.partial-*`), and every input and existing folder byte-identical
+afterwards. Most cases run in-process through the commands' `main()`; the extend case runs the
+real command line in a subprocess (the old failure aborted the process).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import shutil
+import struct
+import subprocess
+import sys
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from types import SimpleNamespace
+
+import builders as B
+import pytest
+from test_bad_inputs import run_inproc
+
+from transplant.common import progress
+
+TEXT = B.DATA / "bible_en.txt"
+# The settings of every tiny hypernetwork run here (seconds on a CPU).
+HN = ["--stage1-steps", "2", "--stage1-batch", "32", "--width", "16", "--layers", "1", "--checkpoint-every", "1"]
+
+
+def run_hn(args, monkeypatch, capsys):
+    """`hypernet ARGS` in this process; returns (returncode, stdout, stderr) as a subprocess would."""
+    from hypernet.cli import main
+
+    monkeypatch.setattr(progress, "_quiet", progress._quiet)  # `--quiet` is undone after the test
+    monkeypatch.setattr(sys, "argv", ["hypernet", *map(str, args)])
+    capsys.readouterr()
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
+
+
+def run_tt(args, monkeypatch, capsys):
+    """`transplant ARGS` in this process (`--quiet` undone after the test)."""
+    monkeypatch.setattr(progress, "_quiet", progress._quiet)
+    return run_inproc(args, monkeypatch, capsys)
+
+
+class Snapshot(dict):
+    """Every file and folder under `roots`, hidden ones included, with its content's hash."""
+
+    def __init__(self, roots: tuple[Path, ...]):
+        super().__init__()
+        self.roots = roots
+        for root in roots:
+            for p in [root, *root.rglob("*")] if root.is_dir() else [root]:
+                self[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+
+
+def snapshot(*paths: Path) -> Snapshot:
+    return Snapshot(tuple(Path(p) for p in paths))
+
+
+def assert_refused(proc, phrase: str, out: Path | None = None, before: Snapshot | None = None) -> None:
+    """One `error:` line holding `phrase`, exit 2, no traceback; `out` left as it was (absent, or
+    in `before`) with no hidden stage beside it; everything in `before` byte-identical."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert phrase in lines[0], lines[0]
+    if out is not None:
+        assert not list(out.parent.glob(f".{out.name}.partial-*"))
+        if before is None or str(out) not in before:
+            assert not out.exists() and not out.is_symlink()
+    if before is not None:
+        assert snapshot(*before.roots) == before
+
+
+@contextmanager
+def replaced(path: Path, content: bytes):
+    """`path` holds `content` inside the block, its own bytes again afterwards."""
+    original = path.read_bytes()
+    path.write_bytes(content)
+    try:
+        yield path
+    finally:
+        path.write_bytes(original)
+
+
+@pytest.fixture
+def model(llama_bl, tmp_path):
+    """A writable copy of the tiny model (a folder that is not any command's output)."""
+    return Path(shutil.copytree(llama_bl, tmp_path / "model"))
+
+
+@pytest.fixture
+def text(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text(TEXT.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs: a command never writes over what is not its own output, nor into an input.
+
+VECTORS = ["--dim", "8", "--epochs", "1", "--min-count", "1", "--threads", "1"]
+
+
+@pytest.mark.parametrize("extra,phrase", [([], "already exists (pass --overwrite"),
+                                          (["--overwrite"], "is not a fastText vectors file")],
+                         ids=["plain", "overwrite"])
+def test_vectors_never_replace_a_models_weights(extra, phrase, model, text, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TOKENTRANSPLANT_CACHE", str(tmp_path / "cache"))
+    before = snapshot(model, text)
+    out = model / "model.safetensors"
+    proc = run_tt(["vectors", "train", "--text", text, "--out", out, *VECTORS, *extra], monkeypatch, capsys)
+    assert_refused(proc, phrase, out, before)
+
+
+def test_vectors_never_replace_their_own_text(text, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TOKENTRANSPLANT_CACHE", str(tmp_path / "cache"))
+    before = snapshot(text)
+    proc = run_tt(["vectors", "train", "--text", text, "--out", text, *VECTORS], monkeypatch, capsys)
+    assert_refused(proc, "is one of this command's inputs", text, before)
+
+
+@pytest.mark.parametrize("extra,phrase", [([], "already exists (pass --overwrite"),
+                                          (["--overwrite"], "is not a hypernetwork folder")],
+                         ids=["plain", "overwrite"])
+def test_hypernet_train_never_writes_into_a_model_folder(extra, phrase, model, text, tmp_path, monkeypatch, capsys):
+    other = shutil.copytree(model, tmp_path / "other-model")
+    before = snapshot(model, other, text)
+    proc = run_hn(["--quiet", "train", "--model", model, "--text", text, "--out", other, *HN, *extra],
+                  monkeypatch, capsys)
+    assert_refused(proc, phrase, other, before)
+
+
+def test_hypernet_train_never_writes_inside_its_model(model, text, monkeypatch, capsys):
+    before = snapshot(model, text)
+    out = model / "hn"
+    proc = run_hn(["--quiet", "train", "--model", model, "--text", text, "--out", out, *HN], monkeypatch, capsys)
+    assert_refused(proc, "inside the input folder", out, before)
+
+
+def test_hypernet_resume_needs_a_training_run(model, text, tmp_path, monkeypatch, capsys):
+    other = shutil.copytree(model, tmp_path / "other-model")
+    before = snapshot(model, other, text)
+    proc = run_hn(["--quiet", "train", "--model", model, "--text", text, "--out", other, "--resume", *HN],
+                  monkeypatch, capsys)
+    assert_refused(proc, "not a training run", other, before)
+
+
+def test_hypernet_overwrite_replaces_its_own_run_only(model, text, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "hn"
+    args = ["--quiet", "train", "--model", model, "--text", text, "--out", out, *HN]
+    assert run_hn(args, monkeypatch, capsys).returncode == 0
+    (out / "mine.txt").write_text("left by the earlier run's user")
+    proc = run_hn(args, monkeypatch, capsys)
+    assert_refused(proc, "pass --resume to continue it, --overwrite to start afresh", out, snapshot(out))
+    assert run_hn([*args, "--overwrite"], monkeypatch, capsys).returncode == 0
+    assert not (out / "mine.txt").exists() and (out / "config.json").is_file()
+    assert json.loads((out / "train_config.json").read_text())["format"] == "tokentransplant-hypernet-run/1"
+    assert not list(tmp_path.glob(".hn.*"))
+
+
+@pytest.fixture(scope="module")
+def hn_run(llama_bl, tmp_path_factory):
+    """A finished two-step hypernetwork run (checkpoints at steps 1 and 2) on a text of its own."""
+    from hypernet.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("hn-run")
+    text = root / "t.txt"
+    text.write_text(TEXT.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    run = train(TrainConfig(model=str(llama_bl), texts=[str(text)], out=str(root / "run"), stage1_steps=2,
+                            stage1_batch=32, width=16, layers=1, checkpoint_every=1))
+    return SimpleNamespace(run=run, text=text, model=llama_bl)
+
+
+@pytest.mark.parametrize("extra,phrase", [([], "already exists (pass --overwrite"),
+                                          (["--overwrite"], "is not a hypernetwork folder")],
+                         ids=["plain", "overwrite"])
+def test_hypernet_export_never_writes_into_a_model_folder(extra, phrase, hn_run, model, monkeypatch, capsys):
+    before = snapshot(model, hn_run.run)
+    ckpt = hn_run.run / "checkpoints" / "step-000002"
+    proc = run_hn(["export", ckpt, "--out", model, *extra], monkeypatch, capsys)
+    assert_refused(proc, phrase, model, before)
+
+
+def test_hypernet_export_stages_and_replaces_its_own_output(hn_run, tmp_path, monkeypatch, capsys):
+    ckpt = hn_run.run / "checkpoints" / "step-000001"
+    out = tmp_path / "exported"
+    assert run_hn(["export", ckpt, "--out", out], monkeypatch, capsys).returncode == 0
+    assert_refused(run_hn(["export", ckpt, "--out", out], monkeypatch, capsys), "--overwrite", out, snapshot(out))
+    assert run_hn(["export", ckpt, "--out", out, "--overwrite"], monkeypatch, capsys).returncode == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+
+
+# --------------------------------------------------------------------------------------------
+# `hypernet train`: every setting typed and bounded, every input checked before any work.
+
+def _deep(n: int) -> str:
+    return "[" * n + "]" * n
+
+
+RECIPES = {
+    "nested_too_deep": (f"model: {_deep(3000)}\n", "nests its values too deeply"),
+    "steps_as_text": ("steps: '3'\n", "steps expects"),
+    "resume_as_text": ("resume: 'yes'\n", "resume expects"),
+    "width_negative": ("width: -4\n", "width must be at least 0"),
+    "log_every_zero": ("log_every: 0\n", "log_every must be at least 1"),
+    "lr_nan": ("lr: .nan\n", "lr must be positive"),
+}
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_hypernet_recipe_values_are_checked(name, model, text, tmp_path, monkeypatch, capsys):
+    body, phrase = RECIPES[name]
+    recipe = tmp_path / "r.yaml"
+    keys = {line.split(":")[0] for line in body.splitlines()}
+    base = {"model": str(model), "texts": f"[{text}]", "out": str(tmp_path / "hn"), "stage1_steps": "1",
+            "stage1_batch": "8", "width": "16", "layers": "1"}
+    recipe.write_text(body + "".join(f"{k}: {v}\n" for k, v in base.items() if k not in keys))
+    before = snapshot(model, text, recipe)
+    proc = run_hn(["--quiet", "train", "--recipe", recipe], monkeypatch, capsys)
+    assert_refused(proc, phrase, tmp_path / "hn", before)
+
+
+def test_run_recipe_nested_too_deep_is_one_line(tmp_path, monkeypatch, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {_deep(3000)}\nnew_tokenizer: x\nout: {tmp_path / 'o'}\n")
+    proc = run_tt(["run", "--recipe", recipe], monkeypatch, capsys)
+    assert_refused(proc, "nests its values too deeply", tmp_path / "o")
+
+
+def test_hypernet_model_without_tokenizer(model, text, tmp_path, monkeypatch, capsys):
+    (model / "tokenizer.json").unlink()
+    before = snapshot(model, text)
+    out = tmp_path / "hn"
+    proc = run_hn(["--quiet", "train", "--model", model, "--text", text, "--out", out, *HN], monkeypatch, capsys)
+    assert_refused(proc, "no tokenizer.json", out, before)
+
+
+def test_hypernet_missing_text_is_refused_whatever_stage_reads_it(model, text, tmp_path, monkeypatch, capsys):
+    # Stage 1 alone never reads the texts: they must be checked before any work all the same.
+    out = tmp_path / "hn"
+    missing = tmp_path / "missing.txt"
+    before = snapshot(model, text)
+    proc = run_hn(["--quiet", "train", "--model", model, "--text", text, "--text", missing, "--out", out, *HN,
+                   "--steps", "0"], monkeypatch, capsys)
+    assert_refused(proc, f"training text not found: {missing}", out, before)
+
+
+# --------------------------------------------------------------------------------------------
+# `--resume`: the same run or one line, and the run folder untouched.
+
+def _resume_args(hn_run, out, *extra, model=None, text=None):
+    return ["--quiet", "train", "--model", model or hn_run.model, "--text", text or hn_run.text, "--out", out, *HN,
+            "--resume", *extra]
+
+
+@pytest.fixture
+def run_copy(hn_run, tmp_path):
+    return Path(shutil.copytree(hn_run.run, tmp_path / "run"))
+
+
+def test_resume_with_another_width(hn_run, run_copy, monkeypatch, capsys):
+    before = snapshot(run_copy, hn_run.text)
+    proc = run_hn([*_resume_args(hn_run, run_copy), "--width", "32"], monkeypatch, capsys)
+    assert_refused(proc, "was started with width=16, not 32", run_copy, before)
+
+
+def test_resume_with_another_model(hn_run, run_copy, build_model, tmp_path, monkeypatch, capsys):
+    other = build_model(tmp_path / "other", tied=False, seed=1)  # same shapes, other embeddings
+    before = snapshot(run_copy, other, hn_run.text)
+    proc = run_hn(_resume_args(hn_run, run_copy, model=other), monkeypatch, capsys)
+    assert_refused(proc, "was trained for another model", run_copy, before)
+
+
+def test_resume_with_another_text(hn_run, run_copy, monkeypatch, capsys):
+    with replaced(hn_run.text, hn_run.text.read_bytes()[:10_000] + b"\nAnother ending entirely.\n"):
+        before = snapshot(run_copy, hn_run.text)
+        proc = run_hn(_resume_args(hn_run, run_copy, "--steps", "1"), monkeypatch, capsys)
+        assert_refused(proc, "was started with other texts", run_copy, before)
+
+
+def test_resume_of_a_pickled_checkpoint(hn_run, run_copy, monkeypatch, capsys):
+    # A pickled object where the optimizer state belongs: refused by weights_only, in one line.
+    (run_copy / "checkpoints" / "step-000002" / "optimizer.bin").write_bytes(pickle.dumps({"when": date.today()}))
+    before = snapshot(run_copy, hn_run.text)
+    proc = run_hn(_resume_args(hn_run, run_copy, "--stage1-steps", "3"), monkeypatch, capsys)
+    assert_refused(proc, "cannot be loaded", run_copy, before)
+
+
+def test_resume_of_a_checkpoint_of_another_shape(hn_run, run_copy, tmp_path, monkeypatch, capsys):
+    # The checkpoint's weights replaced by those of a wider network (settings file unchanged).
+    from hypernet import HyperNet
+    from hypernet.train import load_source
+
+    _, E_in, E_out, _ = load_source(str(hn_run.model))
+    wide = HyperNet.create(E_in, E_out, width=32, layers=1).save(tmp_path / "wide")
+    shutil.copy(wide / "model.safetensors", run_copy / "checkpoints" / "step-000002" / "model.safetensors")
+    before = snapshot(run_copy, hn_run.text)
+    proc = run_hn(_resume_args(hn_run, run_copy, "--stage1-steps", "3"), monkeypatch, capsys)
+    assert_refused(proc, "does not fit this run", run_copy, before)
+
+
+@pytest.fixture(scope="module")
+def heal_run(llama_bl, tok_dirs, tmp_path_factory):
+    """A transplant and a finished two-step healing run of it (checkpoints at steps 1 and 2)."""
+    from transplant import transplant
+    from transplant.train.heal import HealConfig, heal
+
+    root = tmp_path_factory.mktemp("heal-run")
+    text = root / "t.txt"
+    text.write_text(TEXT.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    moved = root / "moved"
+    transplant(llama_bl, tok_dirs["sp"], moved, method="fvt")
+    args = ["--steps", "2", "--seq-len", "32", "--batch-size", "1", "--eval-every", "1", "--checkpoint-every", "1"]
+    res = heal(HealConfig(model=str(moved), texts=[str(text)], out=str(root / "healed"), steps=2, seq_len=32,
+                          batch_size=1, eval_every=1, checkpoint_every=1))
+    return SimpleNamespace(moved=moved, text=text, out=res.out, run=res.run, args=args, root=root)
+
+
+def _heal(heal_run, *extra):
+    return ["--quiet", "heal", "--model", heal_run.moved, "--text", heal_run.text, "--out", heal_run.out,
+            *heal_run.args, "--resume", "--overwrite", *extra]
+
+
+def test_heal_resume_with_another_text(heal_run, monkeypatch, capsys):
+    with replaced(heal_run.text, heal_run.text.read_bytes()[:6_000]):
+        before = snapshot(heal_run.run, heal_run.out, heal_run.text, heal_run.moved)
+        proc = run_tt(_heal(heal_run), monkeypatch, capsys)
+        assert_refused(proc, "was started with other texts", heal_run.out, before)
+
+
+def test_heal_resume_with_another_model(heal_run, tok_dirs, llama_bl, monkeypatch, capsys):
+    from transplant import transplant
+
+    aside = heal_run.root / "moved-aside"
+    heal_run.moved.rename(aside)
+    try:  # another transplant at the same path: other rows made
+        transplant(llama_bl, tok_dirs["wp"], heal_run.moved, method="fvt")
+        before = snapshot(heal_run.run, heal_run.out, heal_run.text, heal_run.moved)
+        proc = run_tt(_heal(heal_run), monkeypatch, capsys)
+        assert_refused(proc, "was started with other model files", heal_run.out, before)
+    finally:
+        shutil.rmtree(heal_run.moved, ignore_errors=True)
+        aside.rename(heal_run.moved)
+
+
+def test_heal_resume_of_a_pickled_checkpoint(heal_run, monkeypatch, capsys):
+    optimizer = heal_run.run / "checkpoints" / "step-000002" / "optimizer.bin"
+    with replaced(optimizer, pickle.dumps({"when": date.today()})):
+        before = snapshot(heal_run.run, heal_run.out, heal_run.text, heal_run.moved)
+        proc = run_tt(_heal(heal_run, "--steps", "3"), monkeypatch, capsys)
+        assert_refused(proc, "cannot be loaded", heal_run.out, before)
+
+
+# --------------------------------------------------------------------------------------------
+# Saved networks: `hypernet info` and `transplant run --method hypernet` on a damaged one.
+
+def _edit_config(edit):
+    def apply(folder: Path) -> None:
+        cfg = json.loads((folder / "config.json").read_text())
+        edit(cfg)
+        (folder / "config.json").write_text(json.dumps(cfg))
+    return apply
+
+
+def _truncate(folder: Path) -> None:
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-500])
+
+
+NETWORKS = {
+    "config_not_json": (lambda f: (f / "config.json").write_text('{"format": "tokentransplant-hypernet/1", '),
+                        "is not a JSON object"),
+    "unknown_key": (_edit_config(lambda c: c.update(colour="blue")), "unknown key 'colour'"),
+    "hidden_size_as_text": (_edit_config(lambda c: c.update(hidden_size="32")), "hidden_size expects"),
+    "layers_zero": (_edit_config(lambda c: c.update(layers=0)), "layers must be at least 1"),
+    "width_of_other_weights": (_edit_config(lambda c: c.update(width=32, heads=2)), "does not match its config.json"),
+    "truncated_weights": (_truncate, "is truncated"),
+    "weights_header_len": (lambda f: (f / "model.safetensors").write_bytes(struct.pack("<Q", 1 << 40)),
+                           "not a safetensors file"),
+}
+
+
+@pytest.mark.parametrize("name", list(NETWORKS))
+def test_a_damaged_network_is_one_line(name, hypernet_dir, llama_bl, tok_dirs, tmp_path, monkeypatch, capsys):
+    break_it, phrase = NETWORKS[name]
+    net = Path(shutil.copytree(hypernet_dir, tmp_path / "hn"))
+    break_it(net)
+    before = snapshot(net, llama_bl)
+    assert_refused(run_hn(["info", net], monkeypatch, capsys), phrase, None, before)
+    out = tmp_path / "out"
+    proc = run_tt(["--quiet", "run", "--model", llama_bl, "--new-tok", tok_dirs["sp"], "--out", out, "--method",
+                   "hypernet", "--set", f"hypernet.path={net}"], monkeypatch, capsys)
+    assert_refused(proc, phrase, out, before)
+
+
+def test_a_damaged_registered_network_is_skipped(hypernet_dir, llama_bl, tok_dirs, tmp_path, monkeypatch, capsys):
+    from hypernet.registry import known_networks, register
+
+    entry = register(hypernet_dir)
+    _truncate(entry.path)
+    assert known_networks() == [n for n in known_networks() if n.origin == "shipped"]
+    out = tmp_path / "out"
+    proc = run_tt(["--quiet", "run", "--model", llama_bl, "--new-tok", tok_dirs["sp"], "--out", out],
+                  monkeypatch, capsys)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizers that give one id to two tokens, and an extension asked for more than its text holds.
+
+def _duplicate_id(folder: Path) -> Path:
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    pieces = sorted(vocab, key=vocab.get)
+    vocab[pieces[300]] = vocab[pieces[301]]
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    return folder
+
+
+def test_run_refuses_a_new_tokenizer_with_a_duplicate_id(llama_bl, tok_dirs, tmp_path, monkeypatch, capsys):
+    tok = _duplicate_id(Path(shutil.copytree(tok_dirs["bl"], tmp_path / "tok")))
+    before = snapshot(tok, llama_bl)
+    out = tmp_path / "out"
+    proc = run_tt(["--quiet", "run", "--model", llama_bl, "--new-tok", tok, "--out", out, "--method", "fvt"],
+                  monkeypatch, capsys)
+    assert_refused(proc, "gives id", out, before)
+    assert str(tok / "tokenizer.json") in proc.stderr
+
+
+def test_hypernet_refuses_a_model_tokenizer_with_a_duplicate_id(model, text, tmp_path, monkeypatch, capsys):
+    _duplicate_id(model)
+    before = snapshot(model, text)
+    out = tmp_path / "hn"
+    proc = run_hn(["--quiet", "train", "--model", model, "--text", text, "--out", out, *HN], monkeypatch, capsys)
+    assert_refused(proc, "gives id", out, before)
+
+
+def test_extend_asked_for_more_tokens_than_the_text_holds(model, text, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text(text.read_text(encoding="utf-8")[:3_000], encoding="utf-8")
+    before = snapshot(model, short)
+    out = tmp_path / "ext"
+    proc = subprocess.run([sys.executable, "-m", "transplant.cli", "--quiet", "extend", "--model", str(model),
+                           "--text", str(short), "--add", str(10 ** 12), "--out", str(out), "--method", "fvt"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    added = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
+    assert 0 < len(added) - 500 < 3_000  # bounded by the text, not by the request
+    assert snapshot(model, short) == before

@@ -42,9 +42,23 @@ def bars_disabled() -> bool:
 
 def bar(iterable: Iterable | None = None, *, total: float | None = None, desc: str | None = None,
         unit: str = "it", leave: bool = False, **kwargs) -> _hf_tqdm:
-    """A progress bar on stderr (a no-op object when bars are disabled); use as iterator or context."""
+    """A progress bar on stderr (a no-op object when bars are disabled); use as iterator or context.
+
+    Into a log (stderr not a terminal) every bar keeps to its own line and redraws at most every
+    10 s: a nested bar would otherwise move the cursor up (`ESC[A`), which a log file shows as junk.
+    """
+    if not _is_terminal(sys.stderr):
+        kwargs.setdefault("position", 0)
+        kwargs.setdefault("mininterval", 10.0)
     return _hf_tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, disable=bars_disabled(),
                     file=sys.stderr, dynamic_ncols=True, **kwargs)
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # a closed or foreign stream
+        return False
 
 
 def stage(message: str) -> None:

@@ -463,3 +463,15 @@ def test_extend_asked_for_more_tokens_than_the_text_holds(model, text, tmp_path)
     added = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
     assert 0 < len(added) - 500 < 3_000  # bounded by the text, not by the request
     assert snapshot(model, short) == before
+
+
+@pytest.mark.parametrize("algorithm", ["bpe", "unigram"])
+def test_tokenizer_asked_for_more_tokens_than_the_text_holds(algorithm, text, tmp_path):
+    before = snapshot(text)
+    out = tmp_path / "tok"
+    proc = subprocess.run([sys.executable, "-m", "transplant.cli", "--quiet", "tokenizer", "train", "--text",
+                           str(text), "--vocab-size", str(10 ** 12), "--algorithm", algorithm, "--out", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "saturated" in proc.stdout
+    assert (out / "tokenizer.json").is_file() and snapshot(text) == before

@@ -42,6 +42,7 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -190,6 +191,21 @@ def _check_loads_like(like: _Like, folder: Path) -> None:
 
 def _byte_level(tok: Tokenizer) -> bool:
     return "ByteLevel" in json.dumps(json.loads(tok.to_str()).get("pre_tokenizer"))
+
+
+def _most_tokens(lines: list[str], algorithm: str, specials: int) -> int:
+    """More tokens than the text can give (cheap): the 256 bytes, the specials and, per distinct
+    word or run of spaces with a space before it, one merge per byte (BPE) or each of its
+    substrings of up to 16 bytes (Unigram). A request above it is trained at it: asked for 10**12, the trainer aborted the
+    process allocating room for them.
+
+    Example:
+        >>> _most_tokens(["a rose is a rose", "an iris"], "bpe", 1)  # a, rose, is, an, iris, " " with a space each
+        277
+    """
+    pieces = {w for line in lines for w in re.findall(r"\S+|\s+", line)}  # words and runs of spaces
+    sizes = [len(w.encode("utf-8")) + 1 for w in pieces]
+    return 256 + specials + sum(n if algorithm == "bpe" else n * min(n, 16) for n in sizes)
 
 
 def _train_bpe(lines: list[str], vocab_size: int, like: _Like) -> Tokenizer:
@@ -356,10 +372,11 @@ def train_tokenizer(texts: list[str | Path], vocab_size: int, out: str | Path, *
     notes = []
     n_super = int(round(vocab_size * supertoken_share)) if supertokens else 0
     stage(f"training a {algorithm} tokenizer ({vocab_size:,} tokens) on {sum(map(len, lines)):,} characters")
+    most = _most_tokens(lines, algorithm, len(like_info.specials))  # the trainers allocate what they are asked
     if algorithm == "unigram":
-        tok = _train_unigram(lines, vocab_size, like_info)
+        tok = _train_unigram(lines, min(vocab_size, most), like_info)
     else:
-        tok = _train_bpe(lines, vocab_size - n_super, like_info)
+        tok = _train_bpe(lines, min(vocab_size - n_super, most), like_info)
     supers = 0
     if supertokens:
         if not _byte_level(tok) or like_info.tokenizer is not None and "ByteLevel" not in json.dumps(

@@ -196,8 +196,8 @@ def _byte_level(tok: Tokenizer) -> bool:
 def _most_tokens(lines: list[str], algorithm: str, specials: int) -> int:
     """More tokens than the text can give (cheap): the 256 bytes, the specials and, per distinct
     word or run of spaces with a space before it, one merge per byte (BPE) or each of its
-    substrings of up to 16 bytes (Unigram). A request above it is trained at it: asked for 10**12, the trainer aborted the
-    process allocating room for them.
+    substrings of up to 16 bytes (Unigram). A request above it is trained at it: asked for
+    10**12, the trainer aborted the process allocating room for them.
 
     Example:
         >>> _most_tokens(["a rose is a rose", "an iris"], "bpe", 1)  # a, rose, is, an, iris, " " with a space each

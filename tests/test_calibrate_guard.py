@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from calibration_cases import compact_proposal, outlier_problem
+
 from transplant.methods.calibrate_fit import fit_scale
 
 CAP = 3.0

@@ -475,3 +475,13 @@ def test_tokenizer_asked_for_more_tokens_than_the_text_holds(algorithm, text, tm
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "saturated" in proc.stdout
     assert (out / "tokenizer.json").is_file() and snapshot(text) == before
+
+
+def test_heal_run_folder_never_inside_its_model(heal_run, monkeypatch, capsys):
+    before = snapshot(heal_run.moved, heal_run.text)
+    out = heal_run.root / "healed-again"
+    run = heal_run.moved / "run"
+    proc = run_tt(["--quiet", "heal", "--model", heal_run.moved, "--text", heal_run.text, "--out", out,
+                   "--run", run, *heal_run.args], monkeypatch, capsys)
+    assert_refused(proc, "inside the input folder", out, before)
+    assert not run.exists()

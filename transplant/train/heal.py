@@ -90,9 +90,10 @@ def heal(cfg: HealConfig) -> HealResult:
     ckpts = Checkpoints(run, cfg.keep_checkpoints)
     latest = ckpts.latest()
     folder, teacher_folder, plan = check_inputs(cfg)
-    out = check_output_path(Path(cfg.out), [folder, teacher_folder, *map(Path, cfg.texts)], cfg.overwrite)
+    paths = [folder, teacher_folder, *map(Path, cfg.texts)]
+    out = check_output_path(Path(cfg.out), paths, cfg.overwrite)
     inputs = run_inputs(cfg, folder, teacher_folder)
-    check_run_folder(cfg, latest, inputs)  # on every process (it writes nothing): all of them stop alike
+    check_run_folder(cfg, latest, inputs, paths)  # on every process (it writes nothing): all of them stop alike
 
     stage(f"heal: loading {folder.name} and its teacher {teacher_folder.name}")
     student_lm, teacher_lm, s_tok, t_tok, s_start, t_start = load_models(folder, teacher_folder, device)

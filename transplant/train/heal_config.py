@@ -21,12 +21,15 @@ from pathlib import Path
 from transplant.common.errors import TransplantError
 from transplant.common.texts import read_texts, split_documents
 from transplant.core.plan import PLAN_JSON, Plan
+from transplant.io.outdir import OutputKind, check_output_path
 from transplant.io.sources import resolve_model
 from transplant.train.resume import check_same_inputs, check_same_settings, input_fingerprints, write_json
 
 BEST_FILE = "best.safetensors"
 SUMMARY_FILE = "heal.json"
 CONFIG_FILE = "heal_config.json"
+# The run folder, as `transplant.io.outdir` sees it: it holds its settings.
+HEAL_RUN = OutputKind("a healing run folder", f"no {CONFIG_FILE}", lambda folder: (folder / CONFIG_FILE).is_file())
 
 
 @dataclass
@@ -103,15 +106,17 @@ def run_inputs(cfg: HealConfig, folder: Path, teacher: Path) -> dict:
                                "teacher tokenizer": [f for f in [teacher / "tokenizer.json"] if f.is_file()]})
 
 
-def check_run_folder(cfg: HealConfig, latest: Path | None, inputs: dict) -> None:
+def check_run_folder(cfg: HealConfig, latest: Path | None, inputs: dict, paths: list[Path]) -> None:
     """Check the run folder before any work, writing nothing: a resume needs `resume` and continues
-    the same run (settings, and inputs by content); another run's folder is refused."""
+    the same run (settings, and inputs by content); another run's folder is refused, and so is a
+    run folder inside one of the input `paths` (model, teacher, texts)."""
     run = cfg.run_dir
     if latest is not None and not cfg.resume:
         raise TransplantError(f"{run} holds a healing run (checkpoint {latest.name}); pass --resume to continue "
                               "it, or choose another --run/--out")
     if run.exists() and any(run.iterdir()) and latest is None and not (run / CONFIG_FILE).is_file():
         raise TransplantError(f"{run} exists and is not a healing run folder (choose another --run)")
+    check_output_path(run, paths, True, HEAL_RUN)  # never inside an input (an existing one is a run: see above)
     if latest is not None:
         saved = json.loads((run / CONFIG_FILE).read_text())
         check_same_run(cfg, saved, run)

@@ -138,6 +138,7 @@ def run_demo(out: str | Path | None = None, method: str = "auto", vocab_size: in
     check_methods(methods)  # an unknown method fails before any work
     model = "smollm2-135m-instruct"
     gguf = packaged_gguf(model) if model in PACKAGED else None  # fails now if its package is missing
+    stage("SmolLM2-135M-Instruct -> Spanish byte-level BPE (Reina-Valera 1909 sample)")  # after the checks
     train_lines, held_out = demo_split(eval_bytes)
     tok_dir = demo_tokenizer_dir(train_lines, vocab_size)
     if _tokenizer_complete(tok_dir):

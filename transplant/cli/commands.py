@@ -116,10 +116,8 @@ def apply(plan_dir, model, out, link, overwrite, trust_remote_code) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out folder (the default folder is always replaced).")
 def demo(out, method, vocab_size, overwrite) -> None:
     """SmolLM2-135M-Instruct onto a Spanish tokenizer; prints before/after bits per byte."""
-    from transplant.common.progress import stage
     from transplant.demo import run_demo
 
-    stage("SmolLM2-135M-Instruct -> Spanish byte-level BPE (Reina-Valera 1909 sample)")  # silent with -q
     info = run_demo(out, method=method, vocab_size=vocab_size, overwrite=overwrite)
     result = info["result"]
     click.echo(f"held-out text: {info['held_out_bytes']} bytes; tokenizer: {info['tokenizer']}")

@@ -15,8 +15,10 @@ from typing import TypeVar
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
+from typing_extensions import Self
 
 from transplant.common.errors import TransplantError
+from transplant.common.permissions import follow_umask
 from transplant.common.safetensors_header import validate_shard
 from transplant.core.plan.types import KIND_NAMES, OVERRIDE
 
@@ -54,11 +56,12 @@ class PlanStorage:
             doc["output_counts"] = self.output.counts()
             doc["output_provenance"] = self.output.provenance
         save_file(arrays, str(folder / PLAN_WEIGHTS))
+        follow_umask(folder / PLAN_WEIGHTS)  # safetensors writes 0600; the rest of the output follows the umask
         (folder / PLAN_JSON).write_text(json.dumps(doc, indent=1, ensure_ascii=False))
         return [PLAN_WEIGHTS, PLAN_JSON]
 
     @classmethod
-    def load(cls: type[_P], folder: str | Path) -> _P:
+    def load(cls, folder: str | Path) -> Self:
         """Read a saved plan and validate it whole (see `validate`) before anything uses it."""
         folder = Path(folder)
         if folder.is_file():
@@ -88,7 +91,7 @@ class PlanStorage:
             if key not in doc:
                 raise bad(f"no {key!r} entry")
 
-        def side(prefix: str, provenance) -> _P:
+        def side(prefix: str, provenance) -> Self:
             for name in ("indptr", "indices", "weights", "kinds", "override_rows"):
                 if prefix + name not in arrays:
                     raise _Invalid(wpath)(f"no {prefix + name!r} array")

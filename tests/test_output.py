@@ -112,3 +112,16 @@ def test_failure_while_writing_leaves_nothing(llama_bl, tok_dirs, tmp_path, monk
     with pytest.raises(RuntimeError, match="disk full"):
         transplant(llama_bl, tok_dirs["sp"], tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_output_file_follows_the_umask(transplanted):
+    """No file of an output is private to its writer (safetensors writes 0600): a model shared on
+    a cluster must load for everyone the umask lets read it."""
+    import os
+
+    from transplant.common.permissions import umask
+
+    folder, _ = transplanted
+    modes = {p.name: oct(os.stat(p).st_mode & 0o777) for p in folder.iterdir() if p.is_file()}
+    assert "transplant_plan.safetensors" in modes
+    assert set(modes.values()) == {oct(0o666 & ~umask())}, modes

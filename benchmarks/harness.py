@@ -138,14 +138,14 @@ def table() -> str:
     doc = load_results()
     base = {r["task"]: r["bpb"] for r in doc["results"] if r["method"] == "original"}
     fvt = {r["task"]: r["bpb"] for r in doc["results"] if r["method"] == "fvt"}
-    lines = ["| task | method | BPB | ratio to original | vs fvt | bytes/token | transplant s | peak RSS MiB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| task | method | BPB | ratio to original | vs fvt | bytes/token | bytes scored | transplant s | peak RSS MiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     order = {t: i for i, t in enumerate(ALL_TASKS)}
     for r in sorted(doc["results"], key=lambda r: (order.get(r["task"], 99), r["method"] != "original", r["bpb"])):
         ratio = f"{r['bpb'] / base[r['task']]:.3f}" if r["task"] in base else "–"
         vs = f"{100 * (r['bpb'] / fvt[r['task']] - 1):+.1f}%" if r["task"] in fvt and r["method"] != "original" else ""
         lines.append(f"| {r['task']} | {r['method']} | {r['bpb']:.4f} | {ratio} | {vs} | {r['bytes_per_token']:.2f} | "
-                     f"{r.get('transplant_seconds', '')} | {r.get('peak_rss_mib', '')} |")
+                     f"{r.get('eval_bytes', '')} | {r.get('transplant_seconds', '')} | {r.get('peak_rss_mib', '')} |")
     return "\n".join(lines)
 
 

@@ -268,6 +268,6 @@ def test_focus_option_errors(llama_bl, tok_dirs, options):
     both = {"focus.vectors": options["focus"]["sp"]["focus.vectors"], "focus.text": str(TEXT)}
     with pytest.raises(TransplantError, match="only one of"):
         transplant(llama_bl, tok_dirs["sp"], None, method="focus", options=both)
-    with pytest.raises(TransplantError, match="temperature must be positive"):
+    with pytest.raises(TransplantError, match="focus.temperature must be above 0"):
         transplant(llama_bl, tok_dirs["sp"], None, method="focus",
                    options={**options["focus"]["sp"], "focus.temperature": "0"})

@@ -127,8 +127,6 @@ class FOCUSInitializer(BaseInitializer):
                 "method focus needs token-level fastText vectors of the new tokenizer: set --set focus.vectors=VEC.bin "
                 "(train with `transplant vectors train --text TARGET.txt --tokenizer NEW_TOK --out VEC.bin`) "
                 "or --set focus.text=TARGET.txt (trained now, cached)")
-        if opts["temperature"] <= 0:
-            raise TransplantError(f"focus.temperature must be positive, not {opts['temperature']}")
         res = ctx.need_resources(self.name)
         new = ctx.alignment.new
         if opts["vectors"]:

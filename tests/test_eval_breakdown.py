@@ -212,7 +212,7 @@ def test_cli_text_shows_the_kinds_after_the_bits_per_byte(moved, tied_src, llama
     lines = out.splitlines()
     assert lines[0].split() == ["model", "bits/byte", "bytes/token", "ratio"]
     assert lines[1].startswith("src ") and lines[2].startswith("moved ")
-    assert "where moved's loss is" in out and "bpb vs src" in out
+    assert "where moved's loss is" in out and "excess: bits/byte above src on the same bytes" in out
     rows = {line.split()[0] for line in lines if line.split()[:1] in (["exact"], ["byte"], ["fvt"], ["special"])}
     assert rows == {"exact", "byte", "fvt", "special"}
     assert "tokens that cost most against src on the same bytes" in out

@@ -48,22 +48,24 @@ def print_breakdown(name: str, kinds: list, total_bytes: int, excess: dict[str, 
         ...           mass=0.45, gap=-0.15), R(kind="fvt", rows=200, token_share=0.4, loss_share=0.6,
         ...           nats_per_token=4.5, bits_per_byte=1.6, mass=0.55, gap=0.15)]
         >>> print_breakdown("new", rows, 1000, {"exact": 13.9, "fvt": 69.3}, "original")
-        where new's loss is, by kind of token (mass: mean probability the model puts on the kind; gap: mass - tokens)
-        kind        rows  tokens    loss  nats/token  bits/byte    mass     gap  bpb vs original
-        exact        300   60.0%   40.0%       2.000     0.9000   45.0%  -15.0%          +0.0201
-        fvt          200   40.0%   60.0%       4.500     1.6000   55.0%  +15.0%          +0.1000
+        where new's loss is, by kind of token (mass: mean probability the model puts on the kind;
+        gap: mass - tokens; excess: bits/byte above original on the same bytes)
+        kind          rows  tokens    loss  nats/token  bits/byte    mass     gap    excess
+        exact          300   60.0%   40.0%       2.000     0.9000   45.0%  -15.0%   +0.0201
+        fvt            200   40.0%   60.0%       4.500     1.6000   55.0%  +15.0%   +0.1000
     """
     width = max([10] + [len(r.kind) + 2 for r in kinds])
-    click.echo(f"where {name}'s loss is, by kind of token (mass: mean probability the model puts on the kind; "
-               "gap: mass - tokens)")
-    extra = f"  bpb vs {reference}" if excess is not None else ""
-    click.echo(f"{'kind':<{width}}{'rows':>6}{'tokens':>8}{'loss':>8}{'nats/token':>12}{'bits/byte':>11}"
-               f"{'mass':>8}{'gap':>8}{extra}")
+    legend = "mass: mean probability the model puts on the kind; gap: mass - tokens"
+    if excess is not None:
+        legend += f"; excess: bits/byte above {reference} on the same bytes"
+    click.echo(f"where {name}'s loss is, by kind of token ({legend})")
+    click.echo(f"{'kind':<{width}}{'rows':>8}{'tokens':>8}{'loss':>8}{'nats/token':>12}{'bits/byte':>11}"
+               f"{'mass':>8}{'gap':>8}" + (f"{'excess':>10}" if excess is not None else ""))
     for r in kinds:
-        line = (f"{r.kind:<{width}}{r.rows:>6,}{r.token_share:>8.1%}{r.loss_share:>8.1%}"
+        line = (f"{r.kind:<{width}}{r.rows:>8,}{r.token_share:>8.1%}{r.loss_share:>8.1%}"
                 f"{_num(r.nats_per_token, '.3f'):>12}{_num(r.bits_per_byte, '.4f'):>11}{r.mass:>8.1%}{r.gap:>+8.1%}")
         if excess is not None:
-            line += f"{excess.get(r.kind, 0.0) / math.log(2) / max(total_bytes, 1):>+{len(extra)}.4f}"
+            line += f"{excess.get(r.kind, 0.0) / math.log(2) / max(total_bytes, 1):>+10.4f}"
         click.echo(line)
 
 

@@ -38,13 +38,15 @@ def plot_breakdown(kinds: list, path: str | Path, title: str = "") -> Path:
     """Draw `kinds` (`KindRow`s) as grouped bars into the PNG `path`; returns the path.
 
     Left: share of tokens, share of loss and mean probability mass per kind (a mass above the
-    share of tokens is over-prediction). Right: nats per token of each kind.
+    share of tokens is over-prediction). Right: nats per token of each kind. Kinds absent from
+    the text and given under 0.5% of the mass (special tokens, padding) are left out.
     """
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     path = Path(path)
+    kinds = [r for r in kinds if r.token_share > 0 or r.mass >= 0.005] or list(kinds)
     names = [r.kind for r in kinds]
     x = list(range(len(names)))
     fig = Figure(figsize=(4 + 1.6 * len(names), 4), layout="constrained")

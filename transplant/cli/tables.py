@@ -25,6 +25,9 @@ def print_eval_table(evaluation: dict, base: str | None = "original") -> None:
     for name, r in evaluation.items():
         ratio = f"{r.bpb / ref.bpb:>8.3f}" if ref else ""
         click.echo(f"{name:<{width}}{r.bpb:>11.4f}{r.bytes_per_token:>13.2f}{ratio}")
+    scored = {getattr(r, "bytes", None) for r in evaluation.values()} - {None}
+    if len(scored) == 1:  # what was scored, not what was asked for (whole documents only)
+        click.echo(f"(scored on {scored.pop():,} bytes of text)", err=True)
     for name, r in evaluation.items():
         if not getattr(r, "lossless", True):
             click.echo(f"warning: {name}'s tokenizer does not reproduce the text (decode(encode(text)) != text): "

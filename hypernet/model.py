@@ -135,11 +135,14 @@ class HyperNet(nn.Module):
         its final name and moved into place, so a kill never leaves a half-written network."""
         from safetensors.torch import save_file
 
+        from transplant.common.permissions import follow_umask
+
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         tmp = folder / ".model.safetensors.partial"
         save_file(state, str(tmp), metadata={"format": FORMAT})
+        follow_umask(tmp)  # safetensors writes 0600; the network's other files follow the umask
         os.replace(tmp, folder / "model.safetensors")
         tmp = folder / ".config.json.partial"
         tmp.write_text(json.dumps({"format": FORMAT, **asdict(self.config)}, indent=2) + "\n")

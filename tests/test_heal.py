@@ -248,3 +248,17 @@ def test_heal_recipe_is_read_by_the_shared_loader(tmp_path, monkeypatch):
     recipe.write_text("model: m\ntexts: [t.txt]\nout: o\n")
     result = CliRunner().invoke(cli, ["heal", "--recipe", str(recipe)])
     assert result.exit_code == 2 and "pass a budget" in result.output
+
+
+def test_heal_files_follow_the_umask(transplanted, tmp_path):
+    """The healed output and its run folder's best offsets are readable as the umask allows, like
+    every other file (safetensors alone writes 0600)."""
+    from transplant.common.permissions import umask
+    from transplant.train.heal_config import BEST_FILE
+
+    _, t = transplanted[False]
+    result = heal(_cfg(t, tmp_path / "healed"))
+    expect = oct(0o666 & ~umask())
+    files = [*result.out.iterdir(), result.run / BEST_FILE]
+    modes = {p.name: oct(os.stat(p).st_mode & 0o777) for p in files if p.is_file()}
+    assert set(modes.values()) == {expect}, modes

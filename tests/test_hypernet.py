@@ -320,3 +320,12 @@ def test_checkpoint_waits_for_every_process_before_publishing(tmp_path):
     Checkpoints(tmp_path, keep=2).save(TwoProcesses(), {"step": 4})
     done = tmp_path / "checkpoints" / "step-000004"
     assert sorted(p.name for p in done.iterdir()) == ["random_states_0.pkl", "random_states_1.pkl", "trainer_state.json"]
+
+
+def test_saved_network_follows_the_umask(llama_bl, tmp_path):
+    """A network folder shared with others loads for them: no file is private to its writer."""
+    from transplant.common.permissions import umask
+
+    folder = _fresh_net(llama_bl, tmp_path / "hn")
+    modes = {p.name: oct(os.stat(p).st_mode & 0o777) for p in Path(folder).iterdir() if p.is_file()}
+    assert set(modes.values()) == {oct(0o666 & ~umask())}, modes

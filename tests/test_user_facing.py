@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import click
+import builders as B
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -110,6 +111,19 @@ def test_eval_compare_labels_rows_with_model_names(llama_bl, other_model, text_f
                             "--json").stdout)
     assert doc["model"]["name"] == "other-llama" and doc["compare"]["name"] == "llama-bl"
     assert doc["ratio"] == pytest.approx(doc["model"]["bpb"] / doc["compare"]["bpb"])
+
+
+def test_eval_scores_50_kb_by_default_as_run_does(llama_bl, text_file, tmp_path):
+    """`eval` on a long file scores its leading whole documents up to 50,000 bytes, like
+    `run --eval-text`; `--max-bytes 0` scores every document."""
+    long = tmp_path / "long.txt"
+    sample = B.sample_text("en").strip()
+    long.write_text("\n\n".join([sample] * (1 + 60_000 // len(sample.encode()))) + "\n")
+    assert long.stat().st_size > 60_000
+    default = json.loads(invoke("-q", "eval", "--model", llama_bl, "--text", long, "--json").stdout)["model"]
+    whole = json.loads(invoke("-q", "eval", "--model", llama_bl, "--text", long, "--max-bytes", "0",
+                              "--json").stdout)["model"]
+    assert 40_000 < default["bytes"] <= 50_000 < whole["bytes"]
 
 
 def test_eval_same_folder_twice_gets_distinct_labels(llama_bl, text_file):

@@ -35,7 +35,9 @@ def model_label(spec: str) -> str:
 @click.option("--model", required=True, help="Model folder (or any model argument `run` accepts).")
 @click.option("--tokenizer", default=None, help="Tokenizer to use (default: the model's own).")
 @click.option("--text", "texts", multiple=True, required=True, help="UTF-8 text file(s); documents separated by blank lines.")
-@click.option("--max-bytes", type=click.IntRange(min=1), default=None, help="Score only the leading whole documents up to this many bytes.")
+@click.option("--max-bytes", type=click.IntRange(min=0), default=50_000, show_default=True,
+              help="Score only the leading whole documents up to this many bytes (as `run --eval-bytes`; 0 = "
+                   "every document).")
 @click.option("--ctx", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Context length in tokens: documents are packed into chunks of at most this many tokens.")
 @click.option("--compare", default=None,
@@ -65,7 +67,7 @@ def eval_cmd(model, tokenizer, texts, max_bytes, ctx, compare, top, plot, trust_
         require_matplotlib()
         if not Path(plot).resolve().parent.is_dir():
             raise TransplantError(f"no folder {Path(plot).parent} for --plot {plot} (create it first)")
-    data = read_texts(texts, max_bytes)
+    data = read_texts(texts, max_bytes or None)
     # Refuse custom code in either model before spending minutes scoring the other.
     for spec in [s for s in (compare, model) if s]:
         refuse_custom_code(resolve_model(spec), trust_remote_code)

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from transplant.common.permissions import follow_umask
 from transplant.common.progress import bar, stage
 from transplant.train.heal_config import BEST_FILE, HealConfig
 from transplant.train.heal_model import FrozenLM, RowOffsets, window_batch
@@ -155,6 +156,7 @@ class HealLoop:
         d_in, d_out = (t.detach().cpu().clone() for t in self.core.deltas())  # clone: tied offsets share memory
         tmp = self.run / f".{BEST_FILE}.partial"
         save_file({"d_in": d_in, "d_out": d_out}, str(tmp))
+        follow_umask(tmp)  # safetensors writes 0600
         os.replace(tmp, self.run / BEST_FILE)
 
     def checkpoint(self) -> None:

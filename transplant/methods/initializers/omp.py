@@ -22,7 +22,7 @@ Made rows are capped in length (`max_norm`, see `cap_norms`): SmolLM2-135M onto 
 tokenizer with donor gemma-3-270m (216k rows made), first 20 kB of `en/dev.txt`, bits per byte
 (original 0.979, fvt 1.255): uncapped 2.729, `atoms` (the default) 1.145, `median` 1.123; on
 Gemma onto SmolLM2's tokenizer (few made rows) 1.0464 / 1.0465 / 1.0465. The whole transplant
-takes 118 s on two idle cores (`python benchmarks/omp_speed.py`).
+takes 166.5 s on two idle cores, 118.4 s without the cap (`python benchmarks/omp_speed.py`).
 
 Example:
     >>> transplant("HuggingFaceTB/SmolLM2-135M", "gemma-tok/", "out", method="omp",

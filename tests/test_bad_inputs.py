@@ -296,11 +296,11 @@ def test_run_refuses(case, llama_bl, tok_dirs, build_model, tmp_path, monkeypatc
 # --------------------------------------------------------------------------------------------
 # `transplant eval` option values (refused before any model is loaded).
 
-EVAL_CASES = [(["--ctx", "0"], "--ctx"), (["--ctx", "-5"], "--ctx"), (["--max-bytes", "0"], "--max-bytes"),
-              (["--max-bytes", "-3"], "--max-bytes")]
+EVAL_CASES = [(["--ctx", "0"], "--ctx"), (["--ctx", "-5"], "--ctx"), (["--max-bytes", "-1"], "--max-bytes"),
+              (["--max-bytes", "-3"], "--max-bytes")]  # --max-bytes 0 means every document
 
 
-@pytest.mark.parametrize("extra,phrase", EVAL_CASES, ids=["ctx0", "ctx-5", "max-bytes0", "max-bytes-3"])
+@pytest.mark.parametrize("extra,phrase", EVAL_CASES, ids=["ctx0", "ctx-5", "max-bytes-1", "max-bytes-3"])
 def test_eval_refuses(extra, phrase, llama_bl, tmp_path, monkeypatch, capsys):
     text = tmp_path / "t.txt"
     text.write_text("Some text.\n")

@@ -262,3 +262,14 @@ def test_heal_files_follow_the_umask(transplanted, tmp_path):
     files = [*result.out.iterdir(), result.run / BEST_FILE]
     modes = {p.name: oct(os.stat(p).st_mode & 0o777) for p in files if p.is_file()}
     assert set(modes.values()) == {expect}, modes
+
+
+def test_a_torn_last_log_line_does_not_block_a_resume(tmp_path):
+    """A crash or a full disk mid-append leaves half a JSON line; trimming for a resume drops it
+    (and the steps after the checkpoint) and keeps every whole record before it."""
+    from transplant.train.trainloop import trim_log
+
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "loss": 1.2}\n{"step": 4, "lo')
+    trim_log(log, 3)
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3]

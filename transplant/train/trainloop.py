@@ -173,10 +173,26 @@ def any_process(accelerator, flag: bool) -> bool:
 
 
 def trim_log(path: Path, step: int) -> None:
-    """Drop log lines after `step` (a resumed run writes them again)."""
+    """Drop log lines after `step` (a resumed run writes them again), and a torn line: a crash or a
+    full disk during `append_log` leaves the last record half written, which must not make the
+    run impossible to resume.
+
+    Example:
+        >>> _ = Path("log.jsonl").write_text('{"step": 1}\\n{"step": 2}\\n{"step": 3}\\n{"ste')
+        >>> trim_log(Path("log.jsonl"), 2)
+        >>> Path("log.jsonl").read_text().splitlines()
+        ['{"step": 1}', '{"step": 2}']
+    """
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # torn (or damaged): the resumed run logs its steps again
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line)
     tmp = path.with_suffix(".partial")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)

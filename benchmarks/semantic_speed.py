@@ -2,7 +2,7 @@
 
 `transplant run --no-calibrate` of SmolLM2-135M onto the German tokenizer of `quality_de.py`
 (benchmarks/work/de-tok), alternated in fresh processes, `--repeats` times each; minimum wall and
-maximum peak RSS (`/usr/bin/time -v`) per command:
+maximum peak RSS per command (`streaming.measure`: `/usr/bin/time -v`, run from the checkout):
   - `fvt`;
   - `METHOD` with its encodings in the disk cache (the common case after the first run);
   - `METHOD` cold: an empty `TOKENTRANSPLANT_CACHE`, so both vocabularies are encoded again (the
@@ -20,27 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from paths import HERE, ROOT, checkout_first
+from paths import HERE, checkout_first
 
 checkout_first()
 
-
-def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """(wall seconds, peak RSS MiB) of one command, from /usr/bin/time -v."""
-    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], env=env, capture_output=True, text=True, check=False)
-    if proc.returncode:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
-    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)", proc.stderr)
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
-    h, m, s = wall.groups()
-    return int(h or 0) * 3600 + int(m) * 60 + float(s), int(rss.group(1)) // 1024
+from streaming import measure  # noqa: E402  (after checkout_first: this checkout's benchmarks)
 
 
 def main() -> None:
@@ -55,7 +44,6 @@ def main() -> None:
     from transplant.io.sources import resolve_model
 
     folder = resolve_model(args.model)  # converted once, outside the timed runs
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     runs: dict[str, list[tuple[float, int]]] = {}
     with tempfile.TemporaryDirectory(prefix="semantic-speed-") as tmp:
         tmp = Path(tmp)
@@ -63,14 +51,14 @@ def main() -> None:
         def run(label: str, method: str, cache: Path | None) -> None:
             out = tmp / "out"
             shutil.rmtree(out, ignore_errors=True)
-            run_env = dict(env)
-            if cache is not None:
+            cold = []
+            if cache is not None:  # `env` execs the interpreter: the measured process is still Python
                 shutil.rmtree(cache, ignore_errors=True)
-                run_env["TOKENTRANSPLANT_CACHE"] = str(cache)
-            cmd = [sys.executable, "-m", "transplant.cli", "-q", "run", "--model", str(folder),
+                cold = ["env", f"TOKENTRANSPLANT_CACHE={cache}"]
+            cmd = [*cold, sys.executable, "-m", "transplant.cli", "-q", "run", "--model", str(folder),
                    "--new-tok", str(args.new_tok), "--method", method, "--no-calibrate", "--out", str(out)]
-            runs.setdefault(label, []).append(timed(cmd, run_env))
-            print(f"{label}: {runs[label][-1][0]:.2f} s, {runs[label][-1][1]} MiB", flush=True)
+            row = measure(cmd, label)  # streaming.py's: wall and peak RSS of the child
+            runs.setdefault(label, []).append((row["wall_s"], round(row["peak_rss_mb"])))
 
         run("warm-up", args.method, None)  # fills the disk cache of encodings for the cached runs
         for _ in range(args.repeats):

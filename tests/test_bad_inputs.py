@@ -27,15 +27,16 @@ from test_cli_errors import assert_clean_failure, run_cli
 from transplant.cli import main
 
 
-def run_inproc(args, monkeypatch, capsys, cwd=None):
-    """`transplant ARGS` in this process; returns what a subprocess run would (returncode, stdout, stderr)."""
+def run_inproc(args, monkeypatch, capsys, cwd=None, entry=None, prog="transplant"):
+    """`transplant ARGS` (or `prog` with its `entry` point) in this process; returns what a subprocess
+    run would (returncode, stdout, stderr)."""
     if cwd is not None:
         monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["transplant", *map(str, args)])
+    monkeypatch.setattr(sys, "argv", [prog, *map(str, args)])
     capsys.readouterr()
     code = 0
     try:
-        main()
+        (entry or main)()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     captured = capsys.readouterr()

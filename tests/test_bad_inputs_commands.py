@@ -38,15 +38,7 @@ def run_hn(args, monkeypatch, capsys):
     from hypernet.cli import main
 
     monkeypatch.setattr(progress, "_quiet", progress._quiet)  # `--quiet` is undone after the test
-    monkeypatch.setattr(sys, "argv", ["hypernet", *map(str, args)])
-    capsys.readouterr()
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
+    return run_inproc(args, monkeypatch, capsys, entry=main, prog="hypernet")
 
 
 def run_tt(args, monkeypatch, capsys):

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Iterator
 
 from transplant.common.errors import TransplantError
+from transplant.common.permissions import follow_umask, umask
 
 log = logging.getLogger(__name__)
 
@@ -149,12 +150,6 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _is_previous_output(path: Path, kind: OutputKind = TRANSPLANT_OUTPUT) -> bool:
     if not kind.folder:
         return path.is_file() and not path.is_symlink() and kind.owns(path)
@@ -224,12 +219,12 @@ class Stage:
         prefix = f".{out.name}.partial-{os.getpid()}-"
         if kind.folder:
             self.path = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
-            os.chmod(self.path, 0o777 & ~_umask())
+            os.chmod(self.path, 0o777 & ~umask())
         else:
             fd, name = tempfile.mkstemp(prefix=prefix, dir=out.parent)
             os.close(fd)
             self.path = Path(name)
-            os.chmod(self.path, 0o666 & ~_umask())  # mkstemp makes private files
+            follow_umask(self.path)  # mkstemp makes private files
         self.published = False
 
     def publish(self) -> None:

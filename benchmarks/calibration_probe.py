@@ -7,6 +7,9 @@ head's made rows, so the scored BPB is what an untied (or `--untie`) calibration
   buckets  one scale per bucket of rows (by how many old rows they mix), shared scale for thin ones
 
     python benchmarks/calibration_probe.py --task de --method fvt
+
+Scored on the report part of the dev text (`paths.dev_parts`); the result is printed and merged
+into benchmarks/results/calibration_probe.json by (task, method, fit tokens).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import json
 import math
 from pathlib import Path
 
-from paths import checkout_first
+from paths import HERE, checkout_first, dev_parts
 
 checkout_first()
 
@@ -36,7 +39,7 @@ def main() -> None:
     from transplant import transplant
     from transplant.methods.calibrate import final_hidden_states, fit_scale, row_buckets
     from transplant.methods.calibrate_compact import nll_grid as _nll_grid
-    from transplant.measure.evaluate import pack, split_documents, take_bytes
+    from transplant.measure.evaluate import pack, split_documents
     from transplant.io.sources import resolve_model
     from transplant.core.vocab import load_tokenizer
 
@@ -73,7 +76,7 @@ def main() -> None:
     made = torch.from_numpy(made_np)
     buckets = row_buckets(plan.side("output"), made_np)
     h_fit, y_fit = states(Path(setup["train"]).read_text(encoding="utf-8"), args.fit_tokens)
-    dev = take_bytes(Path(setup["dev"]).read_text(encoding="utf-8"), args.eval_bytes)
+    dev = dev_parts(setup["dev"], args.eval_bytes)["report"]
     h_dev, y_dev = states(dev, None)
     n_bytes = len(dev.encode("utf-8"))
     single = fit_scale(h_fit, y_fit, head, made)
@@ -93,11 +96,14 @@ def main() -> None:
     else:
         sb = s1
     rows = {"none": dev_bpb(ones), "scale": dev_bpb(s1), "buckets": dev_bpb(sb)}
-    print(json.dumps({"task": args.task, "method": args.method, "dev_bpb_output_side": rows,
-                      "scale": single.scale, "bucket_scales": bucketed.bucket_scales,
-                      "bucket_support": bucketed.bucket_support, "made_share": single.made_share,
-                      "mass_before": single.made_mass_before, "mass_after": single.made_mass_after}, indent=1))
-
-
-if __name__ == "__main__":
-    main()
+    row = {"task": args.task, "method": args.method, "fit_tokens": args.fit_tokens, "dev_part": "report",
+           "dev_bytes": n_bytes, "dev_bpb_output_side": rows, "scale": single.scale,
+           "bucket_scales": bucketed.bucket_scales, "bucket_support": bucketed.bucket_support,
+           "made_share": single.made_share, "mass_before": single.made_mass_before,
+           "mass_after": single.made_mass_after}
+    print(json.dumps(row, indent=1))
+    results = HERE / "results" / "calibration_probe.json"
+    doc = json.loads(results.read_text()) if results.exists() else {"results": []}
+    key = (args.task, args.method, args.fit_tokens)
+    doc["results"] = [r for r in doc["results"] if (r["task"], r["method"], r["fit_tokens"]) != key] + [row]
+    results.write_text(json.dumps(doc, indent=1) + "\n")

@@ -1,8 +1,10 @@
 """One harness for every method on every task: BPB, ratio to the original, bytes per token,
 transplant wall time and peak RSS, in one table (BENCHMARKS.md) and one JSON file.
 
-Tasks (tokenizers and fastText vectors are trained on `<lang>/train.txt`, text is scored on
-`<lang>/dev.txt`, the leading whole documents up to --eval-bytes):
+Tasks (tokenizers and fastText vectors are trained on `<lang>/train.txt`; text is scored on the
+two parts of `<lang>/dev.txt` (`paths.dev_parts`, each up to --eval-bytes of whole documents):
+"report", from the second half of the documents, is the reported number, and "tune", the leading
+documents every default was chosen on, is kept beside it to show what tuning on it bought):
   de, fr, es   SmolLM2-135M onto a 32k byte-level BPE of that language
   code         SmolLM2-135M onto a 32k byte-level BPE of Python code
   s2g          SmolLM2-135M onto Gemma-3-270M's tokenizer (donor: Gemma), scored on en/dev
@@ -33,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from paths import CORPORA, HERE, checkout_first
+from paths import CORPORA, HERE, checkout_first, dev_parts
 
 checkout_first()
 WORK = HERE / "work" / "harness"
@@ -80,8 +82,9 @@ def method_kwargs(method: str, setup: dict) -> dict:
             options["wechsel.dictionary"] = str(CORPORA / "dictionaries" / f"en-{setup['lang']}.tsv")
         else:
             options["focus.vectors"] = str(train_vectors([Path(setup["train"])], None, tokenizer=setup["new_tok"]))
-    if name == "hypernet":  # a network trained by `hypernet train` for the task's base model
-        options["hypernet.path"] = os.environ.get("HARNESS_HYPERNET", str(WORK.parent / "hn-smollm2"))
+    if name == "hypernet":  # the network shipped for the task's base model, or $HARNESS_HYPERNET
+        options["hypernet.path"] = os.environ.get("HARNESS_HYPERNET",
+                                                  str(HERE.parent / "hypernet" / "networks" / setup["model"]))
     if options:
         kwargs["options"] = options
     if suffix == "cal":
@@ -92,32 +95,37 @@ def method_kwargs(method: str, setup: dict) -> dict:
 
 
 def run_one(task: str, method: str, eval_bytes: int, ctx: int) -> dict:
-    """Transplant + score in this process (called in a child process by `main`)."""
+    """Transplant + score both parts of the dev text in this process (called in a child process by `main`)."""
     import resource
 
     from transplant import transplant
-    from transplant.measure.evaluate import evaluate_bpb, take_bytes
+    from transplant.measure.evaluate import evaluate_bpb
 
     setup = task_setup(task)
-    text = take_bytes(Path(setup["dev"]).read_text(encoding="utf-8"), eval_bytes)
+    parts = dev_parts(setup["dev"], eval_bytes)
+
+    def scored(folder) -> dict:
+        res = {name: evaluate_bpb(folder, [text], ctx=ctx) for name, text in parts.items()}
+        return {"bpb": res["report"].bpb, "bytes_per_token": res["report"].bytes_per_token,
+                "eval_bytes": res["report"].bytes,
+                "tune": {"bpb": res["tune"].bpb, "bytes_per_token": res["tune"].bytes_per_token,
+                         "eval_bytes": res["tune"].bytes}}
+
     if method == "original":
         from transplant.io.sources import resolve_model
 
-        res = evaluate_bpb(resolve_model(setup["model"]), [text], ctx=ctx)
-        return {"task": task, "method": method, "bpb": res.bpb, "bytes_per_token": res.bytes_per_token,
-                "eval_bytes": res.bytes}
+        return {"task": task, "method": method, **scored(resolve_model(setup["model"]))}
     kwargs = method_kwargs(method, setup)
     out = WORK / "out" / f"{task}-{method}"
     t0 = time.perf_counter()
     result = transplant(setup["model"], setup["new_tok"], out, overwrite=True, **kwargs)
     seconds = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)
-    res = evaluate_bpb(out, [text], ctx=ctx)
+    row = {"task": task, "method": method, **scored(out)}
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
-    return {"task": task, "method": method, "bpb": res.bpb, "bytes_per_token": res.bytes_per_token,
-            "eval_bytes": res.bytes, "transplant_seconds": round(seconds, 1), "peak_rss_mib": round(rss),
+    return {**row, "transplant_seconds": round(seconds, 1), "peak_rss_mib": round(rss),
             "counts": result.plan.counts(), "calibration": result.plan.meta.get("calibration"),
             "options": result.plan.meta.get("options")}
 
@@ -126,26 +134,60 @@ def load_results() -> dict:
     return json.loads(RESULTS.read_text()) if RESULTS.exists() else {"results": []}
 
 
-def save_result(row: dict) -> None:
+def save_result(row: dict, keep_times: bool = False) -> None:
+    """Merge one row into the JSON by (task, method); `keep_times` keeps the old row's wall time and
+    peak RSS (for a re-score on a machine that was not idle: BPB does not depend on the load)."""
     doc = load_results()
+    old = [r for r in doc["results"] if (r["task"], r["method"]) == (row["task"], row["method"])]
+    if keep_times and old and "transplant_seconds" in old[0]:
+        row = {**row, "transplant_seconds": old[0]["transplant_seconds"], "peak_rss_mib": old[0].get("peak_rss_mib"),
+               "times_from": old[0].get("times_from", "an earlier run on an idle machine")}
     doc["results"] = [r for r in doc["results"] if (r["task"], r["method"]) != (row["task"], row["method"])]
     doc["results"].append(row)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(doc, indent=1) + "\n")
 
 
+def _fmt(x: float | None, spec: str = ".4f") -> str:
+    return "–" if x is None else format(x, spec)
+
+
 def table() -> str:
+    """Markdown table: BPB on the report part (ratio and change against fvt on it), on the tune part beside it.
+
+    Rows measured before the split (peers run from their own virtualenv) have only the tune part."""
     doc = load_results()
-    base = {r["task"]: r["bpb"] for r in doc["results"] if r["method"] == "original"}
-    fvt = {r["task"]: r["bpb"] for r in doc["results"] if r["method"] == "fvt"}
-    lines = ["| task | method | BPB | ratio to original | vs fvt | bytes/token | bytes scored | transplant s | peak RSS MiB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    base = {r["task"]: r for r in doc["results"] if r["method"] == "original"}
+    fvt = {r["task"]: r for r in doc["results"] if r["method"] == "fvt"}
+    lines = ["| task | method | BPB report | ratio | vs fvt | BPB tune | ratio | vs fvt | bytes/token | "
+             "bytes scored (report / tune) | transplant s | peak RSS MiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     order = {t: i for i, t in enumerate(ALL_TASKS)}
-    for r in sorted(doc["results"], key=lambda r: (order.get(r["task"], 99), r["method"] != "original", r["bpb"])):
-        ratio = f"{r['bpb'] / base[r['task']]:.3f}" if r["task"] in base else "–"
-        vs = f"{100 * (r['bpb'] / fvt[r['task']] - 1):+.1f}%" if r["task"] in fvt and r["method"] != "original" else ""
-        lines.append(f"| {r['task']} | {r['method']} | {r['bpb']:.4f} | {ratio} | {vs} | {r['bytes_per_token']:.2f} | "
-                     f"{r.get('eval_bytes', '')} | {r.get('transplant_seconds', '')} | {r.get('peak_rss_mib', '')} |")
+
+    def part(r: dict | None, name: str) -> dict | None:
+        if r is None:
+            return None
+        return r.get("tune") if name == "tune" else (r if r.get("bpb") is not None else None)
+
+    def cols(r: dict, name: str) -> list[str]:
+        mine, orig, ref = part(r, name), part(base.get(r["task"]), name), part(fvt.get(r["task"]), name)
+        if mine is None:
+            return ["–", "", ""]
+        ratio = _fmt(mine["bpb"] / orig["bpb"], ".3f") if orig else ""
+        vs = f"{100 * (mine['bpb'] / ref['bpb'] - 1):+.1f}%" if ref and r["method"] != "original" else ""
+        return [_fmt(mine["bpb"]), ratio, vs]
+
+    def key(r: dict) -> tuple:
+        best = part(r, "report") or part(r, "tune")
+        return (order.get(r["task"], 99), r["method"] != "original", part(r, "report") is None, best["bpb"])
+
+    for r in sorted(doc["results"], key=key):
+        shown = part(r, "report") or part(r, "tune")
+        sizes = f"{part(r, 'report')['eval_bytes'] if part(r, 'report') else '–'} / " \
+                f"{part(r, 'tune')['eval_bytes'] if part(r, 'tune') else '–'}"
+        lines.append("| " + " | ".join([r["task"], r["method"], *cols(r, "report"), *cols(r, "tune"),
+                                         f"{shown['bytes_per_token']:.2f}", sizes,
+                                         str(r.get("transplant_seconds", "")), str(r.get("peak_rss_mib", "") or "")]) + " |")
     return "\n".join(lines)
 
 
@@ -157,12 +199,15 @@ def plot(path: Path = HERE / "results" / "harness.png") -> Path:
     import matplotlib.pyplot as plt
 
     doc = load_results()
-    base = {r["task"]: r["bpb"] for r in doc["results"] if r["method"] == "original"}
+    # the report part where a row has it (every row but the peers'); the plot says which
+    bpb = {(r["task"], r["method"]): r["bpb"] for r in doc["results"] if r.get("bpb") is not None}
+    base = {t: v for (t, m), v in bpb.items() if m == "original"}
     tasks = [t for t in ALL_TASKS if t in base]
     series: dict[str, list[float | None]] = {"fvt": [], "ours, best": [], "best peer": []}
     labels: dict[str, list[str]] = {k: [] for k in series}
     for t in tasks:
-        rows = [r for r in doc["results"] if r["task"] == t and r["method"] != "original"]
+        rows = [{**r, "bpb": bpb[(t, r["method"])]} for r in doc["results"]
+                if r["task"] == t and r["method"] != "original" and (t, r["method"]) in bpb]
         picks = {"fvt": [r for r in rows if r["method"] == "fvt"],
                  "ours, best": [r for r in rows if not r["method"].startswith("peer:") and r["method"] != "fvt"],
                  "best peer": [r for r in rows if r["method"].startswith("peer:")]}
@@ -182,7 +227,7 @@ def plot(path: Path = HERE / "results" / "harness.png") -> Path:
     ax.set_xticks(range(len(tasks)), tasks)
     ax.set_ylabel("BPB ratio to the original model")
     ax.set_ylim(0.9, max(v for vals in series.values() for v in vals if v) + 0.35)
-    ax.set_title("Transplant quality per task (lower is better; 20 kB of dev text)")
+    ax.set_title("Transplant quality per task (lower is better; report part of the dev text)")
     ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -197,6 +242,8 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=1024)
     ap.add_argument("--table", action="store_true", help="print the table of the results so far and stop")
     ap.add_argument("--plot", action="store_true", help="draw results/harness.png from the results so far and stop")
+    ap.add_argument("--keep-times", action="store_true",
+                    help="keep the wall times and peak RSS already recorded (re-scoring on a busy machine)")
     ap.add_argument("--one", nargs=2, metavar=("TASK", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -222,7 +269,7 @@ def main() -> None:
                 continue
             row = json.loads(found[-1][len("RESULT "):])
             row["wall_seconds"] = round(time.perf_counter() - t0, 1)
-            save_result(row)
+            save_result(row, keep_times=args.keep_times)
             print(f"{task} {method}: {row['bpb']:.4f} BPB ({row['wall_seconds']} s)", flush=True)
     print(table())
 

@@ -1,7 +1,7 @@
 """Peer tools on the harness tasks, scored by OUR evaluator, into benchmarks/results/harness.json.
 
 Each peer makes the new embedding rows its own way; the checkpoint is then scored exactly like
-`run_one` in benchmarks/harness.py does (`evaluate_bpb(folder, [take_bytes(dev, 20000)], ctx=1024)`)
+`run_one` in benchmarks/harness.py does (both parts of `paths.dev_parts(dev, 20000)`, ctx 1024)
 and saved as a row with method `peer:<name>`:
 
     peer:tokensurgeon-omp64     mergekit-tokensurgeon -a omp -k 64          (tasks g2s, s2g)
@@ -65,7 +65,7 @@ import threading
 import time
 from pathlib import Path
 
-from paths import HERE, checkout_first
+from paths import HERE, checkout_first, dev_parts
 
 checkout_first()
 from harness import CORPORA, RESULTS, ROOT, WORK, load_results, save_result, task_setup
@@ -143,17 +143,19 @@ def progress_note(log: str, seconds: float, unit: str) -> str:
             "(plus loading the models before and writing the checkpoint after)")
 
 
-def score(folder: Path, setup: dict, eval_bytes: int, ctx: int):
-    from transplant.measure.evaluate import evaluate_bpb, take_bytes
+def score(folder: Path, setup: dict, eval_bytes: int, ctx: int) -> dict:
+    """EvalResult per part of the dev text ("report", "tune"), as the harness scores."""
+    from transplant.measure.evaluate import evaluate_bpb
 
-    text = take_bytes(Path(setup["dev"]).read_text(encoding="utf-8"), eval_bytes)
-    return evaluate_bpb(folder, [text], ctx=ctx)
+    return {name: evaluate_bpb(folder, [text], ctx=ctx) for name, text in dev_parts(setup["dev"], eval_bytes).items()}
 
 
-def row_of(task: str, method: str, res, child: dict, notes: str, **extra) -> dict:
-    return {"task": task, "method": method, "bpb": res.bpb, "bytes_per_token": res.bytes_per_token,
-            "eval_bytes": res.bytes, "transplant_seconds": child["seconds"], "peak_rss_mib": child["peak_rss_mib"],
-            "notes": notes, **extra}
+def row_of(task: str, method: str, res: dict, child: dict, notes: str, **extra) -> dict:
+    report, tune = res["report"], res["tune"]
+    return {"task": task, "method": method, "bpb": report.bpb, "bytes_per_token": report.bytes_per_token,
+            "eval_bytes": report.bytes,
+            "tune": {"bpb": tune.bpb, "bytes_per_token": tune.bytes_per_token, "eval_bytes": tune.bytes},
+            "transplant_seconds": child["seconds"], "peak_rss_mib": child["peak_rss_mib"], "notes": notes, **extra}
 
 
 def save_note(task: str, method: str, note: str) -> None:

@@ -4,6 +4,7 @@ Example:
     $ transplant eval --model smollm2-de --text dev.txt
     $ transplant eval --model smollm2-de --text dev.txt --compare smollm2-135m-instruct --plot where.png
     $ transplant eval --model smollm2-de --text dev.txt --compare smollm2-135m-instruct --json
+    $ transplant eval --model smollm2-on-gemma-tok --assist gemma-3-270m --text dev.txt   # as a draft
 """
 
 from __future__ import annotations
@@ -50,16 +51,35 @@ def model_label(spec: str) -> str:
                    "(needs matplotlib: pip install 'tokentransplant[plot]').")
 @click.option("--trust-remote-code", is_flag=True,
               help="Allow custom model code (config.json auto_map) from the model folders; refused otherwise.")
+@click.option("--assist", default=None, metavar="TARGET",
+              help="Measure MODEL as a draft for speculative decoding of TARGET instead: greedy assisted generation "
+                   "(transformers' generate(assistant_model=MODEL); universal assisted generation when the "
+                   "tokenizers differ) on prompts cut from TEXT, against TARGET alone.")
+@click.option("--prompts", type=click.IntRange(min=1), default=8, show_default=True,
+              help="With --assist: how many prompts (one per document long enough).")
+@click.option("--prompt-tokens", type=click.IntRange(min=1), default=64, show_default=True,
+              help="With --assist: prompt length in TARGET's tokens.")
+@click.option("--new-tokens", type=click.IntRange(min=1), default=64, show_default=True,
+              help="With --assist: tokens generated per prompt.")
 @click.option("--json", "as_json", is_flag=True,
               help='Print JSON: {"model": {...}, "compare": {...}, "ratio": ..., "excess": {...}}, each model with its '
                    '"name" and its "breakdown" (one row per kind of token).')
-def eval_cmd(model, tokenizer, texts, max_bytes, ctx, compare, top, plot, trust_remote_code, as_json) -> None:
+def eval_cmd(model, tokenizer, texts, max_bytes, ctx, compare, top, plot, trust_remote_code, assist, prompts,
+             prompt_tokens, new_tokens, as_json) -> None:
     """Bits per byte and bytes per token of MODEL on TEXT, and where the loss is.
 
     A transplanted MODEL's loss is split by where each token's row came from (copied exactly,
     special, or made by a method), with the probability mass the model puts on each kind.
+    With --assist TARGET: MODEL's acceptance rate as a draft for TARGET.
     """
     from transplant.io.sources import refuse_custom_code, resolve_model
+
+    if assist:
+        if compare or plot or tokenizer:
+            raise TransplantError("--assist measures MODEL as a draft: it takes no --compare, --plot or --tokenizer "
+                                  "(run a second eval for those)")
+        return _assist(model, assist, read_texts(texts, max_bytes or None), prompts, prompt_tokens, new_tokens,
+                       trust_remote_code, as_json)
 
     if plot:  # before minutes of scoring
         from transplant.measure.breakdown_plot import require_matplotlib
@@ -107,3 +127,22 @@ def eval_cmd(model, tokenizer, texts, max_bytes, ctx, compare, top, plot, trust_
     if versus is not None and versus.tokens:
         click.echo()
         print_top_tokens(versus.tokens, other)
+
+
+def _assist(draft: str, target: str, data: list[str], prompts: int, prompt_tokens: int, new_tokens: int,
+            trust_remote_code: bool, as_json: bool) -> None:
+    from transplant.measure.assist import measure_assist
+
+    r = measure_assist(draft, target, data, prompts=prompts, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
+                       trust_remote_code=trust_remote_code)
+    if as_json:
+        click.echo(json.dumps({"draft": model_label(draft), "target": model_label(target), "assist": r.as_dict()},
+                              indent=2))
+        return
+    click.echo(f"{model_label(draft)} as a draft for {model_label(target)} ({r.mode}), greedy, "
+               f"{r.prompts} prompts of {r.prompt_tokens} tokens, {r.new_tokens} tokens generated")
+    click.echo(f"  acceptance rate      {100 * r.acceptance_rate:.1f}% ({r.accepted} of {r.proposed} draft tokens)")
+    click.echo(f"  tokens per target pass {r.tokens_per_step:.2f} (accepted per pass {r.accepted_per_step:.2f})")
+    click.echo(f"  wall time            {r.seconds_assisted:.1f} s assisted, {r.seconds_target:.1f} s target alone "
+               f"(x{r.speedup:.2f})")
+    click.echo(f"  identical to the target's greedy output: {r.identical} of {r.prompts} prompts")

@@ -1,0 +1,75 @@
+"""Draft models for speculative decoding: `measure_assist` and `transplant eval --assist`.
+
+Greedy assisted decoding is exact, so every assisted output must equal the target's own greedy
+output, with a draft on the target's tokenizer (a transplant) and with one on another tokenizer
+(transformers' universal assisted generation)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import TEXT
+from transplant import transplant
+from transplant.cli import cli
+from transplant.common.errors import TransplantError
+from transplant.measure.assist import measure_assist
+
+TEXTS = [TEXT + "\n\n" + TEXT[200:] + "\n\n" + TEXT[400:]]
+
+
+@pytest.fixture(scope="module")
+def target(build_model, tmp_path_factory):
+    return build_model(tmp_path_factory.mktemp("assist") / "target", "llama", tied=False, seed=3)
+
+
+def test_the_target_as_its_own_draft_has_every_token_accepted(target):
+    r = measure_assist(target, target, TEXTS, prompts=2, prompt_tokens=12, new_tokens=10)
+    assert r.mode == "same tokenizer" and r.prompts == 2
+    assert r.identical == 2
+    assert r.proposed > 0 and r.accepted == r.proposed and r.acceptance_rate == 1.0
+    # every target pass accepts its whole draft plus one token of its own
+    assert r.tokens_per_step > 1.0 and r.new_tokens == 20
+
+
+def test_transplanted_draft_is_exact_and_counted(target, build_model, tmp_path):
+    other = build_model(tmp_path / "draft-sp", "llama", tied=True, tok="sp", seed=5)
+    draft = tmp_path / "draft-on-target-tok"
+    transplant(other, target, draft, method="fvt")
+    r = measure_assist(draft, target, TEXTS, prompts=3, prompt_tokens=12, new_tokens=12)
+    assert r.mode == "same tokenizer"
+    assert r.identical == r.prompts == 3  # greedy assisted decoding equals the target's greedy output
+    assert 0 < r.proposed and 0 <= r.accepted < r.proposed  # a random draft is not the target
+    assert r.steps > 0 and r.new_tokens == 36
+
+
+def test_draft_on_another_tokenizer_runs_universal_assisted_generation(target, build_model, tmp_path):
+    other = build_model(tmp_path / "draft-sp", "llama", tied=True, tok="sp", seed=5)
+    r = measure_assist(other, target, TEXTS, prompts=2, prompt_tokens=12, new_tokens=8)
+    assert r.mode.startswith("universal")
+    assert r.identical == 2 and r.proposed > 0
+
+
+def test_a_text_too_short_for_one_prompt_is_refused(target):
+    with pytest.raises(TransplantError, match="--prompt-tokens"):
+        measure_assist(target, target, ["one two"], prompts=1, prompt_tokens=200, new_tokens=4)
+
+
+def test_eval_assist_cli_json(target, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text(TEXTS[0], encoding="utf-8")
+    draft = tmp_path / "draft"
+    shutil.copytree(target, draft)
+    res = CliRunner().invoke(cli, ["eval", "--model", str(draft), "--assist", str(target), "--text", str(text),
+                                   "--prompts", "1", "--prompt-tokens", "10", "--new-tokens", "6", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output[res.output.index("{"):])
+    assert doc["assist"]["acceptance_rate"] == 1.0 and doc["assist"]["identical"] == 1
+    assert doc["draft"] == "draft" and doc["target"] == "target"
+    plain = CliRunner().invoke(cli, ["eval", "--model", str(draft), "--assist", str(target), "--text", str(text),
+                                     "--prompts", "1", "--prompt-tokens", "10", "--new-tokens", "6"])
+    assert plain.exit_code == 0, plain.output
+    assert "acceptance rate" in plain.output and "100.0%" in plain.output

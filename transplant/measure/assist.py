@@ -1,0 +1,199 @@
+"""A model as a draft for speculative decoding: transformers' assisted generation, measured.
+
+Moving a small model onto a large model's tokenizer makes it a draft for the large one. This runs
+the client users run, `target.generate(assistant_model=draft)` with greedy decoding, on prompts
+cut from a text's documents, and counts what the draft proposed and what the target accepted.
+When the two tokenizers differ it is transformers' universal assisted generation
+(`generate(..., tokenizer=..., assistant_tokenizer=...)`), which re-tokenizes the draft's text
+for the target: the baseline a transplanted draft has to beat.
+
+Greedy assisted decoding is exact: the output must equal the target's own greedy output, and
+`identical` counts the prompts where it does.
+
+Example:
+    >>> r = measure_assist(draft_dir, target_dir, [text], prompts=2, prompt_tokens=8, new_tokens=8)
+    >>> r.mode, r.prompts, r.identical == r.prompts, 0.0 <= r.acceptance_rate <= 1.0
+    ('same tokenizer', 2, True, True)
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from transplant.common.errors import TransplantError
+from transplant.common.progress import bar
+from transplant.common.texts import split_documents
+
+
+@dataclass
+class AssistResult:
+    """Counts and times of assisted generation over `prompts` prompts (`as_dict()` for JSON).
+
+    proposed / accepted: draft tokens proposed to the target and accepted by it, counted in the
+    target's tokens; steps: target forward passes of the assisted runs; new_tokens: tokens the
+    assisted runs generated; seconds_*: wall time of the target alone and assisted, same prompts.
+    """
+
+    mode: str
+    prompts: int
+    prompt_tokens: int
+    new_tokens: int
+    proposed: int
+    accepted: int
+    steps: int
+    identical: int
+    seconds_target: float
+    seconds_assisted: float
+    assistant_config: dict = field(default_factory=dict)
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted / proposed draft tokens."""
+        return self.accepted / self.proposed if self.proposed else 0.0
+
+    @property
+    def accepted_per_step(self) -> float:
+        """Mean draft tokens accepted per target forward pass."""
+        return self.accepted / self.steps if self.steps else 0.0
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Mean tokens generated per target forward pass (1.0 = no gain from the draft)."""
+        return self.new_tokens / self.steps if self.steps else 0.0
+
+    @property
+    def speedup(self) -> float:
+        """Target-alone wall time over assisted wall time."""
+        return self.seconds_target / self.seconds_assisted if self.seconds_assisted else 0.0
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "acceptance_rate": self.acceptance_rate, "accepted_per_step": self.accepted_per_step,
+                "tokens_per_step": self.tokens_per_step, "speedup": self.speedup}
+
+
+class _Counter:
+    """Wraps the candidate generator transformers builds for one `generate` call, counting what it
+    proposes (`get_candidates`) and what the target accepted (`update_candidate_strategy`)."""
+
+    def __init__(self) -> None:
+        self.proposed = self.accepted = self.steps = 0
+
+    def hook(self, model) -> None:
+        make = model._get_candidate_generator
+
+        def counted(*args, **kwargs):
+            gen = make(*args, **kwargs)
+            get, update = gen.get_candidates, gen.update_candidate_strategy
+
+            def get_candidates(input_ids, *a, **kw):
+                out = get(input_ids, *a, **kw)
+                self.proposed += int(out[0].shape[1] - input_ids.shape[1])
+                return out
+
+            def update_candidate_strategy(input_ids, scores, num_matches):
+                self.accepted += int(num_matches)
+                self.steps += 1
+                return update(input_ids, scores, num_matches)
+
+            gen.get_candidates, gen.update_candidate_strategy = get_candidates, update_candidate_strategy
+            return gen
+
+        model._get_candidate_generator = counted
+
+
+def _load(spec: str | Path, trust_remote_code: bool):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from transplant.io.sources import refuse_custom_code, resolve_model
+
+    folder = resolve_model(spec)
+    refuse_custom_code(folder, trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
+                                                 trust_remote_code=trust_remote_code).eval()
+    return model, tok
+
+
+def cut_prompts(texts: list[str], tokenizer, prompts: int, prompt_tokens: int) -> list[list[int]]:
+    """The first `prompt_tokens` tokens (as a plain `tokenizer(text)` encodes) of the first
+    `prompts` documents that have at least that many tokens."""
+    found: list[list[int]] = []
+    for text in texts:
+        for doc in split_documents(text):
+            ids = tokenizer(doc)["input_ids"]
+            if len(ids) >= prompt_tokens:
+                found.append(ids[:prompt_tokens])
+                if len(found) == prompts:
+                    return found
+    if not found:
+        raise TransplantError(f"no document of the text has {prompt_tokens} tokens to cut a prompt from "
+                              "(give a longer text or a smaller --prompt-tokens)")
+    return found
+
+
+def measure_assist(draft: str | Path, target: str | Path, texts: list[str], *, prompts: int = 8,
+                   prompt_tokens: int = 64, new_tokens: int = 64, trust_remote_code: bool = False) -> AssistResult:
+    """Greedy assisted generation of `target` with `draft` as its assistant, against `target` alone.
+
+    Args:
+        draft: the assistant model (folder, packaged name, any model argument `run` accepts).
+        target: the model whose output is generated.
+        texts: prompts are the first `prompt_tokens` target tokens of their documents.
+        prompts: how many prompts (fewer when the text has fewer documents long enough).
+        new_tokens: tokens generated per prompt (fewer when the target ends the text).
+
+    Returns:
+        An `AssistResult`; `mode` is "same tokenizer" when both vocabularies are equal, else
+        "universal (different tokenizers)".
+    """
+    import torch
+
+    target_model, target_tok = _load(target, trust_remote_code)
+    draft_model, draft_tok = _load(draft, trust_remote_code)
+    same = draft_tok.get_vocab() == target_tok.get_vocab()
+    mode = "same tokenizer" if same else "universal (different tokenizers)"
+    cut = cut_prompts(texts, target_tok, prompts, prompt_tokens)
+    pad = target_model.generation_config.pad_token_id
+    if pad is None:
+        eos = target_model.generation_config.eos_token_id
+        pad = eos[0] if isinstance(eos, list) else eos
+    common = {"do_sample": False, "max_new_tokens": new_tokens, "min_new_tokens": 0, "pad_token_id": pad}
+    extra = {} if same else {"tokenizer": target_tok, "assistant_tokenizer": draft_tok}
+    # transformers adapts the draft length across calls (the "heuristic" schedule keeps its state
+    # in the draft's generation config): start every prompt from the same state.
+    start_config = copy.deepcopy(draft_model.generation_config)
+    counter = _Counter()
+    counter.hook(target_model)
+    seconds_target = seconds_assisted = 0.0
+    generated = identical = 0
+    with torch.no_grad():
+        # one short assisted call first: lazy initialisation is not charged to the first prompt
+        warm = torch.tensor([cut[0]])
+        target_model.generate(warm, attention_mask=torch.ones_like(warm), assistant_model=draft_model,
+                              **{**common, "max_new_tokens": 2}, **extra)
+        counter.proposed = counter.accepted = counter.steps = 0
+        for ids in bar(cut, desc="assisted generation", unit="prompt"):
+            inputs = torch.tensor([ids])
+            t0 = time.perf_counter()
+            alone = target_model.generate(inputs, attention_mask=torch.ones_like(inputs), **common)
+            t1 = time.perf_counter()
+            draft_model.generation_config = copy.deepcopy(start_config)
+            assisted = target_model.generate(inputs, attention_mask=torch.ones_like(inputs),
+                                             assistant_model=draft_model, **common, **extra)
+            t2 = time.perf_counter()
+            seconds_target += t1 - t0
+            seconds_assisted += t2 - t1
+            generated += assisted.shape[1] - len(ids)
+            identical += int(torch.equal(alone, assisted))
+    cfg = start_config
+    return AssistResult(mode=mode, prompts=len(cut), prompt_tokens=prompt_tokens, new_tokens=generated,
+                        proposed=counter.proposed, accepted=counter.accepted, steps=counter.steps,
+                        identical=identical, seconds_target=seconds_target, seconds_assisted=seconds_assisted,
+                        assistant_config={"num_assistant_tokens": cfg.num_assistant_tokens,
+                                          "num_assistant_tokens_schedule": cfg.num_assistant_tokens_schedule,
+                                          "assistant_confidence_threshold":
+                                              getattr(cfg, "assistant_confidence_threshold", None)})

@@ -278,6 +278,19 @@ def test_demo_help_says_where_the_output_goes():
     assert "cache" in invoke("demo", "--help").stdout
 
 
+def test_tokenizer_train_prints_no_blank_lines(tmp_path):
+    """tokenizers' trainers end each progress stage with a newline on stdout (at the C level,
+    so a real process, with bars enabled): none of them may reach the command's output."""
+    text = tmp_path / "train.txt"
+    text.write_text(B.sample_text("en")[:20_000], encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    proc = subprocess.run([sys.executable, "-m", "transplant.cli", "tokenizer", "train", "--text", str(text),
+                           "--vocab-size", "400", "--out", str(tmp_path / "tok")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("tokenizer: ") and "\n\n" not in proc.stdout, repr(proc.stdout)
+
+
 # -- Ctrl-C -----------------------------------------------------------------------------------
 
 def test_ctrl_c_prints_one_line_and_exits_130(monkeypatch, capsys):

@@ -28,10 +28,11 @@ import numpy as np
 import torch
 
 from transplant.common.errors import TransplantError
+from transplant.common.language import detect_language
 from transplant.common.progress import stage
 from transplant.core.plan import Plan
 from transplant.inmemory import transplant_model
-from transplant.io.card import source_card_metadata
+from transplant.io.card import describe_tokenizer, source_card_metadata
 from transplant.io.checkpoint import EmbeddingLayout, check_vocab_fits, locate_embeddings, read_embedding
 from transplant.io.outdir import check_output_path
 from transplant.io.sources import base_model_id, open_tokenizer, resolve_model
@@ -118,7 +119,7 @@ def transplant(model: str | Path | torch.nn.Module | RunSpec, new_tokenizer: str
                language: list[str] | None = None, input_paths: list[str | Path] | None = None,
                untie: bool = False, calibrate_texts: list[str] | None = None,
                calibrate_tokens: int = 4096, calibrate: bool = True,
-               allow_forced_tokenizer_class: bool = False) -> TransplantResult:
+               allow_forced_tokenizer_class: bool = False, card: dict | None = None) -> TransplantResult:
     """Move a checkpoint onto `new_tokenizer`: `transplant(spec)` with a `RunSpec`, or the keyword form.
 
     The keyword form is a thin wrapper: it builds the `RunSpec` of these arguments, except that
@@ -139,7 +140,8 @@ def transplant(model: str | Path | torch.nn.Module | RunSpec, new_tokenizer: str
         eval_texts: if given, score the original and the new model on them (model card + result).
         encode_like: "source" (default) makes `tokenizer(text)` add what the source model always saw
             (e.g. Gemma's start token) in the new tokens; "target" keeps the target tokenizer's own.
-        language: language codes for the model card.
+        language: language codes for the model card (default: recognized in the calibration or
+            evaluation text, `transplant.common.language`; none when unsure).
         input_paths: further files the run reads (e.g. evaluation texts); never inside `out`.
         untie: write a tied model with an LM head of its own (the head's rows can then differ,
             e.g. be calibrated alone); costs new_vocab x hidden parameters.
@@ -151,6 +153,8 @@ def transplant(model: str | Path | torch.nn.Module | RunSpec, new_tokenizer: str
         allow_forced_tokenizer_class: write the output even when transformers forces a tokenizer
             class on this model type that ignores the written tokenizer.json (`io/forced_class.py`);
             the card then gives the snippet that loads it right.
+        card: further facts for the model card (`transplant.io.card.CardInfo`), e.g. what
+            `transplant.extend` added; they replace the run's own.
 
     Returns:
         TransplantResult with the plan, the output folder (or the embeddings when `out` is None).
@@ -187,7 +191,7 @@ def transplant(model: str | Path | torch.nn.Module | RunSpec, new_tokenizer: str
         options=options or {}, encode_like=encode_like, language=list(language or []), untie=untie,
         calibrate_tokens=calibrate_tokens, calibrate=calibrate, eval_texts=[], calibrate_texts=[],
         allow_forced_tokenizer_class=allow_forced_tokenizer_class)
-    return _run(spec, model, new_tokenizer, out, eval_texts, eval_name, calibrate_texts, input_paths)
+    return _run(spec, model, new_tokenizer, out, eval_texts, eval_name, calibrate_texts, input_paths, card)
 
 
 def run_spec(spec: RunSpec) -> TransplantResult:
@@ -215,7 +219,7 @@ def run_spec(spec: RunSpec) -> TransplantResult:
 @gc_paused
 def _run(spec: RunSpec, model: str | Path, new_tokenizer: str | Path, out: str | Path | None,
          eval_texts: list[str] | None, eval_name: str, calibrate_texts: list[str] | None,
-         input_paths: list[str | Path] | None) -> TransplantResult:
+         input_paths: list[str | Path] | None, card: dict | None = None) -> TransplantResult:
     """The run itself; `model`, `new_tokenizer` and `out` as the caller gave them (recorded as given)."""
     method, fallback, options, calibrate = spec.method_arg, spec.fallback, spec.options or None, spec.calibrate
     old_tokenizer, trust_remote_code, language = spec.old_tokenizer, spec.trust_remote_code, spec.language or None
@@ -260,10 +264,15 @@ def _run(spec: RunSpec, model: str | Path, new_tokenizer: str | Path, out: str |
                 read_embedding(layout, layout.output_key or layout.input_key))
         return TransplantResult(plan, None, embeddings, prep.notes, special_ids=prep.ids)
     source_meta = source_card_metadata(folder, model)
-    card_info = dict(prep.card, base_model=str(model), new_tokenizer=str(new_tokenizer), **source_meta)
+    # The output speaks the new tokenizer's language, not necessarily the source's: given, or
+    # recognized in the text the run read in it; else none (a wrong `en` misleads more than none).
+    source_meta.pop("language", None)
+    card_info = dict(prep.card, base_model=str(model), new_tokenizer=str(new_tokenizer),
+                     new_tokenizer_about=describe_tokenizer(new_src), **source_meta)
     card_info["base_model_id"] = source_meta.get("base_model_id") or base_model_id(model, folder)
-    if language:
-        card_info["language"] = list(language)
+    found = detect_language(calibrate_texts or eval_texts or [])
+    card_info["language"] = list(language) if language else [found] if found else None
+    card_info.update(card or {})
     return write_output(folder, layout, prep, new_src, out, spec.overwrite, spec.link, card_info, eval_texts,
                          eval_name, spec.eval_ctx, trust_remote_code,
                          allow_forced_class=spec.allow_forced_tokenizer_class)

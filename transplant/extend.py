@@ -104,10 +104,32 @@ def extend(model: str | Path, texts: list[str | Path], add: int, out: str | Path
         # gives exactly what it gave before `auto` existed.
         calibration = (read_texts(texts)
                        if method == "auto" else None)
-        result = transplant(folder, tok_dir, out, method=method, options=options, calibrate_texts=calibration,
+        # The model as the caller named it (not its resolved folder, e.g. a cache folder of a
+        # converted GGUF): the card and the plan name it so, and `heal` finds its teacher by it.
+        result = transplant(model, tok_dir, out, method=method, options=options, calibrate_texts=calibration,
                             pad_to_multiple_of=pad_to_multiple_of, overwrite=overwrite, eval_texts=eval_texts,
-                            input_paths=[Path(p) for p in texts])
+                            input_paths=[Path(p) for p in texts],
+                            card=_card_facts(model, folder, texts, lines, new_tok, new_tokens))
     return ExtendResult(result, new_tokens)
+
+
+def _card_facts(model: str | Path, folder: Path, texts: list[str | Path], lines: list[str], tok, new_tokens: list[str]
+                ) -> dict:
+    """What the model card says of an extension: the tokens added, their text, the languages spoken.
+
+    The extended model still speaks its source's languages (every old token kept), plus the one
+    recognized in the extension text.
+    """
+    from transplant.common.language import detect_language
+    from transplant.io.card import source_card_metadata
+
+    languages = source_card_metadata(folder, model).get("language") or []
+    found = detect_language(lines)
+    languages = list(dict.fromkeys(languages + [found] * bool(found)))
+    decode = tok.decoder.decode if tok.decoder is not None else "".join
+    return {"kind": "extension", "language": languages or None, "new_tokenizer": str(model),
+            "extension": {"added": len(new_tokens), "texts": [str(t) for t in texts],
+                          "examples": [decode([t]) for t in new_tokens[:12]]}}
 
 
 __all__ = ["extend", "ExtendResult"]

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from transplant.core.plan import OVERRIDE, Plan
+from transplant.core.plan import OVERRIDE, PLAN_JSON, PLAN_WEIGHTS, Plan
 from transplant.core.vocab import TokenizerSource, Vocabulary, load_tokenizer, vocab_fingerprint
-from transplant.io.card import build_card, source_card_metadata
+from transplant.io.card import build_card, describe_tokenizer, source_card_metadata, stored_facts
 from transplant.io.checkpoint import (
     EmbeddingLayout,
     check_vocab_fits,
@@ -39,6 +39,8 @@ from transplant.measure.evaluate import evaluate_bpb
 from transplant.prepare import Prepared, TransplantResult, gc_paused, generation_config, input_files, prepare
 
 log = logging.getLogger(__name__)
+
+PLAN_FILES = (PLAN_WEIGHTS, PLAN_JSON)  # what `Plan.save` writes
 
 
 @gc_paused
@@ -82,9 +84,15 @@ def apply_plan(plan_dir: str | Path, model: str | Path, out: str | Path, *, over
         prep.notes.append(f"{dense} rows are dense values the plan stores ({', '.join(methods)}, predicted from the "
                           "embeddings of the model the plan was made for) and are reused as they are; to predict "
                           "them from this checkpoint's own embeddings, run `transplant run` with the same method on it")
+    # What the plan's own card said about its target (what was done, the text's language) still
+    # holds; the source facts are this checkpoint's.
+    planned = plan.meta.get("card") or {}
     source_meta = source_card_metadata(folder, model)
-    card_info = dict(prep.card, base_model=str(model), new_tokenizer=f"{plan_folder.name} (re-applied plan)",
-                     **source_meta)
+    source_meta.pop("language", None)
+    card_info = dict(prep.card, base_model=str(model), new_tokenizer=str(plan_folder), **source_meta,
+                     **{k: planned[k] for k in ("kind", "extension", "language") if planned.get(k)})
+    about = planned.get("new_tokenizer_about") or describe_tokenizer(new_src)
+    card_info["new_tokenizer_about"] = f"the re-applied plan's tokenizer: {about}"
     card_info["base_model_id"] = (source_meta.get("base_model_id") or base_model_id(model, folder)
                                   or plan.meta.get("base_model_id"))
     card_info["chat_template"] = ("as in the plan's tokenizer" if new_src.chat_template
@@ -121,7 +129,15 @@ def write_output(folder: Path, layout: EmbeddingLayout, prep: Prepared, new_src:
             plan.meta["forced_tokenizer_class"] = written.forced.loaded
             card_info["forced_tokenizer"] = written.forced.card()
         notes = list(dict.fromkeys(prep.notes + notes + gen_notes + written.notes))
-        plan_files = plan.save(tmp)
+        card_info.update({
+            "old_rows": layout.rows, "new_rows": plan.new_size, "chain": " → ".join(plan.meta.get("chain", [])),
+            "counts": plan.counts(), "notes": notes, "plan_files": ", ".join(f"`{f}`" for f in PLAN_FILES),
+            "head_note": "" if layout.tied and plan.output is None else " and LM head",
+            "special_ids": _describe_ids(prep.ids, prep.new_vocab),
+        })
+        # Kept with the plan, so `heal` (and `apply`) can rebuild this card with their own parts.
+        plan.meta["card"] = stored_facts(card_info)
+        plan.save(tmp)
         validate_output(tmp, plan, prep.ids, prep.prefix, prep.template, prep.missing_markers)
         for n in notes:
             log.warning(n)
@@ -132,13 +148,10 @@ def write_output(folder: Path, layout: EmbeddingLayout, prep: Prepared, new_src:
                           "transplanted": evaluate_bpb(tmp, eval_texts, ctx=eval_ctx,
                                                        trust_remote_code=trust_remote_code, label="transplanted")}
         card_info.update({
-            "old_rows": layout.rows, "new_rows": plan.new_size, "chain": " → ".join(plan.meta.get("chain", [])),
-            "counts": plan.counts(), "notes": notes, "plan_files": ", ".join(f"`{f}`" for f in plan_files),
-            "plan_ref": str(out), "head_note": "" if layout.tied and plan.output is None else " and LM head",
-            "eval_text": eval_name, "eval_bytes": evaluation["original"].bytes if evaluation else 0,
+            "plan_ref": str(out), "eval_text": eval_name,
+            "eval_bytes": evaluation["original"].bytes if evaluation else 0,
             "evaluation": [{"name": k, "bpb": f"{v.bpb:.4f}", "bpt": f"{v.bytes_per_token:.2f}"}
                            for k, v in evaluation.items()] if evaluation else None,
-            "special_ids": _describe_ids(prep.ids, prep.new_vocab),
         })
         build_card(card_info).save(str(tmp / "README.md"))
     return TransplantResult(plan, out, None, notes, evaluation, prep.ids)

@@ -103,8 +103,9 @@ class RunSpec(_Section):
     encode_like: Literal["source", "target"] = _field(
         "source", "What a plain tokenizer(text) adds: the source model's convention (e.g. Gemma's start token), "
         "re-expressed in the new tokens, or the target tokenizer's own.", "--encode-like", "source or target")
-    language: list[str] = _field([], "Language of the model card's metadata, e.g. de (repeatable; default: the "
-                                 "source card's).", "--language", "a language code or a list of them",
+    language: list[str] = _field([], "Language of the model card's metadata, e.g. de (repeatable; default: "
+                                 "recognized in the calibration or evaluation text, else none).", "--language",
+                                 "a language code or a list of them",
                                  metavar="CODE")
     options: dict[str, Scalar] = _field(
         {}, "Set an option of a method in the chain, e.g. --set knn.k=20 (repeatable; `transplant methods` lists "

@@ -5,6 +5,7 @@
     texts.py        the one reader of UTF-8 text files, cut at document (blank-line) boundaries
     optional.py     optional packages: imported on first use, or one line naming what to install
     fingerprint.py  content hashes, so plans and cards name exactly what they were made from
+    language.py     a dependency-free guess of a text's language (the card's `language`)
     specfile.py     YAML spec files (recipes, run specs) read into pydantic models
     safetensors_header.py  the safetensors header check (sizes, dtypes, offsets) shared by shards and plans
 

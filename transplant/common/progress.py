@@ -54,6 +54,15 @@ def bar(iterable: Iterable | None = None, *, total: float | None = None, desc: s
                     file=sys.stderr, dynamic_ncols=True, **kwargs)
 
 
+def native_bars() -> bool:
+    """Whether `tokenizers`' own trainers may show their progress bars (`show_progress=`).
+
+    They draw the bars on stderr but end each stage with a newline on stdout: into a pipe or a
+    file that is one blank line per stage in the command's output, so only on two terminals.
+    """
+    return not bars_disabled() and _is_terminal(sys.stdout) and _is_terminal(sys.stderr)
+
+
 def _is_terminal(stream) -> bool:
     try:
         return bool(stream.isatty())

@@ -12,6 +12,7 @@
     validate.py       the post-write check: special-token rules hold before anything is published
     outdir.py         the output folder's life cycle: staged in a hidden sibling, published by one rename
     card.py           the model card (README.md) of every output
+    gguf_header.py    a GGUF file's metadata header (licence, languages, quantization), for the card
 
 Uses `transplant.common` and `transplant.core` (see `transplant.common` for the layer rule).
 """

@@ -1,5 +1,5 @@
 """Writing the healed checkpoint: the transplant folder with the best offsets added to its
-embedding rows, everything else byte for byte, and a "Healing" section on its model card.
+embedding rows, everything else byte for byte, and its model card rebuilt with a "Healing" section.
 
 The weight shards are written by the checkpoint writer (`transplant.io.checkpoint.write_shards`):
 the shards holding the embedding tensors are streamed with the healed matrices swapped in, the
@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from transplant.core.plan import PLAN_JSON
+from transplant.io.card import build_card, heal_section
 from transplant.io.checkpoint import locate_embeddings, read_embedding, write_shards
 from transplant.io.outdir import staged_output
 from transplant.io.shardio import DTYPE_NAMES, INDEX_NAME, NewTensor
@@ -64,32 +66,17 @@ def write_healed(folder: Path, out: Path, run: Path, rows: torch.Tensor, summary
         (st.path / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         if (run / LOG_FILE).is_file():
             shutil.copyfile(run / LOG_FILE, st.path / "heal_log.jsonl")
-        card = (folder / "README.md").read_text(encoding="utf-8") if (folder / "README.md").is_file() else ""
-        (st.path / "README.md").write_text(card.rstrip("\n") + "\n\n" + card_section(summary), encoding="utf-8")
+        (st.path / "README.md").write_text(healed_card(folder, out, summary), encoding="utf-8")
 
 
-def card_section(s: dict) -> str:
-    """The model card's "Healing" section, from a run's summary.
-
-    Example:
-        >>> s = dict(rows_trained=900, rows_made=1200, step=150, seconds=300.0, processes=1, best_step=125,
-        ...          teacher_bpb=1.1, start_bpb=1.4, best_bpb=1.25)
-        >>> print(card_section(s).splitlines()[-3])
-        | after healing | 1.2500 |
-    """
-    def fmt(v):
-        return "n/a" if v is None else f"{v:.4f}"
-
-    return (
-        "## Healing\n\n"
-        f"After the transplant, {s['rows_trained']:,} of the {s['rows_made']:,} rows it made (those the healing "
-        f"text uses) were trained for {s['step']:,} steps ({s['seconds'] / 60:.1f} min, {s['processes']} "
-        "process(es)) with `transplant heal`, distilling the original model's likelihood of the same text "
-        "(the rest of the model frozen). The best held-out state was kept "
-        f"(step {s['best_step']}).\n\n"
-        "| held-out text | bits per byte |\n|---|---|\n"
-        f"| original model | {fmt(s['teacher_bpb'])} |\n"
-        f"| transplant, before healing | {fmt(s['start_bpb'])} |\n"
-        f"| after healing | {fmt(s['best_bpb'])} |\n\n"
-        "The plan file describes the rows before healing: re-applying it (`transplant apply`) gives the "
-        "unhealed rows.\n")
+def healed_card(folder: Path, out: Path, summary: dict) -> str:
+    """The healed model's card: the transplant's card rebuilt from the facts kept with its plan,
+    with a "Healing" section (an older output without them: its card with the section appended)."""
+    facts = json.loads((folder / PLAN_JSON).read_text(encoding="utf-8")).get("meta", {}).get("card")
+    # The teacher as the user named it (`--teacher`, else the plan's base model), not its folder.
+    teacher = (summary.get("settings") or {}).get("teacher") or (facts or {}).get("base_model")
+    section = dict(summary, teacher=teacher or summary.get("teacher"))
+    if facts:
+        return str(build_card({**facts, "heal": section, "plan_ref": str(out)}))
+    card = (folder / "README.md").read_text(encoding="utf-8") if (folder / "README.md").is_file() else ""
+    return card.rstrip("\n") + "\n\n" + heal_section(section)

@@ -51,7 +51,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 
 from transplant.common.errors import TransplantError
 from transplant.common.texts import read_texts
-from transplant.common.progress import bar, bars_disabled, stage
+from transplant.common.progress import bar, native_bars, stage
 from transplant.io.forced_class import ForcedClass, forced_class, forced_pipeline, model_config, supports_like
 
 # GPT-2's pre-tokenization, and the same with runs of space-separated words kept together (stage 2).
@@ -213,7 +213,7 @@ def _train_bpe(lines: list[str], vocab_size: int, like: _Like) -> Tokenizer:
     _bpe_pipeline(tok, like, GPT2_PATTERN)
     alphabet = pre_tokenizers.ByteLevel.alphabet() if _byte_level(tok) else []
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=like.specials, initial_alphabet=alphabet,
-                                  show_progress=not bars_disabled())
+                                  show_progress=native_bars())
     tok.train_from_iterator(lines, trainer=trainer)
     return tok
 
@@ -226,7 +226,7 @@ def _train_unigram(lines: list[str], vocab_size: int, like: _Like) -> Tokenizer:
     unk = like.roles.get("unk", "<unk>")
     specials = like.specials + ([unk] if unk not in like.specials else [])
     trainer = trainers.UnigramTrainer(vocab_size=max(1, vocab_size - 256), special_tokens=specials,
-                                      unk_token=unk, show_progress=not bars_disabled(), max_piece_length=16)
+                                      unk_token=unk, show_progress=native_bars(), max_piece_length=16)
     tok.train_from_iterator(lines, trainer=trainer)
     spec = json.loads(tok.to_str())
     vocab = spec["model"]["vocab"]

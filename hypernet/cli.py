@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from transplant.common.errors import TransplantError
+from transplant.common.errors import TransplantError, disk_full_hint
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -180,7 +180,8 @@ def main() -> None:
         click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
         sys.exit(exc.exit_code)
     except (OSError, MemoryError) as exc:  # a full disk, a permission: the system's own words, one line
-        click.echo(f"error: {' '.join(str(exc).split())}", err=True)
+        hint = disk_full_hint(exc, "run it again (`hypernet train --resume` continues from the last checkpoint)")
+        click.echo(f"error: {' '.join(str(exc).split())}{hint}", err=True)
         sys.exit(1)
 
 

@@ -40,6 +40,7 @@ from tokenizers import Tokenizer
 
 from transplant.core.align import shortest_segmentation
 from transplant.common.errors import TransplantError
+from transplant.common.texts import read_text
 from transplant.core.vocab import NORMAL, Vocabulary
 
 MAX_PIECE_CHARS = 16  # ZeTT's longest substring
@@ -89,9 +90,7 @@ class TextPool:
         names, texts = [], []
         for p in paths:
             p = Path(p)
-            if not p.is_file():
-                raise TransplantError(f"training text not found: {p} (pass UTF-8 text files with --text)")
-            text = p.read_text(encoding="utf-8", errors="replace")
+            text = read_text(p, "training text", " (pass UTF-8 text files with --text)")  # non-UTF-8: refused
             if max_chars:
                 text = text[:max_chars]
             if len(text.strip()) < 100:

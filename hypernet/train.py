@@ -119,6 +119,9 @@ _AT_LEAST = {"stage1_steps": 0, "stage1_minutes": 0, "steps": 0, "minutes": 0, "
              "seq_len": 8, "negatives": 0, "aux_batch": 1, "aux_weight": 0, "warmup": 0, "width": 0, "layers": 1,
              "max_pieces": 1, "train_chars": 1, "checkpoint_every": 1, "keep_checkpoints": 1, "log_every": 1}
 _POSITIVE = ("lr", "stage2_lr", "min_vocab_share")
+# The largest value of a setting, where there is one: a seed is drawn from as numpy's are (each
+# step's seed is derived from it and must stay a 64-bit integer).
+_AT_MOST = {"seed": 2**32 - 1}
 # What a resumed run may change (the budget, where it checkpoints); `model` and `texts` are
 # compared by content instead of by path (see `check_resumable`).
 _MAY_CHANGE = {"stage1_steps", "stage1_minutes", "steps", "minutes", "out", "resume", "overwrite",
@@ -149,9 +152,13 @@ def check_settings(cfg: TrainConfig) -> None:
             raise TransplantError(f"{name} must be at least {low}, not {value!r} ({_where(name)})")
     for name in _POSITIVE:
         value, most = getattr(cfg, name), 1 if name == "min_vocab_share" else math.inf
-        if not 0 < value <= most:
-            raise TransplantError(f"{name} must be positive{' and at most 1' if most == 1 else ''}, not {value!r} "
-                                  f"({_where(name)})")
+        if not (math.isfinite(value) and 0 < value <= most):
+            raise TransplantError(f"{name} must be positive and {'at most 1' if most == 1 else 'finite'}, not "
+                                  f"{value!r} ({_where(name)})")
+    for name, most in _AT_MOST.items():
+        value = getattr(cfg, name)
+        if not 0 <= value <= most:
+            raise TransplantError(f"{name} must be between 0 and {most}, not {value!r} ({_where(name)})")
 
 
 def _where(name: str) -> str:

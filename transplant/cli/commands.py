@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 import click
 
-from transplant.common.errors import TransplantError
+from transplant.common.errors import TransplantError, disk_full_hint
 from transplant.cli.spec_options import as_fields, given_on_command_line, spec_options
 from transplant.cli.tables import print_eval_table as _print_eval_table
 from transplant.runspec import RunSpec, cli_flags, parse_settings
@@ -174,11 +173,12 @@ def method_options(name: str) -> list[str]:
 @click.option("--overwrite", is_flag=True, help="Replace an earlier output folder.")
 def extend_cmd(model, texts, add, out, method, settings, pad_to_multiple_of, eval_texts, overwrite) -> None:
     """Learn ADD new tokens from TEXT on top of MODEL's tokenizer (old ids unchanged) and write the checkpoint."""
+    from transplant.common.texts import read_texts
     from transplant.extend import extend
 
     res = extend(model, list(texts), add, out, method=method, options=parse_settings(settings) or None,
                  pad_to_multiple_of=pad_to_multiple_of, overwrite=overwrite,
-                 eval_texts=[Path(t).read_text(encoding="utf-8") for t in eval_texts] or None)
+                 eval_texts=read_texts(eval_texts, what="evaluation text") or None)
     click.echo(f"extended: {len(res.new_tokens):,} new tokens -> {out}")
     for note in res.transplant.notes:
         click.echo(f"note: {note}")
@@ -338,7 +338,7 @@ def main() -> None:
         click.echo(f"error: {missing_package(exc)}", err=True)
         sys.exit(1)
     except (OSError, MemoryError) as exc:
-        click.echo(f"error: {_one_line(exc)}", err=True)
+        click.echo(f"error: {_one_line(exc)}{disk_full_hint(exc)}", err=True)
         sys.exit(1)
     finally:
         if previous is not None:

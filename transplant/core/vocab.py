@@ -213,6 +213,30 @@ def check_unique_ids(vocab: dict[str, int], where: str = "the tokenizer") -> Non
         seen[idx] = piece
 
 
+def check_not_only_added(tokenizer: Tokenizer, path: str | Path) -> None:
+    """Refuse a tokenizer whose every id is a special or added token: its model has no piece of
+    text of its own, so every text encodes to nothing (or to its unknown token), as with an empty
+    vocabulary.
+
+    Example:
+        >>> from tokenizers import models
+        >>> tok = Tokenizer(models.WordLevel({"<s>": 0, "</s>": 1, "<unk>": 2}, unk_token="<unk>"))
+        >>> _ = tok.add_special_tokens(["<s>", "</s>", "<unk>"])
+        >>> check_not_only_added(tok, "specials.json")
+        Traceback (most recent call last):
+        ...
+        transplant.common.errors.TransplantError: tokenizer specials.json has only special or added tokens (3: '<s>', '</s>', '<unk>'): every text encodes to nothing but them (pass a trained tokenizer, whose vocabulary covers text)
+    """
+    added = tokenizer.get_added_tokens_decoder()
+    ids = set(tokenizer.get_vocab(with_added_tokens=True).values())
+    if ids and ids <= set(added):
+        names = [added[i].content for i in sorted(ids)]
+        shown = ", ".join(repr(n) for n in names[:5]) + (", ..." if len(names) > 5 else "")
+        raise TransplantError(f"tokenizer {path} has only special or added tokens ({len(names)}: {shown}): every "
+                              "text encodes to nothing but them (pass a trained tokenizer, whose vocabulary covers "
+                              "text)")
+
+
 def _canonical(piece: str, idx: int, added: dict, family: str, marker: str, prefix: str,
                alphabet: dict[str, int]) -> CanonicalToken:
     info = added.get(idx)
@@ -309,6 +333,7 @@ def load_tokenizer(spec: str | Path) -> TokenizerSource:
         raise TransplantError(f"malformed tokenizer file {path}: {first} (pass a valid tokenizer.json)") from None
     if tokenizer.get_vocab_size(with_added_tokens=True) == 0:
         raise TransplantError(f"tokenizer {path} has an empty vocabulary (pass a trained tokenizer)")
+    check_not_only_added(tokenizer, path)
     config: dict = {}
     chat_template = None
     if folder is not None:

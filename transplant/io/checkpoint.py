@@ -412,8 +412,20 @@ def _producer(layout: EmbeddingLayout, key: str, plan: Plan, chunk_rows: int | N
 
 
 def copy_side_files(src: Path, out: Path) -> None:
-    """Copy small non-weight, non-tokenizer files (e.g. custom code, preprocessor configs)."""
+    """Copy small non-weight, non-tokenizer files (e.g. custom code, preprocessor configs).
+
+    A symbolic link that leads out of the model folder is never followed: it is skipped with a
+    warning naming it (a link planted in a downloaded model, e.g. to `~/.ssh/id_rsa`, must not
+    carry that file into an output that gets published).
+    """
+    from transplant.io.sources import link_outside
+
     skip = TOKENIZER_FILES | {"config.json", "generation_config.json", "README.md", INDEX_NAME}
-    for path in src.iterdir():
+    for path in sorted(src.iterdir()):
         if path.is_file() and path.name not in skip and path.suffix not in _NEVER_COPY_SUFFIXES:
+            target = link_outside(src, path)
+            if target is not None:
+                log.warning("not copied: %s is a link to %s, outside the model folder (copy the file into the "
+                            "folder if the model needs it)", path, target)
+                continue
             copy_or_link(path, out / path.name, link=False)

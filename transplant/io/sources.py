@@ -167,11 +167,46 @@ def resolve_model(spec: str | Path) -> Path:
                           f"or one of {', '.join(PACKAGED)})")
 
 
+def link_outside(folder: Path, path: Path) -> Path | None:
+    """Where the file `path` of the model folder `folder` really is, when a symbolic link takes it
+    outside the folder; None when it is no link or stays inside. A Hugging Face cache snapshot is
+    a folder of links into its repository's `blobs/` folder: those count as inside.
+
+    Example:
+        >>> _ = Path("secret.txt").write_text("not the model's")
+        >>> Path("m").mkdir()
+        >>> (Path("m") / "notes.txt").symlink_to("../secret.txt")
+        >>> link_outside(Path("m"), Path("m") / "notes.txt").name
+        'secret.txt'
+        >>> link_outside(Path(model_dir), Path(model_dir) / "config.json") is None
+        True
+    """
+    if not path.is_symlink():
+        return None
+    home = folder.resolve()
+    roots = [home]
+    if home.parent.name == "snapshots" and home.parent.parent.name.startswith("models--"):
+        roots.append(home.parent.parent / "blobs")
+    target = path.resolve()
+    return None if any(target.is_relative_to(root) for root in roots) else target
+
+
+# The files of a model folder read to make the output (besides the tokenizer's): never followed
+# out of the folder, so a link planted in a downloaded model cannot carry another file into it.
+_NEEDED_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
+
+
 def check_model_folder(folder: Path) -> Path:
     if not (folder / "config.json").exists():
         raise TransplantError(f"no config.json in {folder} (pass a Hugging Face model folder)")
     if any(folder.glob("*.safetensors")):
-        shard_map(folder)  # index and every shard header checked against the file sizes (no data read)
+        shards = shard_map(folder)  # index and every shard header checked against the file sizes (no data read)
+        for name in [*_NEEDED_FILES, *sorted(set(shards.values()))]:
+            target = link_outside(folder, folder / name)
+            if target is not None:
+                raise TransplantError(f"{folder / name} is a link to {target}, outside the model folder; refusing to "
+                                      "follow it (this file makes the output: copy it into the folder, or pass the "
+                                      "folder it belongs to)")
         return folder
     pickles = [p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
     if pickles:

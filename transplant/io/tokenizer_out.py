@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,36 @@ _CHECK_TEXTS = ["In the beginning God created the heaven and the earth.", "Hola,
                 "Cafe\u0301 cre\u0300me, 1234567 + 89 = 1234656"]
 # Text that a lossless tokenizer reproduces exactly: newlines, runs of spaces, tabs, accents, CJK, emoji.
 LOSSLESS_PROBE = "Line one.\n\n  Two  spaces\tand a tab.\r\nÉté: naïve café — 東京 😀 x=1;"
+
+
+# How `tokenizers` (and safetensors) word a failed write: Rust's io::Error, "... (os error 28)".
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def save_pretrained(tok, folder: Path) -> None:
+    """`tok.save_pretrained(folder)`, a failed write raised as the OSError it is (so the commands
+    print it as one line, as every other failed write): `tokenizers` raises a plain Exception,
+    e.g. "No space left on device (os error 28)" on a full disk.
+
+    Example:
+        >>> class OnAFullDisk:  # what `tokenizers` raises there
+        ...     def save_pretrained(self, folder):
+        ...         raise Exception("No space left on device (os error 28)")
+        >>> save_pretrained(OnAFullDisk(), Path("out"))
+        Traceback (most recent call last):
+        ...
+        OSError: [Errno 28] No space left on device: 'out'
+    """
+    try:
+        tok.save_pretrained(str(folder))
+    except OSError:
+        raise
+    except Exception as exc:
+        found = _OS_ERROR.search(str(exc))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(folder)) from None
 
 
 def is_lossless(tokenizer: Tokenizer, probe: str = LOSSLESS_PROBE) -> bool:
@@ -118,7 +149,7 @@ def write_tokenizer(new: TokenizerSource, new_vocab: Vocabulary, out: Path, chat
     tok = PreTrainedTokenizerFast(tokenizer_object=raw, **ids.token_names(new_vocab), **extra)
     if chat_template:
         tok.chat_template = chat_template
-    tok.save_pretrained(str(out))
+    save_pretrained(tok, out)
     cfg_path = out / "tokenizer_config.json"
     written = json.loads(cfg_path.read_text())
     kept = {k: v for k, v in new.config.items() if k not in _DECIDED and k not in written}

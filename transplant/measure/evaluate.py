@@ -91,6 +91,9 @@ def score(model, encode, start_id: int, texts: list[str], ctx: int = 1024, batch
     total_bytes = sum(len(d.encode("utf-8")) for d in docs)
     doc_ids = encode(docs)
     n_tokens = sum(len(x) for x in doc_ids)
+    if n_tokens == 0:  # nothing predicted: 0 bits on its bytes would read as a perfect score
+        raise TransplantError(f"nothing to score: the evaluation text ({total_bytes:,} bytes) encodes to no tokens "
+                              "with this tokenizer (pass text it encodes: at least one token)")
     positions = getattr(text_config(model.config), "max_position_embeddings", None)
     if isinstance(positions, int) and positions > 1:
         # The start token takes one position: a GPT-2 (1024 positions) scores 1023-token chunks.

@@ -35,6 +35,7 @@ from transplant.common.fingerprint import file_fingerprint
 from transplant.common.optional import require
 from transplant.core.vocab import Vocabulary, load_tokenizer, vocab_fingerprint
 from transplant.io.checkpoint import EmbeddingLayout, locate_embeddings, read_embedding
+from transplant.io.fasttext_file import check_fasttext_file
 from transplant.io.sources import resolve_model
 from transplant.methods.crosslingual import read_dictionary
 from transplant.methods.encoders import MiniLMEncoder
@@ -157,6 +158,7 @@ class Resources:
 
         def load():
             fasttext = require("fasttext", "fastText vectors")
+            check_fasttext_file(path)  # the library crashes on a damaged header and reads a truncated file silently
             try:
                 return fasttext.load_model(str(path))
             except ValueError as exc:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from transplant.common.errors import TransplantError
 from transplant.core.vocab import Vocabulary, gpt2_byte_alphabet
+from transplant.io.fasttext_file import MAGIC, check_fasttext_file
 from transplant.io.outdir import OutputKind, check_output_path, staged_output
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,6 @@ _FORMAT = 1
 DIM, EPOCHS, MIN_COUNT, BUCKET = 100, 20, 3, 500_000
 
 _WORDS = re.compile(r"\w+|[^\w\s]+")
-# A fastText model file starts with this int32 (fastText's FASTTEXT_FILEFORMAT_MAGIC_INT32).
-_FASTTEXT_MAGIC = 793712314
 
 
 def is_fasttext_file(path: Path) -> bool:
@@ -62,7 +61,7 @@ def is_fasttext_file(path: Path) -> bool:
             head = fh.read(4)
     except OSError:
         return False
-    return len(head) == 4 and struct.unpack("<i", head)[0] == _FASTTEXT_MAGIC
+    return len(head) == 4 and struct.unpack("<i", head)[0] == MAGIC  # fastText's first int32
 
 
 # What `transplant vectors train --out` writes: one file, replaced only by another one.
@@ -235,6 +234,9 @@ def train_vectors(texts: Sequence[str | Path], out: str | Path | None = None, *,
     folder = cache_dir() / "vectors"
     cached = folder / f"{key.hexdigest()[:24]}.bin"
     quiet = quiet or bars_disabled()
+    if cached.is_file() and not _intact(cached):
+        log.warning("damaged vectors in the cache (a full disk or a killed copy?): training them again: %s", cached)
+        cached.unlink()
     if not cached.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=".train-", dir=folder))
@@ -258,6 +260,15 @@ def train_vectors(texts: Sequence[str | Path], out: str | Path | None = None, *,
     with staged_output(target, overwrite, FASTTEXT_FILE) as stage:
         shutil.copyfile(cached, stage.path)
     return Path(out)
+
+
+def _intact(path: Path) -> bool:
+    """Whether a cache entry is a whole fastText file (see `transplant.io.fasttext_file`)."""
+    try:
+        check_fasttext_file(path)
+    except TransplantError:
+        return False
+    return True
 
 
 def _check_out(out: str | Path, texts: list[Path], tokenizer, overwrite: bool) -> Path:

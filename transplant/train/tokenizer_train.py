@@ -72,7 +72,7 @@ class TrainSummary:
     vocab_size: int
     supertokens: int
     held_out_bytes: int
-    bytes_per_token: float
+    bytes_per_token: float | None  # None when nothing was held out (`held_out=0`)
     old_vocab_overlap: float | None  # share of this vocabulary's tokens also in `like`'s vocabulary
     seconds: float
     notes: list[str] = field(default_factory=list)
@@ -83,7 +83,8 @@ class TrainSummary:
     def lines(self) -> list[str]:
         out = [f"tokenizer: {self.out} ({self.algorithm}, {self.vocab_size:,} tokens of {self.vocab_size_requested:,} "
                f"asked{f', {self.supertokens:,} supertokens' if self.supertokens else ''})",
-               f"held-out bytes per token: {self.bytes_per_token:.3f} (on {self.held_out_bytes:,} bytes)"]
+               f"held-out bytes per token: {self.bytes_per_token:.3f} (on {self.held_out_bytes:,} bytes)"
+               if self.bytes_per_token is not None else "held-out bytes per token: not measured (--held-out 0)"]
         if self.old_vocab_overlap is not None:
             out.append(f"shared with the model's vocabulary: {self.old_vocab_overlap:.1%} of tokens")
         return out + [f"note: {n}" for n in self.notes]
@@ -108,7 +109,8 @@ def _read_texts(texts: list[str | Path]) -> list[str]:
 
 
 def split_held_out(texts: list[str], share: float) -> tuple[list[str], str]:
-    """Training lines and a held-out slice: the last `share` of each text, cut at a line start."""
+    """Training lines and a held-out slice: the last `share` of each text, cut at a line start
+    (a text of one line keeps nothing back)."""
     train_lines, held = [], []
     for t in texts:
         cut = t.rfind("\n", 0, int(len(t) * (1 - share))) + 1 if share > 0 else len(t)
@@ -355,6 +357,7 @@ def train_tokenizer(texts: list[str | Path], vocab_size: int, out: str | Path, *
     from transformers import PreTrainedTokenizerFast
 
     from transplant.io.outdir import check_output_path, staged_output
+    from transplant.io.tokenizer_out import save_pretrained
 
     started = time.perf_counter()
     if algorithm not in ("bpe", "unigram"):
@@ -369,6 +372,11 @@ def train_tokenizer(texts: list[str | Path], vocab_size: int, out: str | Path, *
     like_info = _load_like(like)
     _check_forced_options(like_info, algorithm, supertokens)
     lines, held = split_held_out(_read_texts(texts), held_out)
+    if held_out > 0 and not held.strip():
+        raise TransplantError(
+            f"the training text is too short to measure bytes per token on: --held-out {held_out:g} holds out the "
+            f"lines in the last {held_out:.0%} of each text, and a text of one line has none to hold out (pass at "
+            "least two lines of text, or --held-out 0 to train on all of it unmeasured)")
     notes = []
     n_super = int(round(vocab_size * supertoken_share)) if supertokens else 0
     stage(f"training a {algorithm} tokenizer ({vocab_size:,} tokens) on {sum(map(len, lines)):,} characters")
@@ -398,14 +406,14 @@ def train_tokenizer(texts: list[str | Path], vocab_size: int, out: str | Path, *
         texts_new = [t.text for t in new.tokens if t.text]
         overlap = sum(1 for t in texts_new if old.lookup(t) is not None) / max(1, len(texts_new))
     summary = TrainSummary(str(out), algorithm + ("+supertokens" if supertokens else ""), vocab_size, size, supers,
-                           held_bytes, held_bytes / n_tokens if n_tokens else 0.0, overlap,
+                           held_bytes, held_bytes / n_tokens if n_tokens else None, overlap,
                            round(time.perf_counter() - started, 1), notes, _text_records(texts))
     roles = {f"{r}_token": v for r, v in like_info.roles.items()}
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **roles)
     if like_info.chat_template:
         fast.chat_template = like_info.chat_template
     with staged_output(out, overwrite) as staged:
-        fast.save_pretrained(staged.path)
+        save_pretrained(fast, staged.path)  # a full disk: one line, and the stage is deleted
         if like_info.forced is not None:
             _check_loads_like(like_info, staged.path)
             notes.append(f"pre-tokenizes and normalizes as {like_info.forced.loaded}, the class transformers loads "

@@ -192,13 +192,16 @@ def extend_cmd(model, texts, add, out, method, settings, pad_to_multiple_of, eva
 @click.option("--text", "texts", multiple=True,
               help="Text in the new tokenizer's language or domain (repeatable; 2-5% of it is held out).")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Output folder for the healed checkpoint.")
-@click.option("--minutes", type=click.FloatRange(min=0), default=None, help="Training budget in wall-clock minutes.")
-@click.option("--steps", type=click.IntRange(min=0), default=0, help="Training budget in steps (instead of --minutes).")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Training budget in minutes of training time only: the steps and their held-out scores, not "
+                   "the setup (loading the models, the first score) nor writing checkpoints.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Training budget in steps (instead of --minutes).")
 @click.option("--teacher", default=None, help="The model before the transplant (default: the plan's base model).")
 @click.option("--run", default=None, type=click.Path(file_okay=False),
               help="Training folder: log, checkpoints (default: OUT.heal-run beside OUT).")
 @click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint (a larger budget trains longer).")
-@click.option("--lr", type=float, default=1e-2, show_default=True, help="Adam learning rate (offsets in units of the matrix's std).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-2, show_default=True,
+              help="Adam learning rate (offsets in units of the matrix's std).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Windows per step and process.")
 @click.option("--seq-len", type=click.IntRange(min=8), default=256, show_default=True, help="Tokens per window.")
 @click.option("--lm-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
@@ -211,18 +214,24 @@ def extend_cmd(model, texts, add, out, method, settings, pad_to_multiple_of, eva
               help="Held-out evaluations without improvement before stopping (0: never stop early).")
 @click.option("--eval-every", type=click.IntRange(min=1), default=25, show_default=True, help="Steps between held-out scores.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=25, show_default=True, help="Steps between checkpoints.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the batch order (one per step and process).")
-@click.option("--overwrite", is_flag=True, help="Replace an earlier output folder.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+              help="Seed of the batch order (one per step and process).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier output folder and start an earlier run folder afresh (with --resume: "
+                   "continue the run, replace the output).")
 def heal_cmd(recipe, **flags) -> None:
     """Train the rows a transplant made, distilling the original model, and write the healed checkpoint.
 
     Two CPU processes: `accelerate launch --multi_gpu --num_processes 2 -m transplant.cli heal ...`.
+    A run folder holds one run at a time: a second run on it is refused.
     """
     from transplant.common.specfile import config_values
     from transplant.train.heal import HealConfig, heal
 
     given = given_on_command_line(click.get_current_context(), flags)
     values = config_values(recipe, HealConfig, flags, given, lists=("texts",), flag_of={"texts": "--text"})
+    if values.get("steps") is None:  # no --steps (a given one is at least 1): HealConfig's "no step budget"
+        values["steps"] = 0
     for name, flag in (("model", "--model"), ("texts", "--text"), ("out", "--out")):
         if not values.get(name):
             raise click.UsageError(f"Missing option '{flag}' (or give {name} in a --recipe)")
@@ -231,6 +240,9 @@ def heal_cmd(recipe, **flags) -> None:
     if values.get("minutes") is not None and values.get("steps"):
         raise click.UsageError("pass one budget: --minutes M or --steps N, not both")
     cfg = HealConfig(**values)
+    from transplant.train.heal_config import check_settings
+
+    check_settings(cfg)  # a recipe's numbers too, before the accelerator or any model
     res = heal(cfg)
     from accelerate import PartialState
 
@@ -239,7 +251,9 @@ def heal_cmd(recipe, **flags) -> None:
     s = res.summary
     if s["best_bpb"] is not None:
         click.echo(f"healed: held-out {s['start_bpb']:.4f} -> {s['best_bpb']:.4f} bits/byte (original model "
-                   f"{s['teacher_bpb']:.4f}), {s['rows_trained']:,} rows, {s['step']} steps -> {res.out}")
+                   f"{s['teacher_bpb']:.4f}), {s['rows_trained']:,} rows, {s['step']} steps in "
+                   f"{s['seconds'] / 60:.1f} min of training (the budget; setup {s['setup_seconds']:.0f} s not "
+                   f"counted) -> {res.out}")
     click.echo(f"run folder (log, checkpoints; --resume with a larger budget continues it): {res.run}")
 
 

@@ -26,7 +26,13 @@ Runs under `accelerate` (`accelerate launch --multi_gpu --num_processes 2 -m tra
 heal ...` gives two CPU processes; GPUs unchanged), logs to `<run>/log.jsonl`, checkpoints into
 `<run>/checkpoints/` and resumes from the last one with `resume=True` to the same weights an
 uninterrupted run reaches. `minutes` and `steps` count the whole run, so a resume may raise
-them to train longer.
+them to train longer; `minutes` counts training time only (`heal_loop`), not the setup.
+
+Everything that can be refused is checked before a folder is made or a model loaded: the
+settings, the inputs, where the output and the run folder go, and the text itself (UTF-8, cut
+into enough windows, using rows the transplant made). Then the run folder is locked for the
+whole run (`heal_config.RunFolder`: a second run on it is refused), and a full disk ends the run
+in one line, leaving the earlier checkpoints to resume from and no partial output.
 
 The parts, in the order a run uses them: `heal_config` (settings, inputs, the run folder),
 `heal_windows` (the text cut where both tokenizers agree), `heal_model` (the frozen models and
@@ -39,6 +45,7 @@ Example:
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,21 +53,25 @@ import torch
 
 from transplant.common.errors import TransplantError
 from transplant.common.progress import stage
+from transplant.io.checkpoint import locate_embeddings
 from transplant.io.outdir import check_output_path
 from transplant.train.heal_config import (
     HealConfig,
+    RunFolder,
     check_inputs,
     check_run_folder,
+    check_run_place,
+    check_settings,
     documents,
     run_inputs,
     write_run_config,
 )
 from transplant.train.heal_loop import HealLoop
-from transplant.train.heal_model import FrozenLM, RowOffsets, load_models, rows_to_heal
+from transplant.train.heal_model import FrozenLM, RowOffsets, load_models, load_tokenizers, rows_to_heal
 from transplant.train.heal_windows import aligned_windows, chunk_logprobs, clean_cuts, split_held_out
 from transplant.train.heal_writer import write_healed
 from transplant.train.resume import checkpoint_tensors
-from transplant.train.trainloop import Checkpoints, training_accelerator
+from transplant.train.trainloop import Checkpoints, disk_full_is_one_line, training_accelerator
 
 __all__ = ["HealConfig", "HealResult", "aligned_windows", "chunk_logprobs", "clean_cuts", "heal"]
 
@@ -84,54 +95,77 @@ def heal(cfg: HealConfig) -> HealResult:
         >>> res.summary["step"], res.summary["rows_trained"] > 0, (res.out / "heal.json").is_file()
         (2, True, True)
     """
-    run = cfg.run_dir
+    started = time.perf_counter()
+    check_settings(cfg)
     accelerator = training_accelerator()
     device = accelerator.device
-    ckpts = Checkpoints(run, cfg.keep_checkpoints)
-    latest = ckpts.latest()
     folder, teacher_folder, plan = check_inputs(cfg)
     paths = [folder, teacher_folder, *map(Path, cfg.texts)]
     out = check_output_path(Path(cfg.out), paths, cfg.overwrite)
-    inputs = run_inputs(cfg, folder, teacher_folder)
-    check_run_folder(cfg, latest, inputs, paths)  # on every process (it writes nothing): all of them stop alike
+    run = check_run_place(cfg, out, paths)
 
-    stage(f"heal: loading {folder.name} and its teacher {teacher_folder.name}")
-    student_lm, teacher_lm, s_tok, t_tok, s_start, t_start = load_models(folder, teacher_folder, device)
-    student, teacher = FrozenLM(student_lm), FrozenLM(teacher_lm)
+    # The text, before any folder is made or model loaded: a bad one fails in a second, leaving nothing.
     docs = documents(cfg.texts)
     stage(f"heal: aligning {sum(len(d) for d in docs):,} characters under both tokenizers")
+    s_tok, t_tok, s_start, t_start = load_tokenizers(folder, teacher_folder)
     windows = aligned_windows(docs, s_tok, t_tok, cfg.seq_len - 1, 2 * cfg.seq_len - 1)
     if len(windows) < 2:
-        raise TransplantError("the healing text gives fewer than 2 windows (pass more text with --text)")
+        raise TransplantError(f"the healing text gives {len(windows)} window(s) of --seq-len {cfg.seq_len}, "
+                              "fewer than the 2 a run needs (one held out; pass more text with --text)")
     held_idx, train_idx = split_held_out(len(windows), cfg.held_out)
-    rows, made = rows_to_heal(plan, windows, train_idx, student.E_in.shape[0], cfg.min_count)
-    untied = not student.tied
-    std_in = float(student.E_in.float().std())
-    std_out = float(student.W_out.float().std())
-    offsets = RowOffsets(student, rows, std_in, std_out, untied).to(device)
-    opt = torch.optim.Adam(offsets.parameters(), lr=cfg.lr)
-    net, opt = accelerator.prepare(offsets, opt)
-    core: RowOffsets = accelerator.unwrap_model(net)
-    stage(f"heal: training {len(rows):,} of {int(made.sum()):,} made rows ({'untied' if untied else 'tied'}), "
-          f"{len(train_idx):,} windows, {len(held_idx)} held out")
+    rows, made = rows_to_heal(plan, windows, train_idx, locate_embeddings(folder).rows, cfg.min_count)
+    inputs = run_inputs(cfg, folder, teacher_folder)
 
-    if latest is not None:
-        checkpoint_tensors(latest, core, "model or text")
-    loop = HealLoop(cfg=cfg, accelerator=accelerator, windows=windows, train_idx=train_idx, held_idx=held_idx,
-                    teacher=teacher, s_start=s_start, t_start=t_start, net=net, core=core, opt=opt, ckpts=ckpts)
-    loop.resume_from(latest)
-    if accelerator.is_main_process:  # every check passed and the checkpoint loaded: the run folder is written
-        write_run_config(cfg, inputs)
-    accelerator.wait_for_everyone()
-    loop.train()
+    with RunFolder.owned(run, accelerator) as owner:  # one run per run folder, until this one ends
+        ckpts = Checkpoints(run, cfg.keep_checkpoints)
+        latest = ckpts.latest()
+        afresh = check_run_folder(cfg, latest, inputs)  # on every process (it writes nothing): all stop alike
+        if afresh:  # --overwrite: a new run, its files deleted once the models have loaded
+            latest = None
+        stage(f"heal: loading {folder.name} and its teacher {teacher_folder.name}")
+        student_lm, teacher_lm = load_models(folder, teacher_folder, device)
+        student, teacher = FrozenLM(student_lm), FrozenLM(teacher_lm)
+        untied = not student.tied
+        std_in = float(student.E_in.float().std())
+        std_out = float(student.W_out.float().std())
+        offsets = RowOffsets(student, rows, std_in, std_out, untied).to(device)
+        opt = torch.optim.Adam(offsets.parameters(), lr=cfg.lr)
+        net, opt = accelerator.prepare(offsets, opt)
+        core: RowOffsets = accelerator.unwrap_model(net)
+        stage(f"heal: training {len(rows):,} of {int(made.sum()):,} made rows ({'untied' if untied else 'tied'}), "
+              f"{len(train_idx):,} windows, {len(held_idx)} held out")
 
-    summary = {**loop.state.as_dict(), "model": str(cfg.model), "teacher": str(teacher_folder),
-               "texts": [str(t) for t in cfg.texts], "rows_trained": len(rows), "rows_made": int(made.sum()),
-               "untied": untied, "windows": len(train_idx), "held_out_windows": len(held_idx),
-               "processes": accelerator.num_processes,
-               "settings": {k: v for k, v in asdict(cfg).items() if k not in ("model", "texts", "out", "run", "resume",
-                                                                              "overwrite")}}
-    if accelerator.is_main_process:
-        write_healed(folder, out, run, rows, summary, cfg.overwrite)
-    accelerator.wait_for_everyone()
+        if latest is not None:
+            checkpoint_tensors(latest, core, "model or text")
+        loop = HealLoop(cfg=cfg, accelerator=accelerator, windows=windows, train_idx=train_idx, held_idx=held_idx,
+                        teacher=teacher, s_start=s_start, t_start=t_start, net=net, core=core, opt=opt,
+                        ckpts=ckpts)
+        loop.resume_from(latest)
+
+        def resume_fix() -> str:
+            now = ckpts.latest()
+            since = f"its last checkpoint, {now.name}" if now is not None else "the start"
+            return (f"free space there, or pass --run on another disk, then rerun with --resume to continue "
+                    f"from {since}")
+
+        with disk_full_is_one_line(run, resume_fix):
+            if accelerator.is_main_process:  # every check passed and the checkpoint loaded: the run folder is written
+                if afresh:
+                    owner.start_afresh()
+                write_run_config(cfg, inputs)
+            accelerator.wait_for_everyone()
+            setup_seconds = time.perf_counter() - started
+            loop.train()
+
+        summary = {**loop.state.as_dict(), "setup_seconds": round(setup_seconds, 2), "model": str(cfg.model),
+                   "teacher": str(teacher_folder), "texts": [str(t) for t in cfg.texts], "rows_trained": len(rows),
+                   "rows_made": int(made.sum()), "untied": untied, "windows": len(train_idx),
+                   "held_out_windows": len(held_idx), "processes": accelerator.num_processes,
+                   "settings": {k: v for k, v in asdict(cfg).items()
+                                if k not in ("model", "texts", "out", "run", "resume", "overwrite")}}
+        if accelerator.is_main_process:
+            with disk_full_is_one_line(out.parent, lambda: "free space there, or pass --out on another disk, then "
+                                       "rerun the command with --resume: the run's checkpoints are complete"):
+                write_healed(folder, out, run, rows, summary, cfg.overwrite)
+        accelerator.wait_for_everyone()
     return HealResult(out, run, summary)

@@ -5,6 +5,8 @@ The run folder (default `<out>.heal-run` beside the output) holds `heal_config.j
 settings and the inputs' fingerprints), `log.jsonl`, `best.safetensors` (the best offsets so
 far) and `checkpoints/`. A resume continues the same run: only its budget, where the result goes
 and when to stop may change; its inputs must be the same by content (`transplant.train.resume`).
+An existing run folder is continued with `resume`, started afresh with `overwrite`, refused
+otherwise. One process owns a run folder at a time (`RunFolder`: a lock held for the whole run).
 
 Example:
     >>> cfg = HealConfig(model="smollm2-de", texts=["de.txt"], out="smollm2-de-healed", steps=100)
@@ -14,7 +16,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
+import math
+import os
+import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,12 +33,23 @@ from transplant.core.plan import PLAN_JSON, Plan
 from transplant.io.outdir import OutputKind, check_output_path
 from transplant.io.sources import resolve_model
 from transplant.train.resume import check_same_inputs, check_same_settings, input_fingerprints, write_json
+from transplant.train.trainloop import any_process
 
 BEST_FILE = "best.safetensors"
 SUMMARY_FILE = "heal.json"
 CONFIG_FILE = "heal_config.json"
-# The run folder, as `transplant.io.outdir` sees it: it holds its settings.
-HEAL_RUN = OutputKind("a healing run folder", f"no {CONFIG_FILE}", lambda folder: (folder / CONFIG_FILE).is_file())
+# Locked by the process that owns the run folder (`RunFolder`); the file itself stays behind.
+LOCK_FILE = ".heal.lock"
+
+
+def _contents(folder: Path) -> list[Path]:
+    """What a run folder holds besides its lock file (a run killed early leaves just that)."""
+    return [p for p in folder.iterdir() if p.name != LOCK_FILE] if folder.is_dir() else []
+
+
+# The run folder, as `transplant.io.outdir` sees it: it holds its settings (or nothing but its lock).
+HEAL_RUN = OutputKind("a healing run folder", f"no {CONFIG_FILE}",
+                      lambda folder: (folder / CONFIG_FILE).is_file() or not _contents(folder))
 
 
 @dataclass
@@ -42,7 +62,7 @@ class HealConfig:
     run: str | None = None  # training folder; default: `<out>.heal-run` beside `out`
     teacher: str | None = None  # default: the plan's base model
     steps: int = 0
-    minutes: float | None = None
+    minutes: float | None = None  # training time only: steps and their held-out scores, not the setup
     batch_size: int = 4  # windows per step and process
     seq_len: int = 256  # student tokens per window
     lr: float = 1e-2  # Adam, on offsets in units of the embedding matrix's std
@@ -64,6 +84,55 @@ class HealConfig:
     def run_dir(self) -> Path:
         out = Path(self.out)
         return Path(self.run) if self.run else out.with_name(out.name + ".heal-run")
+
+
+# The whole-number settings and their least value; seeds stay below 2**32 (a step's seed,
+# `trainloop.step_seed`, must fit torch's 64-bit generator seed).
+_INTS = {"steps": 0, "batch_size": 1, "seq_len": 8, "warmup": 0, "min_count": 1, "eval_every": 1, "patience": 0,
+         "checkpoint_every": 1, "keep_checkpoints": 1, "seed": 0}
+_MAX_SEED = 2**32 - 1
+
+
+def check_settings(cfg: HealConfig) -> None:
+    """Every number in its range, before anything is read or loaded: one line naming the flag.
+
+    The command line's types refuse most of these already; a recipe or the Python API reach here
+    (and `nan` passes every range test, since it compares false with everything).
+
+    Example:
+        >>> check_settings(HealConfig(model="m", texts=["t"], out="o", steps=10, lr=float("nan")))
+        Traceback (most recent call last):
+        ...
+        transplant.common.errors.TransplantError: --lr must be a finite number above 0, not nan (see `transplant heal --help`)
+    """
+    def refuse(name: str, value, want: str) -> None:
+        flag = "--" + name.replace("_", "-")
+        raise TransplantError(f"{flag} must be {want}, not {value!r} (see `transplant heal --help`)")
+
+    for name, least in _INTS.items():
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            refuse(name, value, f"a whole number >= {least}")
+    if cfg.seed > _MAX_SEED:
+        refuse("seed", cfg.seed, f"a whole number from 0 to {_MAX_SEED}")
+
+    def number(name: str, low: float, open_low: bool, high: float | None = None) -> None:
+        value = getattr(cfg, name)
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+              and (value > low if open_low else value >= low) and (high is None or value < high))
+        if not ok:
+            above = f"above {low:g}" if open_low else f">= {low:g}"
+            refuse(name, value, f"a finite number {above}" + (f" and below {high:g}" if high is not None else ""))
+
+    number("lr", 0, True)
+    if cfg.minutes is not None:
+        number("minutes", 0, True)
+    for name in ("distill_weight", "lm_weight", "anchor_weight"):
+        number(name, 0, False)
+    number("held_out", 0, True, 1)
+    if cfg.distill_weight == 0 and cfg.lm_weight == 0:
+        raise TransplantError("--distill-weight and --lm-weight are both 0: nothing pulls the rows anywhere "
+                              "(keep distillation, the default, or a next-token weight above 0)")
 
 
 def check_inputs(cfg: HealConfig) -> tuple[Path, Path, Plan]:
@@ -95,7 +164,54 @@ def check_inputs(cfg: HealConfig) -> tuple[Path, Path, Plan]:
     except TransplantError as exc:
         raise TransplantError(f"the teacher (the model before the transplant) is not available: {exc} "
                               "(pass --teacher MODEL)") from None
+    _check_positions(cfg.seq_len, folder, teacher_folder)
     return folder, teacher_folder, plan
+
+
+def _max_positions(folder: Path) -> int | None:
+    """The model's `max_position_embeddings` from its config.json (None: not stated)."""
+    try:
+        value = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _check_positions(seq_len: int, folder: Path, teacher: Path) -> None:
+    """A window must fit both models' positions: `seq_len` student tokens, up to twice as many
+    teacher tokens (`heal.aligned_windows`), the start token included."""
+    limits = {where: (most, most // per) for where, per in ((folder, 1), (teacher, 2))
+              if (most := _max_positions(where)) is not None}
+    for where, (most, fits) in limits.items():
+        if seq_len > fits:
+            need = seq_len if where == folder else 2 * seq_len
+            largest = min(f for _, f in limits.values())
+            raise TransplantError(f"--seq-len {seq_len} needs {need} positions of {where.name}, which has "
+                                  f"{most} (pass --seq-len {largest} or less)")
+
+
+def check_run_place(cfg: HealConfig, out: Path, paths: list[Path]) -> Path:
+    """Where the run folder may be, checked before anything is read or written: never the output
+    folder, inside it or around it (replacing the output would delete the run, or the reverse),
+    never inside an input (`paths`: model, teacher, texts); an existing one must be a run folder.
+    Returns it with its parent resolved."""
+    run = Path(os.path.abspath(cfg.run_dir))
+    run = run.parent.resolve() / run.name
+    if run == out:
+        raise TransplantError(f"--run and --out are the same folder {out}: the run folder (log, checkpoints) "
+                              "and the healed checkpoint need folders of their own (pass another --run, or leave "
+                              "it out for OUT.heal-run)")
+    if out in run.parents:
+        raise TransplantError(f"the run folder {run} is inside the output folder {out}; replacing the output "
+                              "would delete it (pass a --run outside --out)")
+    if run in out.parents:
+        raise TransplantError(f"the output folder {out} is inside the run folder {run} (pass an --out outside "
+                              "--run)")
+    if _contents(run) and not (run / CONFIG_FILE).is_file():
+        raise TransplantError(f"{run} exists and is not a healing run folder (no {CONFIG_FILE}; choose another "
+                              "--run)")
+    check_output_path(run, paths, True, HEAL_RUN)  # never inside an input
+    return run
 
 
 def run_inputs(cfg: HealConfig, folder: Path, teacher: Path) -> dict:
@@ -106,27 +222,121 @@ def run_inputs(cfg: HealConfig, folder: Path, teacher: Path) -> dict:
                                "teacher tokenizer": [f for f in [teacher / "tokenizer.json"] if f.is_file()]})
 
 
-def check_run_folder(cfg: HealConfig, latest: Path | None, inputs: dict, paths: list[Path]) -> None:
-    """Check the run folder before any work, writing nothing: a resume needs `resume` and continues
-    the same run (settings, and inputs by content); another run's folder is refused, and so is a
-    run folder inside one of the input `paths` (model, teacher, texts)."""
+def check_run_folder(cfg: HealConfig, latest: Path | None, inputs: dict) -> bool:
+    """Check the run folder (owned by now: `RunFolder`) before any work, writing nothing; returns
+    whether an earlier run there is to be started afresh (`overwrite` without `resume`).
+
+    An earlier run (its settings, or a checkpoint) is continued with `resume` (the same run:
+    settings, and inputs by content), started afresh with `overwrite`, and refused otherwise; with
+    both, the run is continued and the output replaced. `check_run_place` ran before.
+    """
     run = cfg.run_dir
-    if latest is not None and not cfg.resume:
-        raise TransplantError(f"{run} holds a healing run (checkpoint {latest.name}); pass --resume to continue "
-                              "it, or choose another --run/--out")
-    if run.exists() and any(run.iterdir()) and latest is None and not (run / CONFIG_FILE).is_file():
-        raise TransplantError(f"{run} exists and is not a healing run folder (choose another --run)")
-    check_output_path(run, paths, True, HEAL_RUN)  # never inside an input (an existing one is a run: see above)
-    if latest is not None:
+    earlier = latest is not None or (run / CONFIG_FILE).is_file()
+    if earlier and not cfg.resume and not cfg.overwrite:
+        held = f"checkpoint {latest.name}" if latest is not None else "no checkpoint yet"
+        raise TransplantError(f"{run} holds an earlier healing run ({held}); pass --resume to continue it or "
+                              "--overwrite to start it afresh (or choose another --run/--out)")
+    if latest is not None and cfg.resume:
         saved = json.loads((run / CONFIG_FILE).read_text())
         check_same_run(cfg, saved, run)
         check_same_inputs(saved.get("inputs"), inputs, run)
+    return earlier and not cfg.resume
 
 
 def write_run_config(cfg: HealConfig, inputs: dict) -> None:
     """Write the settings and input fingerprints into the run folder (main process, once every check passed)."""
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     write_json(cfg.run_dir / CONFIG_FILE, {**asdict(cfg), "inputs": inputs})
+
+
+class RunFolder:
+    """The run folder, owned by one run: an exclusive `flock` on its lock file, held until the run
+    ends (the kernel releases it when the process dies, however it dies).
+
+    A second run on the same folder is refused before it loads anything: two runs would write one
+    log, one `best.safetensors` and the same checkpoint names. A run that fails leaves no folder
+    it made (or started afresh) while that holds no checkpoint: nothing there could be resumed.
+    Under `accelerate` the main process takes the lock and the others learn the answer from it.
+
+    Example:
+        >>> with RunFolder.owned(Path("r.heal-run")) as folder:
+        ...     with RunFolder.owned(Path("r.heal-run")):
+        ...         pass
+        Traceback (most recent call last):
+        ...
+        transplant.common.errors.TransplantError: .../r.heal-run is in use by another heal run (pid ...); ...
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.made = False  # this run created the folder or started it afresh
+        self._fd: int | None = None
+
+    def acquire(self) -> str | None:
+        """Create the folder if need be and lock it; the refusal's message when another run holds it."""
+        self.made = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)  # the umask applies
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            self.made = False  # the other run's folder: never removed from here
+            return (f"{self.path.resolve()} is in use by another heal run (pid {holder}); a run folder belongs to "
+                    "one run at a time (wait for it to finish, or pass another --out or --run)")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # names the owner in a refusal
+        self._fd = fd
+        return None
+
+    def start_afresh(self) -> None:
+        """Delete the earlier run's files (the lock stays held): checkpoints first, by one rename,
+        so a kill meanwhile leaves the old checkpoints whole or none of them."""
+        checkpoints = self.path / "checkpoints"
+        if checkpoints.is_dir():
+            aside = self.path / f".discarded-{os.getpid()}"
+            os.replace(checkpoints, aside)
+        for item in _contents(self.path):
+            if item.is_dir() and not item.is_symlink():
+                shutil.rmtree(item)
+            else:
+                item.unlink()
+        self.made = True
+
+    def release(self, failed: bool) -> None:
+        """Unlock; after a failure, remove the folder if this run made it and it holds no checkpoint."""
+        if self._fd is None:
+            return
+        try:
+            if failed and self.made and not any((self.path / "checkpoints").glob("step-*")):
+                shutil.rmtree(self.path, ignore_errors=True)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    @classmethod
+    @contextlib.contextmanager
+    def owned(cls, path: Path, accelerator=None) -> Iterator[RunFolder]:
+        """Own `path` for the block (see the class); with an `accelerator`, every process stops alike."""
+        folder = cls(path)
+        main = accelerator is None or accelerator.is_main_process
+        refusal = folder.acquire() if main else None
+        # A collective: every process asks, so all of them stop (or go on) together.
+        busy = accelerator is not None and any_process(accelerator, refusal is not None)
+        if busy and refusal is None:
+            refusal = f"{path} is in use by another heal run (see the main process's message)"
+        if refusal is not None:
+            raise TransplantError(refusal)
+        failed = True
+        try:
+            yield folder
+            failed = False
+        finally:
+            folder.release(failed)
 
 
 # What a resumed run may change: its budget, where the result goes, when to stop early.
@@ -149,8 +359,23 @@ def check_same_run(cfg: HealConfig, saved: dict, run: Path) -> None:
 
 
 def documents(texts: list[str]) -> list[str]:
-    """The documents of the healing text files (split on blank lines); an empty text is an error."""
-    docs = [doc for text in read_texts(texts) for doc in split_documents(text)]
+    """The documents of the healing text files (split on blank lines), read before anything is
+    loaded or written: a file that is not UTF-8 or holds NUL bytes (a binary file) and an empty
+    text are one-line errors.
+
+    Example:
+        >>> _ = Path("blob.txt").write_bytes(b"ab\\x00cd")
+        >>> documents(["blob.txt"])
+        Traceback (most recent call last):
+        ...
+        transplant.common.errors.TransplantError: blob.txt holds NUL bytes: a binary file, not text (pass UTF-8 text files with --text)
+    """
+    fix = " (pass UTF-8 text files with --text)"
+    read = read_texts(texts, what="healing text", fix=fix)
+    for path, text in zip(texts, read):
+        if "\0" in text:  # valid UTF-8 but no text: a tokenizer would read it as words
+            raise TransplantError(f"{path} holds NUL bytes: a binary file, not text{fix}")
+    docs = [doc for text in read for doc in split_documents(text)]
     if not docs:
-        raise TransplantError("the healing text is empty")
+        raise TransplantError(f"the healing text is empty{fix}")
     return docs

@@ -6,6 +6,11 @@ optimizer) and its progress, `HealState`: the part a checkpoint saves and a resu
 (with `accelerator.save_state`'s weights, optimizer and RNG states), so a resumed run goes on to
 the weights an uninterrupted run reaches.
 
+The `minutes` budget counts training time only: the steps and the held-out scores between them.
+The setup (loading the models, cutting the text, the held-out score before the first step) and
+writing checkpoints do not count, so a short budget still trains; a run that ends without a
+single step is an error, never a "healed" output equal to its input.
+
 Example:
     >>> loop = HealLoop(cfg=cfg, accelerator=accelerator, windows=windows, train_idx=train_idx,
     ...                 held_idx=held_idx, teacher=teacher, s_start=s_start, t_start=t_start, net=net,
@@ -28,6 +33,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from transplant.common.errors import TransplantError
 from transplant.common.permissions import follow_umask
 from transplant.common.progress import bar, stage
 from transplant.train.heal_config import BEST_FILE, HealConfig
@@ -56,7 +62,7 @@ class HealState:
     """
 
     step: int = 0
-    seconds: float = 0.0  # training and scoring wall time (the `minutes` budget)
+    seconds: float = 0.0  # training wall time: steps and the scores between them (the `minutes` budget)
     best_bpb: float | None = None  # the best held-out bits per byte so far
     best_step: int = 0
     evals_since_best: int = 0
@@ -152,12 +158,16 @@ class HealLoop:
         return nll / total / math.log(2), t_nll / total / math.log(2)
 
     def save_best(self) -> None:
-        """Write the current offsets as the run's best (renamed into place)."""
+        """Write the current offsets as the run's best (renamed into place; a failed write, a full
+        disk, leaves the earlier best and no partial file)."""
         d_in, d_out = (t.detach().cpu().clone() for t in self.core.deltas())  # clone: tied offsets share memory
         tmp = self.run / f".{BEST_FILE}.partial"
-        save_file({"d_in": d_in, "d_out": d_out}, str(tmp))
-        follow_umask(tmp)  # safetensors writes 0600
-        os.replace(tmp, self.run / BEST_FILE)
+        try:
+            save_file({"d_in": d_in, "d_out": d_out}, str(tmp))
+            follow_umask(tmp)  # safetensors writes 0600
+            os.replace(tmp, self.run / BEST_FILE)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def checkpoint(self) -> None:
         """Save a checkpoint of the run, with the best offsets as of now."""
@@ -168,14 +178,16 @@ class HealLoop:
         if self.accelerator.is_main_process:
             append_log(self.run / LOG_FILE, record)
 
-    def evaluate(self) -> None:
-        """Score the held-out slice (main process) and update the best state."""
+    def evaluate(self, counted: bool = True) -> None:
+        """Score the held-out slice (main process) and update the best state; `counted`: its time
+        is training time (the score before the first step is setup, not counted)."""
         if not self.accelerator.is_main_process:
             return
         st = self.state
         started = time.perf_counter()
         bpb, t_bpb = self.held_out()
-        st.seconds += time.perf_counter() - started  # the budget is wall time, scoring included
+        if counted:  # scores between steps choose the state written: part of training
+            st.seconds += time.perf_counter() - started
         if st.start_bpb is None:
             st.start_bpb, st.teacher_bpb = bpb, t_bpb
         if st.best_bpb is None or bpb < st.best_bpb - 1e-6:
@@ -218,20 +230,50 @@ class HealLoop:
 
     def train(self) -> None:
         """Train until the budget is spent or patience runs out: scored before the first step (a
-        fresh run), every `eval_every` steps and at the end; checkpointed every `checkpoint_every`
-        steps and at the end."""
+        fresh run: setup, not counted), every `eval_every` steps and at the end; checkpointed every
+        `checkpoint_every` steps and at the end. No step at all is an error (nothing is saved)."""
         cfg, st = self.cfg, self.state
         if st.step == 0 and st.best_bpb is None:
-            self.evaluate()
-        pbar = bar(total=cfg.steps if cfg.minutes is None else None, desc="healing", unit="step", initial=st.step)
+            stage(f"heal: scoring {len(self.held_idx)} held-out windows before training (setup: not counted in "
+                  "the budget)")
+            self.evaluate(counted=False)
+        pbar = self.progress_bar()
         while not self.should_stop():
             self.train_step()
-            pbar.update()
             if st.step % cfg.eval_every == 0:
                 self.evaluate()
             if st.step % cfg.checkpoint_every == 0:
                 self.checkpoint()
+            self.show_progress(pbar)
         pbar.close()
+        if st.step == 0:
+            raise TransplantError("the training budget was used up before the first step: nothing was trained and "
+                                  "no output written (pass a larger --minutes or --steps)")
         if st.step % cfg.eval_every:
             self.evaluate()
         self.checkpoint()
+
+    def progress_bar(self):
+        """The `healing` bar, its total the budget: steps, or seconds of training with the step
+        count and the time left beside it."""
+        cfg, st = self.cfg, self.state
+        if cfg.minutes is None:  # tqdm shows n/total and the time left ("<00:42")
+            return bar(total=cfg.steps, desc="healing", unit="step", initial=min(st.step, cfg.steps))
+        total = cfg.minutes * 60
+        pbar = bar(total=total, desc="healing", unit="s", initial=min(st.seconds, total),
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of training [{postfix}]")
+        self.show_progress(pbar, update=False)
+        return pbar
+
+    def show_progress(self, pbar, update: bool = True) -> None:
+        """Move the bar to the run's progress (a step, or the seconds trained) and say what is left."""
+        cfg, st = self.cfg, self.state
+        if cfg.minutes is None:
+            if update:
+                pbar.update(1)
+            return
+        total = cfg.minutes * 60
+        if update:
+            pbar.update(min(st.seconds, total) - pbar.n)
+        left = max(0.0, total - st.seconds)
+        pbar.set_postfix_str(f"step {st.step}, {int(left // 60)}:{int(left % 60):02d} left", refresh=False)

@@ -139,15 +139,22 @@ def rows_to_heal(plan: Plan, windows: list[Window], train_idx: list[int], n_rows
     return rows, made
 
 
+def load_tokenizers(folder: Path, teacher_folder: Path):
+    """(student tokenizer, teacher tokenizer, student start id, teacher start id): all a run needs
+    to cut its text into windows, read before any model is loaded (a bad text fails in a second)."""
+    s_src, t_src = load_tokenizer(folder), load_tokenizer(teacher_folder)
+    return (s_src.tokenizer, t_src.tokenizer,
+            _start_id(s_src.vocabulary(), folder), _start_id(t_src.vocabulary(), teacher_folder))
+
+
 def load_models(folder: Path, teacher_folder: Path, device):
-    """Student and teacher LMs (one shared body when the transplant kept the teacher's), tokenizers, start ids."""
+    """(student LM, teacher LM): one shared body when the transplant kept the teacher's."""
     from transformers import AutoModelForCausalLM  # a heavy import, only when a run starts
 
     def load(path: Path):
         lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
         return lm.eval().requires_grad_(False).to(device)
 
-    s_src, t_src = load_tokenizer(folder), load_tokenizer(teacher_folder)
     student = load(folder)
     if same_body(folder, teacher_folder):
         # The teacher differs only in its embedding rows: read those, share the rest (half the memory).
@@ -162,8 +169,7 @@ def load_models(folder: Path, teacher_folder: Path, device):
         teacher = TeacherView(student, emb, head)
     else:
         teacher = load(teacher_folder)
-    return (student, teacher, s_src.tokenizer, t_src.tokenizer,
-            _start_id(s_src.vocabulary(), folder), _start_id(t_src.vocabulary(), teacher_folder))
+    return student, teacher
 
 
 def _start_id(vocab, where: Path) -> int:

@@ -125,13 +125,16 @@ def chunk_logprobs(token_logprobs: torch.Tensor, cut_index: torch.Tensor) -> tor
 
 def split_held_out(n_windows: int, share: float) -> tuple[list[int], list[int]]:
     """(held-out window indices, training window indices): a fixed shuffle, the first `share` of
-    it (at least 1, at most MAX_HELD_OUT_WINDOWS windows) held out and never trained on.
+    it (at least 1, at most MAX_HELD_OUT_WINDOWS windows) held out and never trained on; at least
+    one window is always left to train on (`n_windows` >= 2).
 
     Example:
         >>> held, train = split_held_out(40, 0.05)
         >>> len(held), len(train), sorted(held + train) == list(range(40))
         (2, 38, True)
+        >>> [len(part) for part in split_held_out(2, 0.99)]
+        [1, 1]
     """
     perm = torch.randperm(n_windows, generator=torch.Generator().manual_seed(1234)).tolist()
-    n_held = min(MAX_HELD_OUT_WINDOWS, max(1, round(share * n_windows)))
+    n_held = min(MAX_HELD_OUT_WINDOWS, n_windows - 1, max(1, round(share * n_windows)))
     return sorted(perm[:n_held]), perm[n_held:]

@@ -1,10 +1,12 @@
 """What every training loop here shares (`hypernet train`, `transplant heal`): the accelerator,
 the opening of a step (its number, seed and batch generator), the warm-up and the optimizer
-step, the budget, checkpoint folders renamed into place, and a JSON-lines log trimmed on resume.
+step, the budget, checkpoint folders renamed into place, a JSON-lines log trimmed on resume, and
+a full disk told as one line.
 
 A checkpoint is `accelerator.save_state` (weights, optimizer, RNG states) plus a small state
 file, written into a hidden folder beside its final name and renamed into place: a run killed at
-any moment leaves only complete checkpoints, and `latest()` never returns a partial one.
+any moment leaves only complete checkpoints, and `latest()` never returns a partial one; a save
+that fails (a full disk) deletes its hidden folder, so the earlier checkpoints stay the latest.
 
 Example:
     >>> accelerator = training_accelerator()  # doctest: +SKIP
@@ -17,15 +19,19 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from transplant.common.errors import TransplantError
 
 STATE_FILE = "trainer_state.json"
 LOG_FILE = "log.jsonl"
@@ -137,21 +143,79 @@ class Checkpoints:
         if accelerator.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        # Every process has written its part (each saves its own RNG state) before the main process
-        # renames the folder: without this barrier a slower process wrote into a folder already
-        # renamed away ("Parent directory ... .partial does not exist", seen in CI).
-        accelerator.wait_for_everyone()
+        try:
+            accelerator.save_state(str(tmp))
+            # Every process has written its part (each saves its own RNG state) before the main process
+            # renames the folder: without this barrier a slower process wrote into a folder already
+            # renamed away ("Parent directory ... .partial does not exist", seen in CI).
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                if extra is not None:
+                    extra(tmp)
+                (tmp / STATE_FILE).write_text(json.dumps(state) + "\n")
+        except BaseException:
+            # A full disk mid-save: drop the half-written folder (it would only take space), the
+            # earlier checkpoints stay the ones a resume starts from.
+            if accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if accelerator.is_main_process:
-            if extra is not None:
-                extra(tmp)
-            (tmp / STATE_FILE).write_text(json.dumps(state) + "\n")
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
             for old in sorted(p for p in self.root.glob("step-*"))[:-self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
+
+
+# What a full disk looks like from the writers used here: OSError ENOSPC (or a quota), torch's
+# zip writer ("PytorchStreamWriter failed writing file ...: file write failed", "unexpected pos
+# N vs M"), safetensors' Rust error (`IoError(Os { code: 28, kind: StorageFull, ...`).
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "StorageFull", "unexpected pos",
+                   "file write failed")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when `exc` says a write ran out of disk space.
+
+    Example:
+        >>> is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+        True
+        >>> is_disk_full(RuntimeError("[enforce fail at inline_container.cc:783] . unexpected pos 64 vs 52"))
+        True
+        >>> is_disk_full(RuntimeError("shape mismatch"))
+        False
+    """
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno in _DISK_FULL_ERRNOS
+    return isinstance(exc, Exception) and any(text in str(exc) for text in _DISK_FULL_TEXT)
+
+
+def mount_point(path: Path) -> Path:
+    """The mount point of the file system holding `path` (or of its nearest existing parent)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+@contextlib.contextmanager
+def disk_full_is_one_line(folder: Path, fix: Callable[[], str]) -> Iterator[None]:
+    """Turn a full disk while writing into `folder` into one `TransplantError` line naming the
+    disk and `fix()` (called then: it may name the latest checkpoint); other errors pass."""
+    try:
+        yield
+    except TransplantError:
+        raise
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].strip()
+        raise TransplantError(f"the disk holding {folder} (mounted at {mount_point(folder)}) is full "
+                              f"({first[:160]}); {fix()}") from None
 
 
 def restore(accelerator, checkpoint: Path, log_path: Path) -> dict:

@@ -61,13 +61,16 @@ def cli(quiet: bool) -> None:
               help="Start afresh in --out, replacing an earlier hypernetwork run or network there (nothing else).")
 def train_cmd(recipe, **flags) -> None:
     """Train a hypernetwork for MODEL on TEXT; the trained network lands in OUT."""
+    from transplant.train.trainloop import disk_full_is_one_line
+
     from .train import train
 
     started = time.perf_counter()
     ctx = click.get_current_context()
     given = {k for k in flags if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
     cfg = config_from(recipe, flags, given)
-    path = train(cfg)
+    with disk_full_is_one_line(Path(cfg.out), lambda: _resume_fix(Path(cfg.out))):
+        path = train(cfg)
     from accelerate import PartialState
 
     if not PartialState().is_main_process:  # under `accelerate launch`, one process registers and speaks
@@ -75,6 +78,16 @@ def train_cmd(recipe, **flags) -> None:
     known = _register(path)
     click.echo(f"hypernet: {path} ({time.perf_counter() - started:.0f}s), registered as {known.name!r}: "
                f"`transplant run --model {cfg.model} ...` now uses it by default (`hypernet list` shows it)")
+
+
+def _resume_fix(out: Path) -> str:
+    """What to do after a full disk stopped a run: its checkpoints are complete (a failed save
+    deletes its own), so a resume continues from the last one."""
+    from transplant.train.trainloop import Checkpoints
+
+    latest = Checkpoints(out, 1).latest()
+    since = f"its last checkpoint, {latest.name}" if latest is not None else "the start"
+    return f"free space there, then rerun with --resume to continue from {since}"
 
 
 def _register(path):

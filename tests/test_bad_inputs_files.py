@@ -20,6 +20,7 @@ from pathlib import Path
 
 import builders as B
 import pytest
+import torch
 from test_bad_inputs_commands import HN, TEXT, assert_refused, run_hn, run_tt, snapshot
 
 from transplant.common.errors import TransplantError
@@ -275,6 +276,22 @@ def test_run_on_a_full_disk_while_saving_the_tokenizer(llama_bl, tok_dirs, tmp_p
     proc = run_tt(["--quiet", "run", "--model", llama_bl, "--new-tok", tok_dirs["sp"], "--out", out, "--method",
                    "fvt"], monkeypatch, capsys)
     assert_one_line(proc, "No space left on device", out)
+
+
+def _torch_full_disk(*args, **kwargs):
+    # What torch's zip writer raises when a write fails (it never says why).
+    raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                       "data/0: file write failed")
+
+
+@pytest.mark.parametrize("failure", [_torch_full_disk, _os_full_disk], ids=["torch", "oserror"])
+def test_hypernet_train_on_a_full_disk(failure, model, text, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch, "save", failure)
+    out = tmp_path / "hn"
+    proc = run_hn(["--quiet", "train", "--model", model, "--text", text, "--out", out, *HN], monkeypatch, capsys)
+    assert_one_line(proc, "full" if failure is _torch_full_disk else "No space left on device")
+    assert "--resume" in proc.stderr
+    assert not list((out / "checkpoints").glob(".step-*")), "a half-written checkpoint was left"
 
 
 # --------------------------------------------------------------------------------------------

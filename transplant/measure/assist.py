@@ -11,7 +11,9 @@ Greedy assisted decoding is exact: the output must equal the target's own greedy
 `identical` counts the prompts where it does.
 
 Example:
-    >>> r = measure_assist(draft_dir, target_dir, [text], prompts=2, prompt_tokens=8, new_tokens=8)
+    >>> from pathlib import Path
+    >>> text = Path(text_file).read_text(encoding="utf-8")
+    >>> r = measure_assist(model_dir, model_dir, [text], prompts=2, prompt_tokens=8, new_tokens=8)
     >>> r.mode, r.prompts, r.identical == r.prompts, 0.0 <= r.acceptance_rate <= 1.0
     ('same tokenizer', 2, True, True)
 """

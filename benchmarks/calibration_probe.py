@@ -28,7 +28,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--task", default="de")
     ap.add_argument("--method", default="fvt")
-    ap.add_argument("--fit-tokens", type=int, default=8192)
+    ap.add_argument("--fit-tokens", type=int, default=4096)  # the calibration default
     ap.add_argument("--eval-bytes", type=int, default=20_000)
     args = ap.parse_args()
 
@@ -107,3 +107,7 @@ def main() -> None:
     key = (args.task, args.method, args.fit_tokens)
     doc["results"] = [r for r in doc["results"] if (r["task"], r["method"], r["fit_tokens"]) != key] + [row]
     results.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,9 @@ Defaults checked (each variant is one transplant in its own process, scored on b
   word_start   auxspace.WORD_START, the word-start coordinate of the text spaces (tokenadapt, de)
   tokenadapt   local temperature, global k, minimum similarity, local weight (de)
   focus        focus.temperature (de; fastText vectors trained on de/train.txt, cached)
-  omp          omp.max_norm: atoms / median / none (s2g: SmolLM2 onto Gemma's tokenizer)
+  omp          omp.max_norm: median / atoms / none (s2g: SmolLM2 onto Gemma's tokenizer)
+  knn_space, tokenadapt_space   the space neighbours are found in: the English sentence encoder
+               (minilm) or the model's own input embeddings (de)
   roles        sequence roles before chat roles when a token has both (g2s: Gemma onto SmolLM2's
                tokenizer, where `<|im_start|>` is both SmolLM2's bos and its turn marker)
 
@@ -51,9 +53,15 @@ GROUPS: dict[str, tuple[str, str, list[tuple[str, dict, str | None]]]] = {
         ("temperature 0.3", {"focus.temperature": 0.3}, None),
         ("temperature 1.0 (the paper's)", {"focus.temperature": 1.0}, None)]),
     "omp": ("s2g", "omp", [
-        ("max_norm atoms (default)", {}, None),
-        ("max_norm median", {"omp.max_norm": "median"}, None),
+        ("max_norm median (default)", {}, None),
+        ("max_norm atoms", {"omp.max_norm": "atoms"}, None),
         ("max_norm none", {"omp.max_norm": "none"}, None)]),
+    "knn_space": ("de", "knn", [
+        ("space minilm (default)", {}, None),
+        ("space model", {"knn.space": "model"}, None)]),
+    "tokenadapt_space": ("de", "tokenadapt", [
+        ("space minilm (default)", {}, None),
+        ("space model", {"tokenadapt.space": "model"}, None)]),
     "roles": ("g2s", "fvt", [
         ("sequence roles first (default)", {}, None),
         ("chat roles first", {}, "chat_roles_first")]),

@@ -8,10 +8,16 @@ time), scored on de/dev.txt (Debian reference) and on text of other genres:
           Terse software messages with placeholders, not book prose.
   en      English prose (en/dev.txt), which the German tokenizer also has to carry.
 
-Every text is the leading 20 kB of whole documents (as the harness scores). Results land in
-benchmarks/results/heal.json; `--table` prints them.
+Every text is the leading 20 kB of whole documents (as the harness scores; for de-dev the tune
+part of `paths.dev_parts`), and de-dev-report is the report part of de/dev.txt (documents of its
+second half). Results land in benchmarks/results/heal.json; `--table` prints them.
+
+--start picks the transplant that is healed: `fvt` (`--method fvt`), or `default`, what
+`transplant run` gives with no --method (the shipped SmolLM2 network, calibrated on
+de/train.txt, the healing text).
 
     python benchmarks/heal.py --phases 5 15 60
+    python benchmarks/heal.py --start default --tag heal-default --phases 15 60
     python benchmarks/heal.py --table
 """
 
@@ -23,7 +29,7 @@ import json
 import time
 from pathlib import Path
 
-from paths import CORPORA, HERE, checkout_first
+from paths import CORPORA, HERE, checkout_first, dev_parts
 
 checkout_first()
 WORK = HERE / "work" / "heal"
@@ -56,15 +62,23 @@ def eval_texts() -> dict[str, str]:
     if not ui.exists():
         ui_messages(ui)
     files = {"de-dev": CORPORA / "de" / "dev.txt", "de-ui": ui, "en-dev": CORPORA / "en" / "dev.txt"}
-    return {name: take_bytes(path.read_text(encoding="utf-8"), EVAL_BYTES) for name, path in files.items()}
+    texts = {name: take_bytes(path.read_text(encoding="utf-8"), EVAL_BYTES) for name, path in files.items()}
+    texts["de-dev-report"] = dev_parts(CORPORA / "de" / "dev.txt", EVAL_BYTES)["report"]
+    return texts
 
 
-def transplanted() -> Path:
+def transplanted(start: str = "fvt") -> Path:
+    """The German transplant that is healed: `fvt`, or the default method (`auto`) calibrated on
+    the healing text."""
     from transplant import transplant
 
-    out = WORK / "de-fvt"
+    out = WORK / f"de-{start}"
     if not (out / "config.json").exists():
-        transplant(BASE, HERE / "work" / "harness" / "de-bpe", out, method="fvt")
+        if start == "fvt":
+            transplant(BASE, HERE / "work" / "harness" / "de-bpe", out, method="fvt")
+        else:
+            transplant(BASE, HERE / "work" / "harness" / "de-bpe", out,
+                       calibrate_texts=[(CORPORA / "de" / "train.txt").read_text(encoding="utf-8")])
     return out
 
 
@@ -73,6 +87,8 @@ def score(name: str, folder, texts: dict[str, str], results: dict) -> None:
 
     row = results.setdefault(name, {})
     for text_name, text in texts.items():
+        if text_name in row:
+            continue
         r = evaluate_bpb(folder, [text])
         row[text_name] = {"bpb": round(r.bpb, 4), "bytes_per_token": round(r.bytes_per_token, 3)}
         print(f"{name:>12} {text_name:>7} {r.bpb:.4f}", flush=True)
@@ -88,6 +104,7 @@ def main() -> None:
     ap.add_argument("--lm-weight", type=float, default=None)
     ap.add_argument("--anchor-weight", type=float, default=None)
     ap.add_argument("--patience", type=int, default=None)
+    ap.add_argument("--start", choices=["fvt", "default"], default="fvt", help="the transplant that is healed")
     args = ap.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if args.table:
@@ -96,11 +113,9 @@ def main() -> None:
     from transplant.train.heal import HealConfig, heal
 
     texts = eval_texts()
-    model = transplanted()
-    if "original" not in results:
-        score("original", BASE, texts, results)
-    if "fvt" not in results:
-        score("fvt", model, texts, results)
+    model = transplanted(args.start)
+    score("original", BASE, texts, results)  # only the texts not scored yet
+    score(args.start, model, texts, results)
     settings = {k: v for k, v in {"lr": args.lr, "lm_weight": args.lm_weight, "anchor_weight": args.anchor_weight,
                                   "patience": args.patience}.items() if v is not None}
     run = WORK / f"{args.tag}-run"
@@ -114,7 +129,7 @@ def main() -> None:
             "minutes": minutes, "steps": res.summary["step"], "best_step": res.summary["best_step"],
             "held_out_start": round(res.summary["start_bpb"], 4), "held_out_best": round(res.summary["best_bpb"], 4),
             "held_out_teacher": round(res.summary["teacher_bpb"], 4), "rows": res.summary["rows_trained"],
-            "settings": settings, "wall_s": round(time.perf_counter() - started, 1)}
+            "settings": settings, "start": args.start, "wall_s": round(time.perf_counter() - started, 1)}
         score(name, out, texts, results)
     print_table(results)
 
@@ -122,7 +137,7 @@ def main() -> None:
 def print_table(results: dict) -> None:
     orig = results.get("original", {})
     names = [n for n in results if n != "original"]
-    cols = ["de-dev", "de-ui", "en-dev"]
+    cols = ["de-dev", "de-dev-report", "de-ui", "en-dev"]
     print("| model | steps | " + " | ".join(f"{c} BPB (ratio)" for c in cols) + " |")
     print("|---|---|" + "---|" * len(cols))
     print("| original | | " + " | ".join(f"{orig[c]['bpb']:.4f}" if c in orig else "" for c in cols) + " |")

@@ -149,7 +149,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--donor", default="gemma-3-270m")
     ap.add_argument("--sample", type=int, default=500)
-    ap.add_argument("--max-norm", default="atoms", help="omp.max_norm of the 262k transplant (atoms, median, none)")
+    ap.add_argument("--max-norm", default="median", help="omp.max_norm of the 262k transplant (atoms, median, none)")
     ap.add_argument("--bpb", action="store_true", help="also score Gemma onto SmolLM2's tokenizer (fvt, omp, exact)")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--eval-bytes", type=int, default=20_000)

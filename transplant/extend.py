@@ -65,6 +65,7 @@ def extend(model: str | Path, texts: list[str | Path], add: int, out: str | Path
     from transplant.api import transplant
     from transplant.io.sources import resolve_model
     from transplant.train.tokenizer_train import append_merges
+    from transplant.io.tokenizer_out import save_json
     from transplant.core.vocab import load_tokenizer
 
     if add < 1:
@@ -99,7 +100,7 @@ def extend(model: str | Path, texts: list[str | Path], add: int, out: str | Path
         for name in ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json"):
             if (base / name).is_file():
                 shutil.copy2(base / name, tok_dir / name)
-        new_tok.save(str(tok_dir / "tokenizer.json"))
+        save_json(new_tok, tok_dir / "tokenizer.json")  # a full disk is one line, as every write
         # `auto` calibrates the new rows on the text they were learned from; an explicit method
         # gives exactly what it gave before `auto` existed.
         calibration = (read_texts(texts)

@@ -366,7 +366,7 @@ def heal_section(s: dict) -> str:
     return (
         "## Healing\n\n"
         f"After the transplant, {s['rows_trained']:,} of the {s['rows_made']:,} rows it made (those the healing "
-        f"text uses) were trained for {s['step']:,} steps ({s['seconds'] / 60:.1f} min, {s['processes']} "
+        f"text uses) were trained for {s['step']:,} steps ({s['seconds'] / 60:.1f} min of training, {s['processes']} "
         f"process(es)) with `transplant heal`, distilling the original model{teacher}: its likelihood of the "
         "same text (the rest of the model frozen). The best held-out state was kept "
         f"(step {s['best_step']}).\n\n"

@@ -74,8 +74,25 @@ def save_pretrained(tok, folder: Path) -> None:
         ...
         OSError: [Errno 28] No space left on device: 'out'
     """
+    _as_os_error(lambda: tok.save_pretrained(str(folder)), folder)
+
+
+def save_json(tok: Tokenizer, path: Path) -> None:
+    """`tok.save(path)` (a `tokenizers.Tokenizer`), a failed write raised as an OSError like
+    `save_pretrained`.
+
+    Example:
+        >>> from tokenizers import Tokenizer, models
+        >>> save_json(Tokenizer(models.BPE()), Path("tokenizer.json"))
+        >>> Path("tokenizer.json").is_file()
+        True
+    """
+    _as_os_error(lambda: tok.save(str(path)), path)
+
+
+def _as_os_error(write, where: Path) -> None:
     try:
-        tok.save_pretrained(str(folder))
+        write()
     except OSError:
         raise
     except Exception as exc:
@@ -83,7 +100,7 @@ def save_pretrained(tok, folder: Path) -> None:
         if found is None:
             raise
         code = int(found.group(1))
-        raise OSError(code, os.strerror(code), str(folder)) from None
+        raise OSError(code, os.strerror(code), str(where)) from None
 
 
 def is_lossless(tokenizer: Tokenizer, probe: str = LOSSLESS_PROBE) -> bool:

@@ -20,8 +20,10 @@ three quarters of the candidates random (`explore=0.75`) 1.102.
 
 Made rows are capped in length (`max_norm`, see `cap_norms`): SmolLM2-135M onto Gemma-3's 262k
 tokenizer with donor gemma-3-270m (216k rows made), first 20 kB of `en/dev.txt`, bits per byte
-(original 0.979, fvt 1.255): uncapped 2.729, `atoms` (the default) 1.145, `median` 1.123; on
-Gemma onto SmolLM2's tokenizer (few made rows) 1.0464 / 1.0465 / 1.0465. The whole transplant
+(original 0.979, fvt 1.255): uncapped 2.729, `atoms` 1.145, `median` (the default) 1.123; on
+documents of the second half of that file no choice looked at, 2.891 / 1.423 / 1.364
+(`python benchmarks/defaults_split.py --groups omp`); on Gemma onto SmolLM2's tokenizer (few made
+rows) 1.0464 / 1.0465 / 1.0465. The whole transplant
 takes 166.5 s on two idle cores, 118.4 s without the cap (`python benchmarks/omp_speed.py`).
 
 Example:
@@ -83,8 +85,8 @@ class OMPInitializer(BaseInitializer):
         "rule": Option("rule", str, "ormp", "atom selection: omp (highest |cosine| with the residual) or ormp "
                        "(largest residual decrease; measured to transfer better)", choices=RULES),
         "space": space_option("model", when="when there is no donor"),
-        "max_norm": Option("max_norm", str, "atoms", "longest a made row may be: atoms (the longest source row it "
-                           "mixes), median (a median source row) or none", choices=NORM_CAPS),
+        "max_norm": Option("max_norm", str, "median", "longest a made row may be: median (a median source row; "
+                           "measured best), atoms (the longest source row it mixes) or none", choices=NORM_CAPS),
     }
 
     def assign(self, ctx: InitContext, todo: list[int]) -> Made:

@@ -285,6 +285,31 @@ def test_run_on_a_full_disk_while_saving_the_tokenizer(llama_bl, tok_dirs, tmp_p
     assert_one_line(proc, "No space left on device", out)
 
 
+class _SavesOnAFullDisk:
+    """A `tokenizers.Tokenizer` whose `save` fails as on a full disk (the Rust class cannot be patched)."""
+
+    def __init__(self, tok):
+        self._tok = tok
+
+    def save(self, *args, **kwargs):
+        _tokenizers_full_disk(self)
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+
+def test_extend_on_a_full_disk_while_saving_the_tokenizer(model, text, tmp_path, monkeypatch, capsys):
+    import transplant.train.tokenizer_train as tt
+
+    real = tt.append_merges
+    monkeypatch.setattr(tt, "append_merges", lambda *a, **k: (lambda tok, new: (_SavesOnAFullDisk(tok), new))(
+        *real(*a, **k)))
+    out = tmp_path / "ext"
+    proc = run_tt(["--quiet", "extend", "--model", model, "--text", text, "--add", "50", "--out", out,
+                   "--method", "fvt"], monkeypatch, capsys)
+    assert_one_line(proc, "No space left on device", out)
+
+
 def _torch_full_disk(*args, **kwargs):
     # What torch's zip writer raises when a write fails (it never says why).
     raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "

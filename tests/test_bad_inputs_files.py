@@ -21,7 +21,7 @@ from pathlib import Path
 import builders as B
 import pytest
 import torch
-from test_bad_inputs_commands import HN, TEXT, assert_refused, run_hn, run_tt, snapshot
+from test_bad_inputs_commands import HN, TEXT, assert_refused, model, run_hn, run_tt, snapshot, text  # noqa: F401 (fixtures)
 
 from transplant.common.errors import TransplantError
 
@@ -44,18 +44,6 @@ def cli(*args, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=path)
     return subprocess.run([sys.executable, "-m", "transplant.cli", "-q", *map(str, args)], capture_output=True,
                           text=True, cwd=cwd, env=env, timeout=600)
-
-
-@pytest.fixture
-def model(llama_bl, tmp_path):
-    return Path(shutil.copytree(llama_bl, tmp_path / "model"))
-
-
-@pytest.fixture
-def text(tmp_path):
-    path = tmp_path / "t.txt"
-    path.write_text(TEXT.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
-    return path
 
 
 # --------------------------------------------------------------------------------------------

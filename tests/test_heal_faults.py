@@ -297,7 +297,9 @@ def test_minutes_count_training_time_only(moved, tmp_path, monkeypatch, capsys):
     assert "held-out windows before training (setup: not counted" in proc.stderr
     assert "min of training (the budget; setup" in proc.stdout
     assert [b["desc"] for b in bars] == ["healing"] and bars[0]["total"] == pytest.approx(6e-6)  # seconds
-    assert "s of training [{postfix}]" in bars[0]["bar_format"]  # the postfix: step N, M:SS left
+    from tqdm import tqdm  # the bar as drawn: its total, then "step N, M:SS left" (no stray "[, ")
+    drawn = tqdm.format_meter(3, 6, 1.0, prefix="healing", bar_format=bars[0]["bar_format"], postfix="step 2, 0:03 left")
+    assert drawn.endswith("3/6 s of training, step 2, 0:03 left"), drawn
 
 
 def test_the_step_bar_shows_its_total(moved, tmp_path, monkeypatch):

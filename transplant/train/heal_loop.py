@@ -261,7 +261,7 @@ class HealLoop:
             return bar(total=cfg.steps, desc="healing", unit="step", initial=min(st.step, cfg.steps))
         total = cfg.minutes * 60
         pbar = bar(total=total, desc="healing", unit="s", initial=min(st.seconds, total),
-                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of training [{postfix}]")
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of training{postfix}")  # tqdm puts ", " before a postfix
         self.show_progress(pbar, update=False)
         return pbar
 

@@ -86,7 +86,7 @@ class OMPInitializer(BaseInitializer):
                        "(largest residual decrease; measured to transfer better)", choices=RULES),
         "space": space_option("model", when="when there is no donor"),
         "max_norm": Option("max_norm", str, "median", "longest a made row may be: median (a median source row; "
-                           "measured best), atoms (the longest source row it mixes) or none", choices=NORM_CAPS),
+                           "measured best; without a donor the atoms bound), atoms (the longest source row it mixes) or none", choices=NORM_CAPS),
     }
 
     def assign(self, ctx: InitContext, todo: list[int]) -> Made:
@@ -152,7 +152,11 @@ class OMPInitializer(BaseInitializer):
         # means the same thing among the source rows.
         idx, coef = _pursue(Y, D, opts, affine=True)
         indices = atoms[idx.numpy()]
-        weights = cap_norms(indices, coef.numpy(), ctx.need_resources(self.name).old_input(), opts["max_norm"])
+        # An affine code of this space's own rows: `median` would rescale rows the space fits
+        # exactly and break the weights' sum of one, so the cap here is at most the atoms bound
+        # (`median` was measured with a donor, where codes cancel in another space).
+        cap = "atoms" if opts["max_norm"] == "median" else opts["max_norm"]
+        weights = cap_norms(indices, coef.numpy(), ctx.need_resources(self.name).old_input(), cap)
         return Made(blocks=[RowBlock(ids, indices, weights, source=self.name)])
 
 

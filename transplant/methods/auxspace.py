@@ -26,8 +26,8 @@ Measured (SmolLM2-135M onto the harness's German BPE, bits per byte on the tune 
 of `de/dev.txt`; original 1.678 / 1.795, FVT 2.369 / 2.545; `benchmarks/defaults_split.py`):
 minilm beats the model's own space although it is an English encoder — knn 2.315 / 2.396
 against 2.596 / 2.772, tokenadapt 2.213 / 2.336 against 2.414 / 2.587 (both with the word-start
-coordinate; without it tokenadapt gives 2.284 / 2.389). In the model space a new token's vector *is* its FVT row, so its
-neighbours can only blur it. Encoding SmolLM2's 49k tokens took 7.5 min on two busy CPU cores,
+coordinate; without it tokenadapt gives 2.284 / 2.389). In the model space a new token's vector
+*is* its FVT row, so its neighbours can only blur it. Encoding SmolLM2's 49k tokens took 7.5 min on two busy CPU cores,
 once (then read from the disk cache).
 
 Example:

@@ -60,6 +60,7 @@ from transplant.train.heal_config import (
     RunFolder,
     check_inputs,
     check_run_folder,
+    teacher_name,
     check_run_place,
     check_settings,
     documents,
@@ -100,7 +101,7 @@ def heal(cfg: HealConfig) -> HealResult:
     accelerator = training_accelerator()
     device = accelerator.device
     folder, teacher_folder, plan = check_inputs(cfg)
-    teacher_name = str(cfg.teacher or plan.meta.get("base_model") or teacher_folder)  # as the user named it
+    teacher_named = str(teacher_name(cfg, plan))  # check_inputs refused a plan without one
     paths = [folder, teacher_folder, *map(Path, cfg.texts)]
     out = check_output_path(Path(cfg.out), paths, cfg.overwrite)
     run = check_run_place(cfg, out, paths)
@@ -123,7 +124,7 @@ def heal(cfg: HealConfig) -> HealResult:
         afresh = check_run_folder(cfg, latest, inputs)  # on every process (it writes nothing): all stop alike
         if afresh:  # --overwrite: a new run, its files deleted once the models have loaded
             latest = None
-        stage(f"heal: loading {folder.name} and its teacher {teacher_name}")
+        stage(f"heal: loading {folder.name} and its teacher {teacher_named}")
         student_lm, teacher_lm = load_models(folder, teacher_folder, device)
         student, teacher = FrozenLM(student_lm), FrozenLM(teacher_lm)
         untied = not student.tied
@@ -159,7 +160,8 @@ def heal(cfg: HealConfig) -> HealResult:
             loop.train()
 
         summary = {**loop.state.as_dict(), "setup_seconds": round(setup_seconds, 2), "model": str(cfg.model),
-                   "teacher": teacher_name, "teacher_folder": str(teacher_folder), "texts": [str(t) for t in cfg.texts], "rows_trained": len(rows),
+                   "teacher": teacher_named, "teacher_folder": str(teacher_folder),
+                   "texts": [str(t) for t in cfg.texts], "rows_trained": len(rows),
                    "rows_made": int(made.sum()), "untied": untied, "windows": len(train_idx),
                    "held_out_windows": len(held_idx), "processes": accelerator.num_processes,
                    "settings": {k: v for k, v in asdict(cfg).items()

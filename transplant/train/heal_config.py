@@ -135,6 +135,12 @@ def check_settings(cfg: HealConfig) -> None:
                               "(keep distillation, the default, or a next-token weight above 0)")
 
 
+def teacher_name(cfg: HealConfig, plan: Plan) -> str | None:
+    """The teacher as the user named it: --teacher, else the plan's base model (a packaged name
+    stays a name, never its cache folder); None when neither says."""
+    return cfg.teacher or plan.meta.get("base_model")
+
+
 def check_inputs(cfg: HealConfig) -> tuple[Path, Path, Plan]:
     """(model folder, teacher folder, plan) with one-line errors for what is missing.
 
@@ -156,7 +162,7 @@ def check_inputs(cfg: HealConfig) -> tuple[Path, Path, Plan]:
         raise TransplantError(f"{folder} is not a transplant output (no {PLAN_JSON}); heal trains the rows a "
                               "transplant made: run `transplant run` or `transplant extend` first")
     plan = Plan.load(folder)
-    teacher = cfg.teacher or plan.meta.get("base_model")
+    teacher = teacher_name(cfg, plan)
     if not teacher:
         raise TransplantError(f"{folder}'s plan does not name its base model (pass --teacher MODEL)")
     try:

@@ -12,12 +12,15 @@ Every text is the leading 20 kB of whole documents (as the harness scores; for d
 part of `paths.dev_parts`), and de-dev-report is the report part of de/dev.txt (documents of its
 second half). Results land in benchmarks/results/heal.json; `--table` prints them.
 
---start picks the transplant that is healed: `fvt` (`--method fvt`), or `default`, what
+--start picks the model that is healed: `fvt` (`--method fvt`), or `default`, what
 `transplant run` gives with no --method (the shipped SmolLM2 network, calibrated on
-de/train.txt, the healing text).
+de/train.txt, the healing text), or `extend`: SmolLM2's own tokenizer extended by 4,000 German
+tokens learned on de/train.txt (`transplant extend`, default method: the shipped network's rows
+for the new tokens, calibrated on that text).
 
     python benchmarks/heal.py --phases 5 15 60
     python benchmarks/heal.py --start default --tag heal-default --phases 15 60
+    python benchmarks/heal.py --start extend --tag heal-extend --phases 15
     python benchmarks/heal.py --table
 """
 
@@ -36,6 +39,7 @@ WORK = HERE / "work" / "heal"
 RESULTS = HERE / "results" / "heal.json"
 BASE = "smollm2-135m-instruct"
 EVAL_BYTES = 20_000
+EXTEND_TOKENS = 4000
 
 
 def ui_messages(out: Path) -> Path:
@@ -68,13 +72,18 @@ def eval_texts() -> dict[str, str]:
 
 
 def transplanted(start: str = "fvt") -> Path:
-    """The German transplant that is healed: `fvt`, or the default method (`auto`) calibrated on
-    the healing text."""
+    """The German model that is healed: the transplant by `fvt`, or by the default method (`auto`)
+    calibrated on the healing text, or SmolLM2 extended by 4,000 German tokens learned on the
+    healing text (`transplant extend`, its default method)."""
     from transplant import transplant
 
     out = WORK / f"de-{start}"
     if not (out / "config.json").exists():
-        if start == "fvt":
+        if start == "extend":
+            from transplant.extend import extend
+
+            extend(BASE, [CORPORA / "de" / "train.txt"], EXTEND_TOKENS, out)
+        elif start == "fvt":
             transplant(BASE, HERE / "work" / "harness" / "de-bpe", out, method="fvt")
         else:
             transplant(BASE, HERE / "work" / "harness" / "de-bpe", out,
@@ -104,7 +113,8 @@ def main() -> None:
     ap.add_argument("--lm-weight", type=float, default=None)
     ap.add_argument("--anchor-weight", type=float, default=None)
     ap.add_argument("--patience", type=int, default=None)
-    ap.add_argument("--start", choices=["fvt", "default"], default="fvt", help="the transplant that is healed")
+    ap.add_argument("--start", choices=["fvt", "default", "extend"], default="fvt",
+                    help="the model that is healed")
     args = ap.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if args.table:

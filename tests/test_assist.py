@@ -16,7 +16,7 @@ from conftest import TEXT
 from transplant import transplant
 from transplant.cli import cli
 from transplant.common.errors import TransplantError
-from transplant.measure.assist import measure_assist
+from transplant.measure.assist import DraftSettings, measure_assist
 
 TEXTS = [TEXT + "\n\n" + TEXT[200:] + "\n\n" + TEXT[400:]]
 
@@ -73,3 +73,49 @@ def test_eval_assist_cli_json(target, tmp_path):
                                      "--prompts", "1", "--prompt-tokens", "10", "--new-tokens", "6"])
     assert plain.exit_code == 0, plain.output
     assert "acceptance rate" in plain.output and "100.0%" in plain.output
+
+
+def test_draft_settings_reach_transformers(target, build_model, tmp_path):
+    """One draft token per pass with the confidence stop off: every pass proposes exactly one token
+    (its acceptance rate is then the draft's greedy agreement with the target)."""
+    other = build_model(tmp_path / "draft-sp", "llama", tied=True, tok="sp", seed=5)
+    draft = tmp_path / "draft-on-target-tok"
+    transplant(other, target, draft, method="fvt")
+    r = measure_assist(draft, target, TEXTS, prompts=2, prompt_tokens=12, new_tokens=10,
+                       settings=DraftSettings(tokens=1, schedule="constant", confidence=0))
+    assert r.identical == 2
+    assert r.proposed == r.steps  # one proposal per target pass (the last pass may propose none)
+    assert r.new_tokens == r.steps + r.accepted
+    assert r.assistant_config == {"num_assistant_tokens": 1, "num_assistant_tokens_schedule": "constant",
+                                  "assistant_confidence_threshold": 0}
+    wide = measure_assist(draft, target, TEXTS, prompts=2, prompt_tokens=12, new_tokens=10,
+                          settings=DraftSettings(tokens=4, schedule="constant", confidence=0))
+    assert wide.proposed > wide.steps
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(tokens=0), "--draft-tokens"), (dict(schedule="sometimes"), "--draft-schedule"),
+    (dict(confidence=1.5), "--draft-confidence")])
+def test_bad_draft_settings_are_one_line_errors(settings, message):
+    with pytest.raises(TransplantError, match=message):
+        DraftSettings(**settings)
+
+
+def test_draft_flags_without_assist_are_refused(target, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text(TEXTS[0], encoding="utf-8")
+    res = CliRunner().invoke(cli, ["eval", "--model", str(target), "--text", str(text), "--draft-tokens", "2"])
+    assert res.exit_code != 0 and "--assist TARGET" in res.output
+
+
+def test_eval_assist_cli_takes_draft_settings(target, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text(TEXTS[0], encoding="utf-8")
+    res = CliRunner().invoke(cli, ["eval", "--model", str(target), "--assist", str(target), "--text", str(text),
+                                   "--prompts", "1", "--prompt-tokens", "10", "--new-tokens", "6", "--draft-tokens",
+                                   "2", "--draft-schedule", "constant", "--draft-confidence", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output[res.output.index("{"):])
+    assert doc["assist"]["assistant_config"]["num_assistant_tokens"] == 2
+    # a perfect draft at 2 tokens per pass: 6 new tokens in 2 passes (2 accepted + 1 own token each)
+    assert doc["assist"]["steps"] == 2 and doc["assist"]["accepted"] == 4

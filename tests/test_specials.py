@@ -234,3 +234,32 @@ def test_eval_says_when_bits_per_byte_are_not_comparable(sources, targets, tmp_p
     transplant(sources["llama_style"], targets["byte_level"], tmp_path / "bl")
     res = CliRunner().invoke(cli, ["-q", "eval", "--model", str(tmp_path / "bl"), "--text", str(text)])
     assert res.exit_code == 0 and "not comparable" not in res.output, res.output
+
+
+def _smollm2_style(root, toks):
+    """Declares <|im_start|> its bos and <|im_end|> its eos, adds nothing to encodes; its pre-training
+    put <|endoftext|> between documents (SmolLM2-Instruct, Qwen2-Instruct)."""
+    tok = toks["bl"]
+    model = B.always_eos_llama(tok.get_vocab_size(), eos=tok.token_to_id("<|im_end|>"),
+                               bos=tok.token_to_id("<|im_start|>"))
+    folder = root / "smollm2-style"
+    model.save_pretrained(str(folder))
+    B.save_tokenizer_roles(tok, folder, bos="<|im_start|>", eos="<|im_end|>", unk="<|endoftext|>")
+    return folder
+
+
+@pytest.mark.parametrize("source, first", [("smollm2_style", "<|endoftext|>"), ("llama_style", "<s>"),
+                                           ("gpt2_style", "<|endoftext|>")])
+def test_the_new_bos_row_is_what_the_source_saw_first(source, first, sources, targets, toks, tmp_path):
+    """The target's bos row (what a draft reads first when its target adds bos, and every encode with
+    --encode-like target) copies the row of the token the source model had at the start of its
+    sequences: the bos its encodes add, else its document separator, not a token that only shares
+    the name bos (SmolLM2's <|im_start|> opens chat turns)."""
+    folder = sources[source] if source in sources else _smollm2_style(tmp_path, toks)
+    out = tmp_path / "out"
+    result = transplant(folder, targets["unigram"], out)
+    src_tok = AutoTokenizer.from_pretrained(str(folder))
+    old_emb = load_file(str(folder / "model.safetensors"))["model.embed_tokens.weight"]
+    new_emb, _ = _rows(out)
+    new_bos = result.special_ids.bos
+    assert torch.equal(new_emb[new_bos], old_emb[src_tok.convert_tokens_to_ids(first)])

@@ -125,6 +125,21 @@ def _encode_convention(old_src: TokenizerSource, new_src: TokenizerSource, plan:
     return prefix, suffix, notes, line
 
 
+def sequence_start(src: TokenizerSource) -> int | None:
+    """The token a model of this tokenizer saw first in its sequences: the one a plain
+    `tokenizer(text)` puts first, else (an encode that adds nothing, as GPT-2, SmolLM2 and Qwen
+    do) the document separator its pre-training put between documents.
+
+    Example:
+        >>> from transplant.core.vocab import load_tokenizer
+        >>> src = load_tokenizer(model_dir)  # byte-level BPE that adds nothing
+        >>> src.vocabulary().tokens[sequence_start(src)].text
+        b'<|endoftext|>'
+    """
+    prefix, _ = added_by_encode(src)
+    return prefix[0] if prefix else src.vocabulary().document_separator()
+
+
 def prepare(old_src: TokenizerSource, new_src: TokenizerSource, old_config: dict, old_generation: dict | None,
             method: str | list[str] = "fvt", fallback: str = "mean", pad_to_multiple_of: int | None = None,
             seed: int = 0, options: dict | None = None, encode_like: str = "source",
@@ -155,7 +170,7 @@ def prepare(old_src: TokenizerSource, new_src: TokenizerSource, old_config: dict
         raise TransplantError(f"encode_like must be one of {', '.join(ENCODE_CHOICES)}, not {encode_like!r}")
     old_vocab, new_vocab = old_src.vocabulary(), new_src.vocabulary()
     if plan is None:
-        alignment = Alignment.build(old_vocab, new_vocab)
+        alignment = Alignment.build(old_vocab, new_vocab, start=sequence_start(old_src))
         plan = build_plan(old_vocab, new_vocab, method, fallback, pad_to_multiple_of, seed, options, alignment,
                           resources)
         plan.meta.update({"old_fingerprint": vocab_fingerprint(old_vocab),

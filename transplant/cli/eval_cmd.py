@@ -17,6 +17,7 @@ import click
 from transplant.cli.tables import print_breakdown, print_eval_table, print_top_tokens
 from transplant.common.errors import TransplantError
 from transplant.common.texts import read_texts
+from transplant.measure.assist import SCHEDULES, DraftSettings
 
 
 def model_label(spec: str) -> str:
@@ -61,11 +62,21 @@ def model_label(spec: str) -> str:
               help="With --assist: prompt length in TARGET's tokens.")
 @click.option("--new-tokens", type=click.IntRange(min=1), default=64, show_default=True,
               help="With --assist: tokens generated per prompt.")
+@click.option("--draft-tokens", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With --assist: draft tokens proposed per target pass (the draft's num_assistant_tokens; "
+                   "default: its generation config, else transformers' 20).")
+@click.option("--draft-schedule", type=click.Choice(SCHEDULES), default=None,
+              help="With --assist: whether --draft-tokens adapts to what the target accepts "
+                   "(num_assistant_tokens_schedule; default: the draft's generation config, else constant).")
+@click.option("--draft-confidence", type=click.FloatRange(min=0, max=1, max_open=True), default=None, metavar="P",
+              help="With --assist: the draft stops proposing when its top token's probability is below P "
+                   "(assistant_confidence_threshold; 0 turns it off; default: the draft's generation config, "
+                   "else transformers' 0.4). --draft-tokens 1 --draft-confidence 0 measures plain greedy agreement.")
 @click.option("--json", "as_json", is_flag=True,
               help='Print JSON: {"model": {...}, "compare": {...}, "ratio": ..., "excess": {...}}, each model with its '
                    '"name" and its "breakdown" (one row per kind of token).')
 def eval_cmd(model, tokenizer, texts, max_bytes, ctx, compare, top, plot, trust_remote_code, assist, prompts,
-             prompt_tokens, new_tokens, as_json) -> None:
+             prompt_tokens, new_tokens, draft_tokens, draft_schedule, draft_confidence, as_json) -> None:
     """Bits per byte and bytes per token of MODEL on TEXT, and where the loss is.
 
     A transplanted MODEL's loss is split by where each token's row came from (copied exactly,
@@ -78,8 +89,13 @@ def eval_cmd(model, tokenizer, texts, max_bytes, ctx, compare, top, plot, trust_
         if compare or plot or tokenizer:
             raise TransplantError("--assist measures MODEL as a draft: it takes no --compare, --plot or --tokenizer "
                                   "(run a second eval for those)")
+        settings = DraftSettings(tokens=draft_tokens, schedule=draft_schedule, confidence=draft_confidence)
         return _assist(model, assist, read_texts(texts, max_bytes or None), prompts, prompt_tokens, new_tokens,
-                       trust_remote_code, as_json)
+                       settings, trust_remote_code, as_json)
+    given = [flag for flag, value in (("--draft-tokens", draft_tokens), ("--draft-schedule", draft_schedule),
+                                      ("--draft-confidence", draft_confidence)) if value is not None]
+    if given:
+        raise TransplantError(f"{', '.join(given)} set how a draft proposes: give --assist TARGET too")
 
     if plot:  # before minutes of scoring
         from transplant.measure.breakdown_plot import require_matplotlib
@@ -130,17 +146,23 @@ def eval_cmd(model, tokenizer, texts, max_bytes, ctx, compare, top, plot, trust_
 
 
 def _assist(draft: str, target: str, data: list[str], prompts: int, prompt_tokens: int, new_tokens: int,
-            trust_remote_code: bool, as_json: bool) -> None:
+            settings: DraftSettings, trust_remote_code: bool, as_json: bool) -> None:
     from transplant.measure.assist import measure_assist
 
     r = measure_assist(draft, target, data, prompts=prompts, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
-                       trust_remote_code=trust_remote_code)
+                       settings=settings, trust_remote_code=trust_remote_code)
     if as_json:
         click.echo(json.dumps({"draft": model_label(draft), "target": model_label(target), "assist": r.as_dict()},
                               indent=2))
         return
     click.echo(f"{model_label(draft)} as a draft for {model_label(target)} ({r.mode}), greedy, "
                f"{r.prompts} prompts of {r.prompt_tokens} tokens, {r.new_tokens} tokens generated")
+    cfg = r.assistant_config
+    tokens, schedule, confidence = (cfg.get("num_assistant_tokens"), cfg.get("num_assistant_tokens_schedule"),
+                                    cfg.get("assistant_confidence_threshold"))
+    click.echo(f"  draft settings       {tokens if tokens is not None else 'default'} tokens per pass, "
+               f"{schedule or 'default'} schedule, confidence "
+               f"{confidence if confidence is not None else 'default'} (transformers' defaults: 20, constant, 0.4)")
     click.echo(f"  acceptance rate      {100 * r.acceptance_rate:.1f}% ({r.accepted} of {r.proposed} draft tokens)")
     click.echo(f"  tokens per target pass {r.tokens_per_step:.2f} (accepted per pass {r.accepted_per_step:.2f})")
     click.echo(f"  wall time            {r.seconds_assisted:.1f} s assisted, {r.seconds_target:.1f} s target alone "

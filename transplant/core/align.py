@@ -44,9 +44,24 @@ class Alignment:
     decompositions: dict[int, list[int]] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, old: Vocabulary, new: Vocabulary) -> "Alignment":
+    def build(cls, old: Vocabulary, new: Vocabulary, start: int | None = None) -> "Alignment":
+        """Align `new` to `old`.
+
+        `start` is the old token the source model saw first in every sequence (the bos its
+        tokenizer adds, else its document separator): the new bos row copies that row, whatever
+        the roles say (`_match_specials`). None matches bos by role like every other special.
+        """
         self = cls(old, new)
         self._match_specials()
+        new_bos = new.roles.get("bos")
+        if start is not None and new_bos is not None and new.tokens[new_bos].kind == SPECIAL:
+            # The first position's row is the model's attention sink: what the source model had
+            # there, not the token that shares bos's name. SmolLM2-Instruct declares `<|im_start|>`
+            # its bos but adds nothing to encodes; a draft fed Gemma's `<bos>` as `<|im_start|>`
+            # agreed with Gemma on 59.4% of greedy tokens, as `<|endoftext|>` on 63.0%
+            # (benchmarks/assist_bench.py, k1).
+            self.special_rows[new_bos] = start
+            self.never_win.discard(new_bos)
         for idx, tok in enumerate(new.tokens):
             if tok.kind in (NORMAL, ADDED, BYTE) and tok.text:
                 hit = old.lookup(tok.text)

@@ -181,6 +181,23 @@ class Vocabulary:
         """Concatenate the canonical bytes of `ids` (special tokens contribute nothing)."""
         return b"".join(self.tokens[i].text for i in ids if self.tokens[i].kind != SPECIAL)
 
+    def document_separator(self) -> int | None:
+        """The special token a model of this tokenizer saw between documents in pre-training: the
+        one spelled as an end of text (`<|endoftext|>`, `</s>`, ...), else the declared eos. An
+        instruct model's declared eos is its turn end (SmolLM2-Instruct: `<|im_end|>`), which is
+        why the spelling comes first.
+
+        Example:
+            >>> vocab = load_tokenizer(model_dir).vocabulary()
+            >>> vocab.tokens[vocab.document_separator()].text
+            b'<|endoftext|>'
+        """
+        specials = {t.text.decode("utf-8", "replace"): i for i, t in enumerate(self.tokens) if t.kind == SPECIAL}
+        for spelling in _ROLE_SPELLINGS["eos"]:
+            if spelling in specials:
+                return specials[spelling]
+        return self.roles.get("eos")
+
     def roles_of(self, idx: int) -> list[str]:
         """Roles of a token: its sequence roles (bos/eos/pad/unk) first, then the chat role its
         spelling names. SmolLM2-Instruct's `<|im_start|>` is both its bos and a turn marker;

@@ -9,7 +9,9 @@ every role agrees in config.json, generation_config.json and the tokenizer.*
   Llama-style `<s>` that inherited a GPT-2 `<|endoftext|>` that was both bos and eos). The
   generation config gets the list, config.json the declared one (a list where the source had one).
 * bos, pad, unk: the new tokenizer's declared token, else the new token carrying the old one's
-  row (a source whose pad was its eos gets pad = the new eos, keeping its convention).
+  row (a source whose pad was its eos gets pad = the new eos, keeping its convention). The new
+  bos token's row is what the source model saw first (`prepare.sequence_start`: its encodes'
+  bos, else its document separator), not an old token that merely declares the bos role.
 * What `tokenizer(text)` adds: the source model's convention (Gemma always saw `<bos>` first,
   SmolLM2 nothing), re-expressed by role in the new tokens, unless the caller asks for the
   target's.

@@ -29,6 +29,49 @@ from transplant.common.errors import TransplantError
 from transplant.common.progress import bar
 from transplant.common.texts import split_documents
 
+SCHEDULES = ("constant", "heuristic", "heuristic_transient")
+
+
+@dataclass(frozen=True)
+class DraftSettings:
+    """How transformers drafts with an assistant: the three `generation_config` fields it reads from
+    the draft model. None keeps what the draft's own generation config (or transformers' default:
+    20 tokens, constant, confidence 0.4) says.
+
+    tokens: draft tokens proposed per target pass (`num_assistant_tokens`); schedule: whether that
+    number adapts as the target accepts or rejects (`num_assistant_tokens_schedule`); confidence:
+    the draft stops proposing when its top token's probability falls below this
+    (`assistant_confidence_threshold`; 0 turns it off; transformers moves it as it goes on a
+    same-tokenizer draft when scikit-learn is installed).
+
+    Comparing drafts at the same fixed `tokens` with `confidence=0` compares what they know:
+    with `tokens=1` the acceptance rate is the draft's greedy agreement with the target.
+
+    Example:
+        >>> DraftSettings(tokens=1, schedule="constant", confidence=0).generation_fields()
+        {'num_assistant_tokens': 1, 'num_assistant_tokens_schedule': 'constant', 'assistant_confidence_threshold': 0}
+    """
+
+    tokens: int | None = None
+    schedule: str | None = None
+    confidence: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.tokens is not None and self.tokens < 1:
+            raise TransplantError(f"draft tokens per pass must be at least 1, not {self.tokens} (--draft-tokens N)")
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise TransplantError(f"unknown draft schedule {self.schedule!r} (--draft-schedule: one of "
+                                  f"{', '.join(SCHEDULES)})")
+        if self.confidence is not None and not 0 <= self.confidence < 1:
+            raise TransplantError(f"draft confidence must lie in [0, 1), not {self.confidence} (--draft-confidence P; "
+                                  "0 turns it off)")
+
+    def generation_fields(self) -> dict:
+        """The draft's generation-config fields these settings set (the ones given)."""
+        fields = {"num_assistant_tokens": self.tokens, "num_assistant_tokens_schedule": self.schedule,
+                  "assistant_confidence_threshold": self.confidence}
+        return {k: v for k, v in fields.items() if v is not None}
+
 
 @dataclass
 class AssistResult:
@@ -138,7 +181,8 @@ def cut_prompts(texts: list[str], tokenizer, prompts: int, prompt_tokens: int) -
 
 
 def measure_assist(draft: str | Path, target: str | Path, texts: list[str], *, prompts: int = 8,
-                   prompt_tokens: int = 64, new_tokens: int = 64, trust_remote_code: bool = False) -> AssistResult:
+                   prompt_tokens: int = 64, new_tokens: int = 64, settings: DraftSettings | None = None,
+                   trust_remote_code: bool = False) -> AssistResult:
     """Greedy assisted generation of `target` with `draft` as its assistant, against `target` alone.
 
     Args:
@@ -147,6 +191,7 @@ def measure_assist(draft: str | Path, target: str | Path, texts: list[str], *, p
         texts: prompts are the first `prompt_tokens` target tokens of their documents.
         prompts: how many prompts (fewer when the text has fewer documents long enough).
         new_tokens: tokens generated per prompt (fewer when the target ends the text).
+        settings: how the draft proposes (`DraftSettings`); default: the draft's generation config.
 
     Returns:
         An `AssistResult`; `mode` is "same tokenizer" when both vocabularies are equal, else
@@ -168,6 +213,8 @@ def measure_assist(draft: str | Path, target: str | Path, texts: list[str], *, p
     # transformers adapts the draft length across calls (the "heuristic" schedule keeps its state
     # in the draft's generation config): start every prompt from the same state.
     start_config = copy.deepcopy(draft_model.generation_config)
+    for name, value in (settings or DraftSettings()).generation_fields().items():
+        setattr(start_config, name, value)
     counter = _Counter()
     counter.hook(target_model)
     seconds_target = seconds_assisted = 0.0
@@ -175,6 +222,7 @@ def measure_assist(draft: str | Path, target: str | Path, texts: list[str], *, p
     with torch.no_grad():
         # one short assisted call first: lazy initialisation is not charged to the first prompt
         warm = torch.tensor([cut[0]])
+        draft_model.generation_config = copy.deepcopy(start_config)
         target_model.generate(warm, attention_mask=torch.ones_like(warm), assistant_model=draft_model,
                               **{**common, "max_new_tokens": 2}, **extra)
         counter.proposed = counter.accepted = counter.steps = 0

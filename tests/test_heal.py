@@ -89,7 +89,9 @@ def test_loss_falls_and_only_used_made_rows_move(transplanted, tmp_path, tied):
     log = _log(res.run)
     dist = [r["distill"] for r in log if "distill" in r]
     assert len(dist) == 30
-    assert sum(dist[-10:]) / 10 < 0.8 * sum(dist[:10]) / 10, dist
+    # (0.85: since the new bos row copies the base's document separator, the untied student
+    # starts closer to its teacher and falls about 19% over 30 steps)
+    assert sum(dist[-10:]) / 10 < 0.85 * sum(dist[:10]) / 10, dist
     held = [r["held_out_bpb"] for r in log if "held_out_bpb" in r]
     assert res.summary["best_bpb"] == pytest.approx(min(held), abs=1e-5) and min(held) < held[0]
     before, after = _weights(t), _weights(res.out)

@@ -46,8 +46,8 @@ def transplant_model(model: torch.nn.Module, old_tokenizer: str | Path, new_toke
         >>> model.config.eos_token_id  # `<|endoftext|>` of the old tokenizer
         0
         >>> result = transplant_model(model, model_dir, tok_json, method="fvt")
-        >>> model.config.vocab_size, model.config.eos_token_id, model.generation_config.eos_token_id  # `</s>`
-        (759, 2, 2)
+        >>> model.config.vocab_size, model.config.eos_token_id, model.generation_config.eos_token_id  # `</s>` (+ `<s>`: old eos row)
+        (759, 2, [2, 1])
     """
     old_src, new_src = open_tokenizer(old_tokenizer), open_tokenizer(new_tokenizer)
     inp = model.get_input_embeddings().weight

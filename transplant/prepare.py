@@ -160,7 +160,7 @@ def prepare(old_src: TokenizerSource, new_src: TokenizerSource, old_config: dict
         >>> prep = prepare(load_tokenizer(model_dir), load_tokenizer(new_tok_dir), config,
         ...                generation_config(Path(model_dir)), method="fvt")
         >>> [prep.new_vocab.tokens[i].text for i in (prep.ids.bos, *prep.ids.eos)]  # by role
-        [b'<s>', b'</s>']
+        [b'<s>', b'</s>', b'<s>']
         >>> print(prep.card["encode_convention"])
         the source model's convention: adds nothing before the text and nothing after (source: nothing / nothing)
         >>> sorted(prep.missing_markers)  # old special tokens the new tokenizer does not have

@@ -95,7 +95,7 @@ def eval_cmd(model, tokenizer, texts, max_bytes, ctx, compare, top, plot, trust_
     given = [flag for flag, value in (("--draft-tokens", draft_tokens), ("--draft-schedule", draft_schedule),
                                       ("--draft-confidence", draft_confidence)) if value is not None]
     if given:
-        raise TransplantError(f"{', '.join(given)} set how a draft proposes: give --assist TARGET too")
+        raise TransplantError(f"{', '.join(given)}: only with --assist TARGET (how a draft proposes for a target)")
 
     if plot:  # before minutes of scoring
         from transplant.measure.breakdown_plot import require_matplotlib

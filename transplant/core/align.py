@@ -54,12 +54,15 @@ class Alignment:
         self = cls(old, new)
         self._match_specials()
         new_bos = new.roles.get("bos")
-        if start is not None and new_bos is not None and new.tokens[new_bos].kind == SPECIAL:
+        # Only a bos matched by role: one the old vocabulary has by content keeps its own row (an
+        # identity transplant, an extension, a permuted vocabulary stay exact).
+        if (start is not None and new_bos is not None and new.tokens[new_bos].kind == SPECIAL
+                and all(t.text != new.tokens[new_bos].text for t in old.tokens if t.kind == SPECIAL)):
             # The first position's row is the model's attention sink: what the source model had
             # there, not the token that shares bos's name. SmolLM2-Instruct declares `<|im_start|>`
             # its bos but adds nothing to encodes; a draft fed Gemma's `<bos>` as `<|im_start|>`
             # agreed with Gemma on 59.4% of greedy tokens, as `<|endoftext|>` on 63.0%
-            # (benchmarks/assist_bench.py, k1).
+            # (benchmarks/assist_bench.py, k1; BENCHMARKS.md).
             self.special_rows[new_bos] = start
             self.never_win.discard(new_bos)
         for idx, tok in enumerate(new.tokens):

@@ -28,8 +28,8 @@ Example:
     >>> old_config = json.loads(open(f"{model_dir}/config.json").read())
     >>> old_generation_config = json.loads(open(f"{model_dir}/generation_config.json").read())
     >>> ids = resolve_special_ids(plan, old_vocab, new_vocab, old_config, old_generation_config)
-    >>> ids.eos, ids.bos, ids.pad, ids.unk
-    ([2], 1, None, 0)
+    >>> ids.eos, ids.bos, ids.pad, ids.unk  # `<s>` holds the old `<|endoftext|>` row (eos and first token)
+    ([2, 1], 1, None, 0)
     >>> ids.token_names(new_vocab)  # for tokenizer_config.json
     {'bos_token': '<s>', 'eos_token': '</s>', 'unk_token': '<unk>'}
 """

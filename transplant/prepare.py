@@ -89,10 +89,11 @@ class Prepared:
     new_tokenizer: object = None  # the target `tokenizers.Tokenizer`
 
 
-def _encode_convention(old_src: TokenizerSource, new_src: TokenizerSource, plan: Plan, old_vocab: Vocabulary,
-                       new_vocab: Vocabulary, ids: SpecialIds, old_roles: dict, encode_like: str
-                       ) -> tuple[list[int], list[int], list[str], str]:
-    """(prefix, suffix, notes, card line) for what a plain `tokenizer(text)` adds."""
+def _encode_convention(src_added: tuple[list[int], list[int]] | None, new_src: TokenizerSource, plan: Plan,
+                       old_vocab: Vocabulary, new_vocab: Vocabulary, ids: SpecialIds, old_roles: dict,
+                       encode_like: str) -> tuple[list[int], list[int], list[str], str]:
+    """(prefix, suffix, notes, card line) for what a plain `tokenizer(text)` adds; `src_added` is
+    `added_by_encode` of the source tokenizer (needed unless encode_like is "target")."""
     notes: list[str] = []
     tgt_prefix, tgt_suffix = added_by_encode(new_src)
 
@@ -103,7 +104,7 @@ def _encode_convention(old_src: TokenizerSource, new_src: TokenizerSource, plan:
         prefix, suffix = tgt_prefix, tgt_suffix
         line = f"the target tokenizer's own: adds {names(prefix, new_vocab)} before and {names(suffix, new_vocab)} after"
     else:
-        src_prefix, src_suffix = added_by_encode(old_src)
+        src_prefix, src_suffix = src_added
         prefix, dropped_p = map_added(src_prefix, old_vocab, new_vocab, plan, ids, old_roles)
         suffix, dropped_s = map_added(src_suffix, old_vocab, new_vocab, plan, ids, old_roles)
         if dropped_p or dropped_s:
@@ -125,10 +126,11 @@ def _encode_convention(old_src: TokenizerSource, new_src: TokenizerSource, plan:
     return prefix, suffix, notes, line
 
 
-def sequence_start(src: TokenizerSource) -> int | None:
+def sequence_start(src: TokenizerSource, added: tuple[list[int], list[int]] | None = None) -> int | None:
     """The token a model of this tokenizer saw first in its sequences: the one a plain
     `tokenizer(text)` puts first, else (an encode that adds nothing, as GPT-2, SmolLM2 and Qwen
-    do) the document separator its pre-training put between documents.
+    do) the document separator its pre-training put between documents. `added`: what
+    `added_by_encode(src)` returned, when the caller has it already.
 
     Example:
         >>> from transplant.core.vocab import load_tokenizer
@@ -136,7 +138,7 @@ def sequence_start(src: TokenizerSource) -> int | None:
         >>> src.vocabulary().tokens[sequence_start(src)].text
         b'<|endoftext|>'
     """
-    prefix, _ = added_by_encode(src)
+    prefix, _ = added if added is not None else added_by_encode(src)
     return prefix[0] if prefix else src.vocabulary().document_separator()
 
 
@@ -169,8 +171,10 @@ def prepare(old_src: TokenizerSource, new_src: TokenizerSource, old_config: dict
     if encode_like not in ENCODE_CHOICES:
         raise TransplantError(f"encode_like must be one of {', '.join(ENCODE_CHOICES)}, not {encode_like!r}")
     old_vocab, new_vocab = old_src.vocabulary(), new_src.vocabulary()
+    # What the source's encodes add: read once (it may load AutoTokenizer) for the bos row and the convention.
+    src_added = added_by_encode(old_src) if plan is None or encode_like == "source" else None
     if plan is None:
-        alignment = Alignment.build(old_vocab, new_vocab, start=sequence_start(old_src))
+        alignment = Alignment.build(old_vocab, new_vocab, start=sequence_start(old_src, src_added))
         plan = build_plan(old_vocab, new_vocab, method, fallback, pad_to_multiple_of, seed, options, alignment,
                           resources)
         plan.meta.update({"old_fingerprint": vocab_fingerprint(old_vocab),
@@ -178,7 +182,7 @@ def prepare(old_src: TokenizerSource, new_src: TokenizerSource, old_config: dict
     ids = resolve_special_ids(plan, old_vocab, new_vocab, old_config, old_generation)
     check_required_roles(old_config, ids)
     old_roles = old_role_ids(old_vocab, old_config, old_generation)
-    prefix, suffix, notes, encode_line = _encode_convention(old_src, new_src, plan, old_vocab, new_vocab, ids,
+    prefix, suffix, notes, encode_line = _encode_convention(src_added, new_src, plan, old_vocab, new_vocab, ids,
                                                             old_roles, encode_like)
     template, template_note = choose_chat_template(old_src, new_src, old_vocab, new_vocab)
     if not is_lossless(new_src.tokenizer):

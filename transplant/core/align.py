@@ -48,23 +48,12 @@ class Alignment:
         """Align `new` to `old`.
 
         `start` is the old token the source model saw first in every sequence (the bos its
-        tokenizer adds, else its document separator): the new bos row copies that row, whatever
-        the roles say (`_match_specials`). None matches bos by role like every other special.
+        tokenizer adds, else its document separator): a new bos that the old vocabulary lacks
+        copies that row rather than the row of the old token declaring the bos role
+        (`_match_specials`). None matches bos by role like every other special.
         """
         self = cls(old, new)
-        self._match_specials()
-        new_bos = new.roles.get("bos")
-        # Only a bos matched by role: one the old vocabulary has by content keeps its own row (an
-        # identity transplant, an extension, a permuted vocabulary stay exact).
-        if (start is not None and new_bos is not None and new.tokens[new_bos].kind == SPECIAL
-                and all(t.text != new.tokens[new_bos].text for t in old.tokens if t.kind == SPECIAL)):
-            # The first position's row is the model's attention sink: what the source model had
-            # there, not the token that shares bos's name. SmolLM2-Instruct declares `<|im_start|>`
-            # its bos but adds nothing to encodes; a draft fed Gemma's `<bos>` as `<|im_start|>`
-            # agreed with Gemma on 59.4% of greedy tokens, as `<|endoftext|>` on 63.0%
-            # (benchmarks/assist_bench.py, k1; BENCHMARKS.md).
-            self.special_rows[new_bos] = start
-            self.never_win.discard(new_bos)
+        self._match_specials(start)
         for idx, tok in enumerate(new.tokens):
             if tok.kind in (NORMAL, ADDED, BYTE) and tok.text:
                 hit = old.lookup(tok.text)
@@ -78,7 +67,7 @@ class Alignment:
         return self.decompositions.get(new_id)
 
     # -- special tokens ------------------------------------------------------------------
-    def _match_specials(self) -> None:
+    def _match_specials(self, start: int | None = None) -> None:
         """Each new special token takes the row of the old token with the same content, else of
         the old token with the same role (declared roles first, then the chat role its spelling
         names). Two distinct new tokens share an old row only through distinct roles that one old
@@ -113,6 +102,17 @@ class Alignment:
                 self.special_rows[new_id] = old_id
                 used.add((old_id, role))
                 break
+        new_bos = self.new.roles.get("bos")
+        # Only a bos matched by role: one the old vocabulary has by content keeps its own row (an
+        # identity transplant, an extension, a permuted vocabulary stay exact).
+        if start is not None and new_bos in new_specials and self.new.tokens[new_bos].text not in old_by_content:
+            # The first position's row is the model's attention sink: what the source model had
+            # there, not the token that shares bos's name. SmolLM2-Instruct declares `<|im_start|>`
+            # its bos but adds nothing to encodes; a draft fed Gemma's `<bos>` as `<|im_start|>`
+            # agreed with Gemma on 59.4% of greedy tokens, as `<|endoftext|>` on 63.0%
+            # (benchmarks/assist_bench.py, k1; BENCHMARKS.md).
+            self.special_rows[new_bos] = start
+            self.never_win.discard(new_bos)
         # Old special ids -> new ids (recorded in the plan): by content, else by the old token's
         # own roles in order (so a bos=eos token maps to the new bos, as the first role it plays).
         new_by_content = {t.text: i for i, t in enumerate(self.new.tokens) if t.kind == SPECIAL}

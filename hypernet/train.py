@@ -46,7 +46,9 @@ import torch.nn.functional as F
 from hypernet.data import TextPool, TokenizerSampler, withheld_decompositions
 from hypernet.model import HyperNet, pad_pieces, parameter_count
 from hypernet.registry import HYPERNET_OUTPUT, RUN_CONFIG, RUN_FORMAT, export_checkpoint, is_training_run
+from hypernet.source import expected_peak, load_source
 from transplant.common.errors import TransplantError
+from transplant.common.memory import check_fits
 from transplant.common.progress import bar, stage
 from transplant.core.vocab import Vocabulary
 from transplant.measure.lm import embed_scale, logit_softcap, start_token, with_start_token
@@ -165,22 +167,6 @@ def _where(name: str) -> str:
     return f"--{name.replace('_', '-')}, or {name} in a recipe"
 
 
-def load_source(spec: str, device: torch.device | str = "cpu"):
-    """(model, input rows, head rows or None when tied, folder) of a base model, float32, frozen."""
-    from transformers import AutoModelForCausalLM
-
-    from transplant.io.sources import resolve_model
-
-    folder = resolve_model(spec)
-    lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
-    lm.eval().requires_grad_(False).to(device)
-    E_in = lm.get_input_embeddings().weight.detach()
-    head = lm.get_output_embeddings()
-    tied = head is None or head.weight.data_ptr() == E_in.data_ptr()
-    E_out = None if tied else head.weight.detach()
-    return lm, E_in, E_out, folder
-
-
 @dataclass
 class Inputs:
     """What a run reads, checked before any work: the model folder, its tokenizer, the texts."""
@@ -244,6 +230,9 @@ def train(cfg: TrainConfig) -> Path:
     latest = check_run_output(out, inputs.paths, cfg.resume, cfg.overwrite, HYPERNET_OUTPUT, is_training_run,
                               RUN_CONFIG)
 
+    check_fits(expected_peak(cfg, inputs.folder), "hypernet train",
+               "pass a narrower or shallower network (--width/--layers) or smaller batches (--batch-size/--seq-len), "
+               "or use a machine with more memory")
     stage(f"hypernet: loading {cfg.model}")
     lm, E_in, E_out, _ = load_source(str(inputs.folder), device)
     old_tok, old_vocab = inputs.tokenizer, inputs.vocab
@@ -398,7 +387,7 @@ def _stage2_loss(rng, g, cfg, pool, sampler, forward, E_in, E_out, decoder, bos,
     n_pred = len(predicted)
     aux = withheld_loss(aux_rows, a[n_pred:], b[n_pred:])
     E_head = E_in if E_out is None else E_out
-    fallback_in, fallback_out = E_in.mean(0), E_head.mean(0)
+    fallback_in, fallback_out = E_in.mean(0, dtype=torch.float32), E_head.mean(0, dtype=torch.float32)
     vocab_ids = exact_ids + predicted + [i for i in used if st.exact[i] < 0 and not st.pieces[i]]
     local = {v: k for k, v in enumerate(vocab_ids)}
     n_exact, n_fb = len(exact_ids), len(vocab_ids) - len(exact_ids) - n_pred
@@ -414,8 +403,9 @@ def _stage2_loss(rng, g, cfg, pool, sampler, forward, E_in, E_out, decoder, bos,
     x = rows_in[ids.clamp_min(0)]
     if bos is not None:
         x = torch.where((ids == -2).unsqueeze(2), E_in[bos].expand_as(x), x)
-    hidden = decoder(inputs_embeds=x * scale, attention_mask=mask.long()).last_hidden_state
-    logits = hidden[:, :-1] @ rows_out.T + bias
+    body = E_in.dtype  # the frozen body reads its own dtype; the logits and the loss are float32
+    hidden = decoder(inputs_embeds=(x * scale).to(body), attention_mask=mask.long()).last_hidden_state
+    logits = hidden[:, :-1].float() @ rows_out.float().T + bias
     if softcap:
         logits = softcap * torch.tanh(logits / softcap)
     labels = torch.where(mask[:, 1:], ids[:, 1:], torch.full_like(ids[:, 1:], -100))

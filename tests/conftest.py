@@ -95,9 +95,19 @@ def hypernet_dir(llama_bl, tmp_path_factory):
     return net.save(tmp_path_factory.mktemp("hypernet") / "hn")
 
 
+@pytest.fixture(scope="session")
+def _suite_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tt-cache")
+
+
 @pytest.fixture(autouse=True)
-def _own_network_registry(tmp_path_factory, monkeypatch):
+def _own_network_registry(tmp_path_factory, monkeypatch, request, _suite_cache):
     """Each test sees an empty registry of hypernetworks of its own (never the user's), so
     `method="auto"` depends only on what the test registers (shipped networks belong to the
-    real models, whose embeddings no tiny model matches)."""
+    real models, whose embeddings no tiny model matches). The default suite also keeps its
+    caches (encoder and vector files) in a folder of the session's, never in the user's
+    `~/.cache/tokentransplant`; the slow tests use the user's, where the packaged models are
+    converted once."""
     monkeypatch.setenv("TOKENTRANSPLANT_HOME", str(tmp_path_factory.mktemp("tt-home")))
+    if request.node.get_closest_marker("slow") is None:
+        monkeypatch.setenv("TOKENTRANSPLANT_CACHE", str(_suite_cache))

@@ -120,3 +120,51 @@ def test_eval_assist_cli_takes_draft_settings(target, tmp_path):
     assert doc["assist"]["assistant_config"]["num_assistant_tokens"] == 2
     # a perfect draft at 2 tokens per pass: 6 new tokens in 2 passes (2 accepted + 1 own token each)
     assert doc["assist"]["steps"] == 2 and doc["assist"]["accepted"] == 4
+
+
+class _Cache:
+    """The two calls the rollback makes on a transformers cache."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def crop(self, count: int) -> None:
+        assert count < 0, "transformers 5.25 refuses a positive crop"
+        self.length += count
+
+
+@pytest.mark.parametrize("cached_ids, next_input, kept", [
+    ([5, 6, 7, 8, 9], [5, 6, 7, 8, 9, 3], 4),   # the target accepted everything: keep what was cached
+    ([5, 6, 7, 8, 9], [5, 6, 4, 8, 9, 3], 2),   # re-tokenized differently at 2: nothing from there on
+    ([5, 6, 7, 8, 9], [5, 6, 7], 2),            # shorter than the cache: leave one token to read
+    ([5, 6, 7, 8, 9], [1, 6, 7, 8, 9, 3], 0),   # nothing in common
+])
+def test_universal_draft_cache_keeps_only_positions_its_next_input_holds(cached_ids, next_input, kept):
+    """The rule whatever transformers' own rollback arithmetic says (5.25's mixes the target's and
+    the draft's token counts and left a cache as long as the next input: an empty forward)."""
+    import torch
+
+    from transplant.measure.assist import roll_back_draft_cache_by_content
+
+    class Generator:  # what the rollback reads of transformers' universal candidate generator
+        assistant_kwargs: dict = {}
+        prev_assistant_ids = None
+
+    gen = Generator()
+    rounds = []
+
+    def transformers_get_candidates(ids):
+        had_cache = gen._update_past_and_masks(ids, 3)  # the wrong count a broken version would pass
+        rounds.append(gen.assistant_kwargs["cache"].length if had_cache else None)
+        gen.prev_assistant_ids = torch.tensor([cached_ids])  # what the draft generated
+        gen.assistant_kwargs = {"cache": _Cache(len(cached_ids) - 1)}
+        return ids, None
+
+    get = roll_back_draft_cache_by_content(gen, transformers_get_candidates)
+    get(torch.tensor([cached_ids[:2]]))
+    gen.prev_assistant_ids[0, 0] = -1  # transformers edits its copy in place: the rule must not read it
+    get(torch.tensor([next_input]))
+    assert rounds == [None, kept]

@@ -43,7 +43,7 @@ def _log(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
 
-def _trained_tiny(toks, folder: Path, tied: bool) -> Path:
+def _trained_tiny(toks, folder: Path, tied: bool, dtype: torch.dtype = torch.float32) -> Path:
     """A tiny Llama trained for a few seconds on English verses: a teacher that knows something
     (a random one scores worse than an FVT student with fewer tokens, and distilling it hurts)."""
     from conftest import ROLES, _ids
@@ -60,7 +60,7 @@ def _trained_tiny(toks, folder: Path, tied: bool) -> Path:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return B.save_model(model.eval(), tok, folder, **ROLES["bl"])
+    return B.save_model(model.eval().to(dtype), tok, folder, **ROLES["bl"])
 
 
 @pytest.fixture(scope="module")
@@ -275,3 +275,40 @@ def test_a_torn_last_log_line_does_not_block_a_resume(tmp_path):
     log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "loss": 1.2}\n{"step": 4, "lo')
     trim_log(log, 3)
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3]
+
+
+def test_a_bf16_checkpoint_heals_in_bf16_with_float32_offsets(toks, tok_dirs, tmp_path, monkeypatch):
+    """The frozen body and teacher stay in the checkpoint's dtype (half the memory of float32);
+    what trains (the offsets) and the loss are float32; the body is written back byte for byte."""
+    import transplant.train.heal as heal_module
+
+    base = _trained_tiny(toks, tmp_path / "m16", tied=False, dtype=torch.bfloat16)
+    moved = tmp_path / "t16"
+    transplant(base, tok_dirs["sp"], moved, method="fvt")
+    seen = {}
+    real_frozen = heal_module.FrozenLM
+
+    def spy(lm):
+        seen.setdefault("dtypes", set()).update(p.dtype for p in getattr(lm, lm.base_model_prefix).parameters())
+        return real_frozen(lm)
+
+    monkeypatch.setattr(heal_module, "FrozenLM", spy)
+    res = heal(_cfg(moved, tmp_path / "healed", steps=12))
+    assert seen["dtypes"] == {torch.bfloat16}  # student and teacher bodies: never float32
+    log = _log(res.run)
+    held = [r["held_out_bpb"] for r in log if "held_out_bpb" in r]
+    assert min(held) < held[0]
+    before, after = _weights(moved), _weights(res.out)
+    assert all(t.dtype == torch.bfloat16 for t in after.values())
+    assert all(torch.equal(before[k], after[k]) for k in before if "embed_tokens" not in k and k != "lm_head.weight")
+    assert any(not torch.equal(before[k], after[k]) for k in ("model.embed_tokens.weight", "lm_head.weight"))
+
+
+def test_row_adam_heals_too(transplanted, tmp_path):
+    """The optimizer with a quarter of Adam's state lowers the held-out score like Adam does."""
+    _, t = transplanted[False]
+    adam = heal(_cfg(t, tmp_path / "adam", steps=12))
+    row = heal(_cfg(t, tmp_path / "row", steps=12, optimizer="row-adam"))
+    assert row.summary["best_bpb"] < row.summary["start_bpb"]
+    assert row.summary["best_bpb"] == pytest.approx(adam.summary["best_bpb"], rel=0.02)
+    assert row.summary["settings"]["optimizer"] == "row-adam"

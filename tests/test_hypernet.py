@@ -329,3 +329,29 @@ def test_saved_network_follows_the_umask(llama_bl, tmp_path):
     folder = _fresh_net(llama_bl, tmp_path / "hn")
     modes = {p.name: oct(os.stat(p).st_mode & 0o777) for p in Path(folder).iterdir() if p.is_file()}
     assert set(modes.values()) == {oct(0o666 & ~umask())}, modes
+
+
+def test_a_bf16_model_trains_its_network_in_bf16(build_model, tmp_path, monkeypatch):
+    """The frozen model stays in its checkpoint's dtype (half the memory of float32); the network
+    and the loss are float32, and both stages still learn."""
+    import importlib
+
+    train_module = importlib.import_module("hypernet.train")  # (the package's `train` is the function)
+    model = build_model(tmp_path / "m16", tied=True, dtype=torch.bfloat16)  # as the float32 test above
+    real = train_module.load_source
+    seen = {}
+
+    def spy(spec, device="cpu"):
+        lm, E_in, E_out, folder = real(spec, device)
+        seen["dtypes"] = {p.dtype for p in lm.parameters()}
+        return lm, E_in, E_out, folder
+
+    monkeypatch.setattr(train_module, "load_source", spy)
+    out = train(_cfg(model, tmp_path / "hn", stage1_steps=40, steps=30, lr=3e-3, stage2_lr=3e-3, log_every=20))
+    assert seen["dtypes"] == {torch.bfloat16}
+    log = _log(out)
+    held = [r["held_out"] for r in log if "held_out" in r]
+    assert held[-1] < 0.9 * held[0], held
+    lm = [r["lm_loss"] for r in log if r["stage"] == 2]
+    assert all(v == v for v in lm) and sum(lm[-8:]) / 8 < sum(lm[:8]) / 8, lm
+    assert all(t.dtype == torch.float32 for t in HyperNet.load(out).state_dict().values() if t.is_floating_point())

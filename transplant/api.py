@@ -86,17 +86,44 @@ def _untie_and_calibrate(prep: Prepared, tied: bool, untie: bool, texts: list[st
     log.info("calibration: %s", plan.meta["calibration"])
 
 
-def _loaded_with_new_inputs(folder: Path, layout: EmbeddingLayout, plan: Plan, trust_remote_code: bool):
-    """(the source model in float32, `ids -> the plan's new input rows of those ids`) for calibration.
+def _loaded_with_new_inputs(folder: Path, layout: EmbeddingLayout, plan: Plan, trust_remote_code: bool,
+                            tokens: int):
+    """(the source model, `ids -> the plan's new input rows of those ids`, tokens per batch) for calibration.
 
-    The model is not resized to the new vocabulary: calibration reads its text through the rows of
-    the ids it uses (`calibrate.fit_output_scale`), streamed here from the plan, so no
-    new_vocab x dim matrix is made beside the head (600 MB for Gemma's vocabulary at SmolLM2's width).
+    The model's decoder layers are read one at a time as the text goes through them, in the
+    checkpoint's dtype (`calibrate_stream`): peak memory is one layer and a batch's activations,
+    not the model. Where that cannot be set up, the whole model is loaded in float32, as before,
+    and a line says why. Either way the expected peak is said first, and a read that would not fit
+    is refused in one line. The model is not resized to the new vocabulary: calibration reads its
+    text through the rows of the ids it uses (`calibrate.fit_output_scale`), streamed here from
+    the plan, so no new_vocab x dim matrix is made beside the head.
     """
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
-                                                 trust_remote_code=trust_remote_code)
+    from transplant.common.memory import check_fits
+    from transplant.io.shardio import tensor_sizes
+    from transplant.methods.calibrate_stream import open_streamed
+
+    fixes = "calibrate on fewer tokens with --calibrate-tokens N, or pass --no-calibrate"
+    stored = torch.finfo(layout.dtype).bits // 8
+    # the fit, once the model is let go: the new head in float32 beside its stored form, 3 work
+    # buffers of 64 MB, the text's hidden states
+    fit_peak = plan.side("output").new_size * layout.dim * (4 + stored) + (192 << 20) + tokens * layout.dim * 4
+    old_input = layout.rows * layout.dim * stored  # read once to make the text's input rows
+    streamed = open_streamed(folder, layout, trust_remote_code)
+    if streamed.why_not is None:
+        check_fits(max(streamed.peak_bytes(tokens) + old_input, fit_peak),
+                   f"calibration (the source read one layer at a time, {str(layout.dtype).removeprefix('torch.')})",
+                   fixes)
+        model, batch_tokens = streamed.model, streamed.batch_tokens(512)
+    else:
+        stage(f"calibration: the source cannot be read one layer at a time ({streamed.why_not}); loading it whole")
+        whole = sum(sum(tensor_sizes(layout.folder / shard).values())
+                    for shard in set(layout.shard_of.values())) * 4 // stored
+        check_fits(max(whole + old_input, fit_peak), "calibration (the whole source in float32)", fixes)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
+                                                     trust_remote_code=trust_remote_code)
+        batch_tokens = 2048
     model.eval()
 
     def input_rows(ids: np.ndarray) -> torch.Tensor:
@@ -107,7 +134,7 @@ def _loaded_with_new_inputs(folder: Path, layout: EmbeddingLayout, plan: Plan, t
             first += len(chunk)
         return torch.cat(pieces)
 
-    return model, input_rows
+    return model, input_rows, batch_tokens
 
 
 def transplant(model: str | Path | torch.nn.Module | RunSpec, new_tokenizer: str | Path | None = None,
@@ -252,7 +279,8 @@ def _run(spec: RunSpec, model: str | Path, new_tokenizer: str | Path, out: str |
     plan.meta.update({"base_model": str(model), "new_tokenizer": str(new_tokenizer), "tied": layout.tied,
                       "encode_like": spec.encode_like})
     _untie_and_calibrate(prep, layout.tied, spec.untie, calibrate_texts, spec.calibrate_tokens,
-                         lambda: _loaded_with_new_inputs(folder, layout, plan, trust_remote_code),
+                         lambda: _loaded_with_new_inputs(folder, layout, plan, trust_remote_code,
+                                                         spec.calibrate_tokens),
                          lambda: plan.side("output").apply(
                              read_embedding(layout, layout.output_key or layout.input_key)))
     log.info("plan: %s", plan.counts())

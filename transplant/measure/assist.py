@@ -138,6 +138,9 @@ class _Counter:
                 self.proposed += int(out[0].shape[1] - input_ids.shape[1])
                 return out
 
+            if hasattr(gen, "_prepare_assistant_input_ids"):  # universal: the draft re-tokenizes the target's text
+                get_candidates = roll_back_draft_cache_by_content(gen, get_candidates)
+
             def update_candidate_strategy(input_ids, scores, num_matches):
                 self.accepted += int(num_matches)
                 self.steps += 1
@@ -147,6 +150,58 @@ class _Counter:
             return gen
 
         model._get_candidate_generator = counted
+
+
+def common_prefix_length(a, b) -> int:
+    """How many leading ids two 1-D id tensors share.
+
+    Example:
+        >>> import torch
+        >>> common_prefix_length(torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 9, 4, 5]))
+        2
+    """
+    n = min(len(a), len(b))
+    differs = (a[:n] != b[:n]).nonzero()
+    return int(differs[0, 0]) if len(differs) else n
+
+
+def roll_back_draft_cache_by_content(gen, get_candidates):
+    """Make a universal-assisted-generation candidate generator keep exactly the draft's cached
+    positions whose ids its next input still holds (the longest common prefix, less one so the
+    draft has a token to read), whatever transformers' own rollback arithmetic says.
+
+    Why: transformers 5.25 rolls the draft's cache back by `_last_ids_length`, which this generator
+    sets in the *target's* tokens but compares with the *draft's* input length; when the two
+    tokenizations differ in length the cache is left as long as (or longer than) the next input and
+    the draft's forward gets an empty tensor (`cannot reshape tensor of 0 elements`). 5.24 computed
+    it differently and could keep positions whose ids had changed. Cropping by content is right for
+    every version: the cache only ever holds positions that match the draft's input.
+
+    Returns the wrapped `get_candidates`; the generator's `_update_past_and_masks` is replaced on
+    the instance (its attention mask and positions are dropped by `get_candidates` right after it).
+    """
+    seen = {"ids": None}  # the draft ids the cache was built from (transformers edits its copy in place)
+
+    def update_past(assistant_input_ids, *args, **kwargs) -> bool:
+        cache = gen.assistant_kwargs.get("cache")
+        if cache is None:
+            return False
+        cached = cache.get_seq_length()
+        keep = cached
+        if seen["ids"] is not None:
+            keep = min(keep, common_prefix_length(seen["ids"][0, :cached], assistant_input_ids[0]))
+        keep = min(keep, assistant_input_ids.shape[-1] - 1)
+        if keep < cached:
+            cache.crop(keep - cached)  # a negative count: the form every 5.x accepts
+        return True
+
+    def get(input_ids, *a, **kw):
+        out = get_candidates(input_ids, *a, **kw)
+        seen["ids"] = gen.prev_assistant_ids.clone() if gen.prev_assistant_ids is not None else None
+        return out
+
+    gen._update_past_and_masks = update_past
+    return get
 
 
 def _load(spec: str | Path, trust_remote_code: bool):

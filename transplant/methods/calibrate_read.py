@@ -40,7 +40,7 @@ def final_hidden_states(model, chunks: list[list[int]], start_id: int, batch_tok
         [5, 6, 7]
     """
     base = model.base_model
-    device = next(model.parameters()).device
+    device = model.get_input_embeddings().weight.device  # a streamed model's other weights are on meta
     hs, ys = [], []
     per_batch = max(1, batch_tokens // max(len(c) + 1 for c in chunks))
     pbar = bar(total=sum(len(c) for c in chunks), desc="calibrating: reading", unit="tok", unit_scale=True)
@@ -56,7 +56,8 @@ def final_hidden_states(model, chunks: list[list[int]], start_id: int, batch_tok
 
 
 def hidden_states_through_rows(model: torch.nn.Module, input_rows: RowsOf, chunks: list[list[int]],
-                               start_id: int, new_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+                               start_id: int, new_size: int, batch_tokens: int = 2048
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
     """`final_hidden_states` with the new input rows of only the ids the text uses.
 
     The model keeps its own embedding matrix; for the read, its embedding module gets a small
@@ -75,11 +76,12 @@ def hidden_states_through_rows(model: torch.nn.Module, input_rows: RowsOf, chunk
         return final_hidden_states(model, chunks, start_id)
     used = np.unique(np.concatenate([np.asarray(c, dtype=np.int64) for c in chunks] + [[start_id]]))
     saved = emb.weight, emb.num_embeddings, emb.padding_idx
-    emb.weight = torch.nn.Parameter(input_rows(used).to(saved[0].dtype).to(saved[0].device), requires_grad=False)
+    device = saved[0].device if saved[0].device.type != "meta" else torch.device("cpu")
+    emb.weight = torch.nn.Parameter(input_rows(used).to(saved[0].dtype).to(device), requires_grad=False)
     emb.num_embeddings, emb.padding_idx = len(used), None
     try:
         local = [np.searchsorted(used, c).tolist() for c in chunks]
-        h, y = final_hidden_states(model, local, int(np.searchsorted(used, start_id)))
+        h, y = final_hidden_states(model, local, int(np.searchsorted(used, start_id)), batch_tokens)
     finally:
         emb.weight, emb.num_embeddings, emb.padding_idx = saved  # a tied head shares the old matrix again
     return h, torch.from_numpy(used)[y]
@@ -113,12 +115,13 @@ def read_hidden_states(model: torch.nn.Module | Callable[[], tuple[torch.nn.Modu
     Example:
         >>> h, y, mult, cap = read_hidden_states(model, chunks, start_id=1, new_size=len(made))  # doctest: +SKIP
     """
-    input_rows = None
+    input_rows, batch_tokens = None, 2048
     if not isinstance(model, torch.nn.Module):
-        model, input_rows = model()
+        model, input_rows, *rest = model()  # (model, input_rows[, tokens per batch])
+        batch_tokens = rest[0] if rest else batch_tokens
     mult, cap = logit_multiplier(model.config), logit_softcap(model.config)
     if input_rows is None:
         h, y = final_hidden_states(model, chunks, start_id)
     else:
-        h, y = hidden_states_through_rows(model, input_rows, chunks, start_id, new_size)
+        h, y = hidden_states_through_rows(model, input_rows, chunks, start_id, new_size, batch_tokens)
     return h, y, mult, cap

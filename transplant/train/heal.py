@@ -52,6 +52,7 @@ from pathlib import Path
 import torch
 
 from transplant.common.errors import TransplantError
+from transplant.common.memory import check_fits
 from transplant.common.progress import stage
 from transplant.io.checkpoint import locate_embeddings
 from transplant.io.outdir import check_output_path
@@ -68,10 +69,12 @@ from transplant.train.heal_config import (
     write_run_config,
 )
 from transplant.train.heal_loop import HealLoop
-from transplant.train.heal_model import FrozenLM, RowOffsets, load_models, load_tokenizers, rows_to_heal
+from transplant.train.heal_model import (FrozenLM, RowOffsets, expected_peak, load_models, load_tokenizers,
+                                         rows_to_heal)
 from transplant.train.heal_windows import aligned_windows, chunk_logprobs, clean_cuts, split_held_out
 from transplant.train.heal_writer import write_healed
 from transplant.train.resume import checkpoint_tensors
+from transplant.train.row_adam import RowAdam
 from transplant.train.trainloop import Checkpoints, disk_full_is_one_line, training_accelerator
 
 __all__ = ["HealConfig", "HealResult", "aligned_windows", "chunk_logprobs", "clean_cuts", "heal"]
@@ -117,6 +120,9 @@ def heal(cfg: HealConfig) -> HealResult:
     held_idx, train_idx = split_held_out(len(windows), cfg.held_out)
     rows, made = rows_to_heal(plan, windows, train_idx, locate_embeddings(folder).rows, cfg.min_count)
     inputs = run_inputs(cfg, folder, teacher_folder)
+    check_fits(expected_peak(cfg, folder, teacher_folder, len(rows)), "heal",
+               "pass shorter windows or smaller batches with --seq-len/--batch-size, or use a machine with more "
+               "memory")
 
     with RunFolder.owned(run, accelerator) as owner:  # one run per run folder, until this one ends
         ckpts = Checkpoints(run, cfg.keep_checkpoints)
@@ -131,7 +137,7 @@ def heal(cfg: HealConfig) -> HealResult:
         std_in = float(student.E_in.float().std())
         std_out = float(student.W_out.float().std())
         offsets = RowOffsets(student, rows, std_in, std_out, untied).to(device)
-        opt = torch.optim.Adam(offsets.parameters(), lr=cfg.lr)
+        opt = (RowAdam if cfg.optimizer == "row-adam" else torch.optim.Adam)(offsets.parameters(), lr=cfg.lr)
         net, opt = accelerator.prepare(offsets, opt)
         core: RowOffsets = accelerator.unwrap_model(net)
         stage(f"heal: training {len(rows):,} of {int(made.sum()):,} made rows ({'untied' if untied else 'tied'}), "

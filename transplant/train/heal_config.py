@@ -52,6 +52,9 @@ HEAL_RUN = OutputKind("a healing run folder", f"no {CONFIG_FILE}",
                       lambda folder: (folder / CONFIG_FILE).is_file() or not _contents(folder))
 
 
+OPTIMIZERS = ("adam", "row-adam")
+
+
 @dataclass
 class HealConfig:
     """Everything a healing run depends on (saved in the run folder as `heal_config.json`)."""
@@ -66,6 +69,7 @@ class HealConfig:
     batch_size: int = 4  # windows per step and process
     seq_len: int = 256  # student tokens per window
     lr: float = 1e-2  # Adam, on offsets in units of the embedding matrix's std
+    optimizer: str = "adam"  # "adam" (torch's) or "row-adam" (a quarter of its state: `row_adam.RowAdam`)
     warmup: int = 10
     distill_weight: float = 1.0
     lm_weight: float = 1.0  # 1: one-sided distillation (module docstring); 0: symmetric
@@ -125,6 +129,8 @@ def check_settings(cfg: HealConfig) -> None:
             refuse(name, value, f"a finite number {above}" + (f" and below {high:g}" if high is not None else ""))
 
     number("lr", 0, True)
+    if cfg.optimizer not in OPTIMIZERS:
+        refuse("optimizer", cfg.optimizer, "one of " + ", ".join(OPTIMIZERS))
     if cfg.minutes is not None:
         number("minutes", 0, True)
     for name in ("distill_weight", "lm_weight", "anchor_weight"):

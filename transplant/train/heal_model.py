@@ -45,17 +45,20 @@ class FrozenLM:
         self.W_out = head.weight.detach()
         self.bias = head.bias.detach() if getattr(head, "bias", None) is not None else None
         self.tied = self.W_out.data_ptr() == self.E_in.data_ptr()
+        self.dtype = self.E_in.dtype  # the frozen body's: the checkpoint's own (bf16 stays bf16)
 
     def hidden(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Final hidden states of input rows `x` (B, T, dim), scaled as the embedding module would."""
-        return self.decoder(inputs_embeds=x * self.embed_scale, attention_mask=mask.long()).last_hidden_state
+        """Final hidden states of input rows `x` (B, T, dim), scaled as the embedding module would;
+        `x` may be float32 (rows plus trained offsets): the body reads it in its own dtype."""
+        return self.decoder(inputs_embeds=(x * self.embed_scale).to(self.dtype),
+                            attention_mask=mask.long()).last_hidden_state
 
     def logits(self, hidden: torch.Tensor, extra: torch.Tensor | None = None, rows: torch.Tensor | None = None):
-        """The head's logits of `hidden`, plus `hidden @ extra.T` on the columns `rows` (offsets of
-        the head's rows), soft-capped as the model does."""
-        out = F.linear(hidden, self.W_out, self.bias)
+        """The head's logits of `hidden` in float32, plus `hidden @ extra.T` on the columns `rows`
+        (float32 offsets of the head's rows), soft-capped as the model does."""
+        out = F.linear(hidden, self.W_out, self.bias).float()
         if extra is not None:
-            out = out.index_add(-1, rows, hidden @ extra.T)
+            out = out.index_add(-1, rows, hidden.float() @ extra.T)
         if self.softcap:
             out = self.softcap * torch.tanh(out / self.softcap)
         return out
@@ -148,28 +151,51 @@ def load_tokenizers(folder: Path, teacher_folder: Path):
 
 
 def load_models(folder: Path, teacher_folder: Path, device):
-    """(student LM, teacher LM): one shared body when the transplant kept the teacher's."""
+    """(student LM, teacher LM), frozen in their checkpoints' own dtype (bf16 stays bf16: what
+    trains, the row offsets, is float32 and so is the loss); one shared body when the transplant
+    kept the teacher's."""
     from transformers import AutoModelForCausalLM  # a heavy import, only when a run starts
 
     def load(path: Path):
-        lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=locate_embeddings(path).dtype)
         return lm.eval().requires_grad_(False).to(device)
 
     student = load(folder)
     if same_body(folder, teacher_folder):
         # The teacher differs only in its embedding rows: read those, share the rest (half the memory).
         layout = locate_embeddings(teacher_folder)
-        emb = torch.nn.Embedding.from_pretrained(read_embedding(layout, layout.input_key).float().to(device))
+        dtype = student.get_input_embeddings().weight.dtype
+        emb = torch.nn.Embedding.from_pretrained(read_embedding(layout, layout.input_key).to(dtype).to(device))
         scale = getattr(student.get_input_embeddings(), "embed_scale", None)
         if scale is not None:
             emb.embed_scale = scale
         head = torch.nn.Linear(emb.weight.shape[1], emb.weight.shape[0], bias=False)
         head.weight = emb.weight if layout.output_key is None else torch.nn.Parameter(
-            read_embedding(layout, layout.output_key).float().to(device), requires_grad=False)
+            read_embedding(layout, layout.output_key).to(dtype).to(device), requires_grad=False)
         teacher = TeacherView(student, emb, head)
     else:
         teacher = load(teacher_folder)
     return student, teacher
+
+
+def expected_peak(cfg, folder: Path, teacher_folder: Path, n_rows: int) -> int:
+    """Bytes a heal run adds to this process: the student in its dtype, the teacher's own rows
+    (or the whole teacher when its body differs), the float32 offsets with their gradients and
+    the optimizer's state (Adam's two float32 moments, or RowAdam's bfloat16 one), and one batch's activations (the teacher's windows are up to twice as long,
+    but read without gradients)."""
+    from transplant.common.memory import checkpoint_bytes, training_activation_bytes
+
+    student, teacher = locate_embeddings(folder), locate_embeddings(teacher_folder)
+    stored = torch.finfo(student.dtype).bits // 8
+    if same_body(folder, teacher_folder):
+        teacher_bytes = teacher.rows * teacher.dim * stored * (1 if teacher.output_key is None else 2)
+    else:
+        teacher_bytes = checkpoint_bytes(teacher_folder)
+    trainable = n_rows * student.dim * (1 if student.tied else 2)
+    per_element = 10 if cfg.optimizer == "row-adam" else 16  # offsets, gradients, the optimizer's state
+    tokens = cfg.batch_size * cfg.seq_len
+    return (checkpoint_bytes(folder) + teacher_bytes + per_element * trainable
+            + training_activation_bytes(student.config, tokens, max(student.rows, teacher.rows), stored))
 
 
 def _start_id(vocab, where: Path) -> int:

@@ -1,8 +1,8 @@
 """Calibration at 7B widths: the layer-by-layer read against the whole-model read, side by side.
 
 Every contender is a fresh process of the same command,
-`transplant run --model SRC --new-tok TOK --calibrate-text TEXT --out OUT` (`auto`: FVT, as no
-network matches a synthetic model, then calibration), timed with `/usr/bin/time -v` (peak RSS)
+`transplant run --model SRC --new-tok TOK --calibrate-text TEXT --out OUT --method fvt` (`--method
+auto`: what `transplant run` does with none; FVT too, as no network matches a synthetic model), timed with `/usr/bin/time -v` (peak RSS)
 after an untimed `sync`, the source already in the page cache (a warm-up `cp -r` first):
 
   streamed   this checkout: the source read one decoder layer at a time, in its own dtype
@@ -13,8 +13,8 @@ after an untimed `sync`, the source already in the page cache (a warm-up `cp -r`
 `--memory-limit 16G` runs every command inside a memory cgroup of that size (root; cgroup v1 or
 v2), as a 16 GB machine would: a contender the kernel kills is reported as killed. Each row also
 gives the fitted scale(s) from the written plan, so the two reads can be compared. The 32-layer
-14.8 GB checkpoint with `--skip whole` takes about as long as reading it (the whole read would be
-killed at 16 GB: it needs ~60 GB in float32).
+14.8 GB checkpoint takes about two minutes with `--skip whole` (the whole read would be killed at
+16 GB: it needs ~30 GB in float32).
 
 Results: `benchmarks/results/calibration_memory[-NAME].json` and a markdown table on stdout.
 
@@ -83,22 +83,29 @@ def fitted(out: Path) -> dict | None:
                                                              "tokens")}
 
 
-def run(label: str, cmd: list[str], tree: Path, out: Path, prefix: list[str]) -> dict:
-    rm(out)
+def measure_in_tree(label: str, cmd: list[str], tree: Path, prefix: list[str], read_result) -> dict:
+    """`measure` the command with the `transplant` of `tree` (`python -P` and PYTHONPATH), adding
+    `read_result()`'s value as the row's "result"; a failed or killed command is a row saying so."""
     saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(tree)  # with `python -P`, the `transplant` of that tree is imported
+    os.environ["PYTHONPATH"] = str(tree)
     try:
         row = measure(prefix + cmd, label)
-        row["calibration"] = fitted(out)
+        row["result"] = read_result()
     except SystemExit as exc:  # measure exits on a failed command: a kill at the memory limit is a result
         text = str(exc)
-        row = {"label": label, "failed": text[-600:], "killed": "(-9)" in text or "(137)" in text}
+        row = {"label": label, "failed": text[-800:], "killed": "(-9)" in text or "(137)" in text}
         print(f"  {label}: FAILED {'(killed)' if row['killed'] else ''}", flush=True)
     finally:
         if saved is None:
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = saved
+    return row
+
+
+def run(label: str, cmd: list[str], tree: Path, out: Path, prefix: list[str]) -> dict:
+    rm(out)
+    row = measure_in_tree(label, cmd, tree, prefix, lambda: fitted(out))
     rm(out)
     return row
 
@@ -109,6 +116,7 @@ def main() -> None:
     ap.add_argument("--new-tok", type=Path, default=HERE / "work" / "quality_de" / "de-bpe")
     ap.add_argument("--text", type=Path, default=CORPORA / "de" / "train.txt")
     ap.add_argument("--baseline", default="3d6c3f3", help="the commit before streaming calibration")
+    ap.add_argument("--method", default="fvt", help="the transplant's method (auto: as `transplant run` with none)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["streamed", "whole", "plain"])
     ap.add_argument("--memory-limit", default=None, help="run every command in a memory cgroup this size (e.g. 16G)")
     ap.add_argument("--work", type=Path, default=HERE / "work" / "calibration_memory")
@@ -126,7 +134,7 @@ def main() -> None:
     rm(work / "warm")
     out = work / "out"
     cli = [sys.executable, "-P", "-m", "transplant.cli", "run", "--model", str(src), "--new-tok",
-           str(args.new_tok.resolve()), "--out", str(out)]
+           str(args.new_tok.resolve()), "--out", str(out), "--method", args.method]
     rows = {}
     if "streamed" not in args.skip:
         rows["streamed"] = run("streamed (this checkout)", cli + ["--calibrate-text", str(args.text.resolve())],
@@ -140,17 +148,17 @@ def main() -> None:
         rows["plain"] = run("plain (--no-calibrate)", cli + ["--no-calibrate"], ROOT, out, prefix)
     src_bytes = sum(p.stat().st_size for p in src.iterdir() if p.is_file())
     doc = {"source": {"path": str(src), "bytes": src_bytes}, "new_tokenizer": str(args.new_tok),
-           "text": str(args.text), "memory_limit": args.memory_limit, "baseline": args.baseline,
+           "text": str(args.text), "method": args.method, "memory_limit": args.memory_limit, "baseline": args.baseline,
            "git": git_state(), "machine": {"cpus": os.cpu_count(), "load1_at_end": os.getloadavg()[0]}, "rows": rows}
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"\nsource {src.name} ({src_bytes / 1e9:.2f} GB){', limit ' + args.memory_limit if args.memory_limit else ''}")
     print("| read | wall s | peak RSS GB | fitted scale(s) |\n|---|---:|---:|---|")
-    for key, r in rows.items():
+    for r in rows.values():
         if "failed" in r:
             print(f"| {r['label']} | {'killed' if r['killed'] else 'failed'} | | |")
             continue
-        cal = r.get("calibration") or {}
+        cal = r.get("result") or {}
         scales = cal.get("bucket_scales") or cal.get("scale")
         print(f"| {r['label']} | {r['wall_s']:.1f} | {r['peak_rss_mb'] * 1024 * 1024 / 1e9:.2f} | {scales} |")
 

@@ -33,31 +33,21 @@ from paths import CORPORA, HERE, ROOT, checkout_first
 
 checkout_first()
 
-from calibration_memory import baseline_tree, cgroup_prefix  # noqa: E402
-from streaming import git_state, measure, rm  # noqa: E402
+from calibration_memory import baseline_tree, cgroup_prefix, measure_in_tree  # noqa: E402
+from streaming import git_state, rm  # noqa: E402
+
+
+def summary_of(out: Path) -> dict:
+    summary = json.loads((out / "heal.json").read_text())
+    return {k: summary.get(k) for k in ("step", "best_bpb", "teacher_bpb", "rows_trained", "setup_seconds", "settings")}
 
 
 def run(label: str, cmd: list[str], tree: Path, out: Path, prefix: list[str]) -> dict:
-    rm(out)
-    rm(out.with_name(out.name + ".heal-run"))
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(tree)  # with `python -P`, the `transplant` of that tree is imported
-    try:
-        row = measure(prefix + cmd, label)
-        summary = json.loads((out / "heal.json").read_text())
-        row["summary"] = {k: summary.get(k) for k in ("step", "best_bpb", "teacher_bpb", "rows_trained",
-                                                      "setup_seconds", "settings")}
-    except SystemExit as exc:
-        text = str(exc)
-        row = {"label": label, "failed": text[-800:], "killed": "(-9)" in text or "(137)" in text}
-        print(f"  {label}: FAILED", flush=True)
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
-    rm(out)
-    rm(out.with_name(out.name + ".heal-run"))
+    for path in (out, out.with_name(out.name + ".heal-run")):
+        rm(path)
+    row = measure_in_tree(label, cmd, tree, prefix, lambda: summary_of(out))
+    for path in (out, out.with_name(out.name + ".heal-run")):
+        rm(path)
     return row
 
 
@@ -108,7 +98,7 @@ def main() -> None:
         if "failed" in r:
             print(f"| {r['label']} | {'killed' if r['killed'] else 'failed'} | | | |")
             continue
-        s = r["summary"]
+        s = r["result"]
         print(f"| {r['label']} | {r['wall_s']:.1f} | {r['peak_rss_mb'] * 1024 * 1024 / 1e9:.2f} | "
               f"{s['best_bpb']:.4f} | {s['rows_trained']} |")
 

@@ -274,7 +274,8 @@ def match_cosine(net: KnownNetwork, E_in, E_out) -> float | None:
 
 def find_network(E_in, E_out) -> tuple[KnownNetwork, float] | None:
     """The first known network (see `known_networks` for the order) trained for the model whose
-    embeddings are `E_in` (and head `E_out`, None when tied), with its fingerprint cosine."""
+    embeddings are `E_in` (and head `E_out`, None when tied), with its fingerprint cosine.
+    Only a few rows of `E_in` are read (any dtype), and of `E_out` only whether it is None."""
     from .model import SAME_BASE_COSINE
 
     for net in known_networks():

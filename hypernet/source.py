@@ -33,14 +33,11 @@ def expected_peak(cfg, folder: Path) -> int:
 def load_source(spec: str, device: torch.device | str = "cpu"):
     """(model, input rows, head rows or None when tied, folder) of a base model, frozen in its
     checkpoint's own dtype (bf16 stays bf16; the network that trains is float32, and so is its loss)."""
-    from transformers import AutoModelForCausalLM
-
-    from transplant.io.checkpoint import locate_embeddings
+    from transplant.io.frozen_load import load_frozen
     from transplant.io.sources import resolve_model
 
     folder = resolve_model(spec)
-    lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=locate_embeddings(folder).dtype)
-    lm.eval().requires_grad_(False).to(device)
+    lm = load_frozen(folder).to(device)
     E_in = lm.get_input_embeddings().weight.detach()
     head = lm.get_output_embeddings()
     tied = head is None or head.weight.data_ptr() == E_in.data_ptr()

@@ -355,3 +355,14 @@ def test_a_bf16_model_trains_its_network_in_bf16(build_model, tmp_path, monkeypa
     lm = [r["lm_loss"] for r in log if r["stage"] == 2]
     assert all(v == v for v in lm) and sum(lm[-8:]) / 8 < sum(lm[:8]) / 8, lm
     assert all(t.dtype == torch.float32 for t in HyperNet.load(out).state_dict().values() if t.is_floating_point())
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "hypernet" / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_network_recipe_reads_as_a_training_config(recipe, monkeypatch):
+    from hypernet.cli import config_from
+
+    monkeypatch.setenv("CORPORA", "/corpora")
+    monkeypatch.setenv("MODEL", "path/to/mistral-7b")
+    cfg = config_from(str(recipe), {}, set())
+    assert cfg.model and cfg.texts and all(t.startswith("/corpora/") or "work" in t for t in cfg.texts)
+    assert cfg.layers >= 1 and (cfg.steps or cfg.minutes)

@@ -204,7 +204,7 @@ def extend_cmd(model, texts, add, out, method, settings, pad_to_multiple_of, eva
               help="Adam learning rate (offsets in units of the matrix's std).")
 @click.option("--optimizer", type=click.Choice(["adam", "row-adam"]), default="adam", show_default=True,
               help="adam: torch's Adam (16 bytes per trained element); row-adam: a bfloat16 first moment and "
-                   "one second moment per row (10 bytes), for large models.")
+                   "a second moment factored into rows and columns (10 bytes), for large models.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Windows per step and process.")
 @click.option("--seq-len", type=click.IntRange(min=8), default=256, show_default=True, help="Tokens per window.")
 @click.option("--lm-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,

@@ -28,7 +28,7 @@ ENV = "TOKENTRANSPLANT_MAX_MEMORY"
 
 def parse_size(text: str) -> int:
     """Bytes from `123`, `512M`, `16G`, `1.5T` (binary units)."""
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)i?B?\s*", str(text), flags=re.I)
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)i?B?\s*", str(text), flags=re.IGNORECASE)
     if not m:
         raise TransplantError(f"cannot read a memory size from {text!r} (write e.g. 16G or 512M in {ENV})")
     return int(float(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper()))
@@ -109,6 +109,31 @@ def check_fits(expected: int, what: str, fixes: str) -> None:
     if room is not None and expected > room:
         raise TransplantError(f"{what} needs about {human(expected)} more memory than this process holds, and only "
                               f"{human(room)} is available ({fixes})")
+
+
+def _glibc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _glibc()
+
+
+def trim_heap() -> None:
+    """Hand the C heap's free pages back to the system (glibc's `malloc_trim`; elsewhere nothing).
+
+    glibc keeps freed blocks on its heap, and those below a block still in use are never
+    returned: a loop that allocates and frees large tensors (a model read layer by layer) grows
+    the process by what it freed. A trim after each such step keeps it at what is in use.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def checkpoint_bytes(folder: Path) -> int:

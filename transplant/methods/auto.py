@@ -126,9 +126,11 @@ def choose(resources, new_src: TokenizerSource, calibrate_texts: list[str] | Non
     if given_path:
         method, network, why = "hypernet", str(given_path), f"hypernet {given_path} (hypernet.path given)"
     else:
-        E_in = resources.old_input()
-        E_out = None if resources.tied else resources.old_output()
-        found = find_network(E_in, E_out)
+        # The match reads a few rows of the input matrix and whether the head is the model's own:
+        # the stored matrix, not the float32 copies a method may keep for the run.
+        E_in = resources.stored_input()
+        found = find_network(E_in, None if resources.tied else E_in)
+        del E_in
         if found is not None:
             net, cos = found
             options["hypernet.path"] = str(net.path)

@@ -15,12 +15,14 @@ Example:
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from transplant.common.errors import TransplantError
+from transplant.common.memory import trim_heap
 from transplant.common.progress import bar
 from transplant.common.texts import split_documents
 from transplant.measure.evaluate import pack
@@ -124,4 +126,7 @@ def read_hidden_states(model: torch.nn.Module | Callable[[], tuple[torch.nn.Modu
         h, y = final_hidden_states(model, chunks, start_id)
     else:
         h, y = hidden_states_through_rows(model, input_rows, chunks, start_id, new_size, batch_tokens)
+        del model, input_rows
+        gc.collect()  # the loaded model (its layer hooks make cycles) before the head is built
+        trim_heap()
     return h, y, mult, cap

@@ -33,8 +33,9 @@ from pathlib import Path
 
 import torch
 
-from transplant.common.safetensors_header import read_header
+from transplant.common.memory import trim_heap
 from transplant.io.checkpoint import EmbeddingLayout, _converted_names, _match_key
+from transplant.io.tensor_reader import TensorReader, put_parameter
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ def open_streamed(folder: Path, layout: EmbeddingLayout, trust_remote_code: bool
     prefix = f"{model.base_model_prefix}." if base is not model else ""
     converted = _converted_names(model, layout.shard_of)
     params = dict(base.named_parameters())
+    reader = TensorReader(layout)
     key_of: dict[str, str] = {}
     for name, p in params.items():
         if p is emb.weight:
@@ -127,17 +129,19 @@ def open_streamed(folder: Path, layout: EmbeddingLayout, trust_remote_code: bool
         key = _match_key([prefix + name], layout.shard_of, model.base_model_prefix or "", converted)
         if key is None:
             return StreamedModel(None, f"no checkpoint tensor loads into {prefix + name} as it is")
+        if reader.shape(key) != tuple(p.shape):  # e.g. experts merged on load: checked before the read
+            return StreamedModel(None, f"{key} is stored as {reader.shape(key)}, {prefix + name} is {tuple(p.shape)}")
         key_of[name] = key
-    reader = _Reader(layout)
     other = [n for n in key_of if not n.startswith(stack_name + ".")]
     for name in other:  # small: final norm, position tables, GPT-2's wpe, Bloom's embedding norm
-        _put(base, name, reader.read(key_of[name], dtype))
+        put_parameter(base, name, reader.read(key_of[name], dtype))
     streamed = StreamedModel(model, layers=len(layers), dtype=dtype, width=int(emb.embedding_dim))
     streamed.other_bytes = sum(reader.nbytes(key_of[n]) for n in other)
+    pool: dict[str, torch.Tensor] = {}
     for i, layer in enumerate(layers):
         own = {n: key_of[f"{stack_name}.{i}.{n}"] for n, _ in layer.named_parameters()}
         streamed.layer_bytes = max(streamed.layer_bytes, sum(reader.nbytes(k) for k in own.values()))
-        layer.register_forward_pre_hook(_loader(layer, own, reader, dtype, streamed.reads, i))
+        layer.register_forward_pre_hook(_loader(layer, own, reader, dtype, streamed.reads, i, pool))
         layer.register_forward_hook(_releaser(layer))
     widths = [m.out_features for m in layers[0].modules() if isinstance(m, torch.nn.Linear)]
     streamed.widest = max(widths + [streamed.width])
@@ -146,71 +150,31 @@ def open_streamed(folder: Path, layout: EmbeddingLayout, trust_remote_code: bool
     return streamed
 
 
-class _Reader:
-    """Tensors read from the checkpoint's shards by key, with plain reads into a fresh buffer.
-
-    Not through safetensors' memory map: the pages a map touches stay in this process's resident
-    set until the file is closed, so a layer-by-layer read would grow to the whole checkpoint.
-    """
-
-    _DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16,
-               "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-               "BOOL": torch.bool}
-
-    def __init__(self, layout: EmbeddingLayout) -> None:
-        self.layout = layout
-        self.headers: dict[str, tuple[dict, int]] = {}
-
-    def _entry(self, key: str) -> tuple[Path, dict, int]:
-        shard = self.layout.shard_of[key]
-        if shard not in self.headers:
-            self.headers[shard] = read_header(self.layout.folder / shard)
-        header, start = self.headers[shard]
-        return self.layout.folder / shard, header[key], start
-
-    def read(self, key: str, dtype: torch.dtype) -> torch.Tensor:
-        path, entry, start = self._entry(key)
-        begin, end = entry["data_offsets"]
-        buf = bytearray(end - begin)
-        with open(path, "rb", buffering=0) as fh:
-            fh.seek(start + begin)
-            view, got = memoryview(buf), 0
-            while got < len(buf):
-                n = fh.readinto(view[got:])
-                if not n:
-                    raise OSError(f"{path}: the file ends inside tensor {key} (is the checkpoint complete?)")
-                got += n
-        stored = self._DTYPES[entry["dtype"]]
-        t = torch.frombuffer(buf, dtype=torch.uint8).view(stored).reshape(entry["shape"]) if buf else \
-            torch.empty(entry["shape"], dtype=stored)
-        return t if t.dtype == dtype or not t.is_floating_point() else t.to(dtype)
-
-    def nbytes(self, key: str) -> int:
-        _, entry, _ = self._entry(key)
-        return entry["data_offsets"][1] - entry["data_offsets"][0]
-
-
-def _put(module: torch.nn.Module, name: str, value: torch.Tensor) -> None:
-    """Set parameter `name` (dotted, under `module`) to `value`, frozen."""
-    owner_name, _, leaf = name.rpartition(".")
-    owner = module.get_submodule(owner_name) if owner_name else module
-    if tuple(owner._parameters[leaf].shape) != tuple(value.shape):
-        raise ValueError(f"{name}: the checkpoint holds {tuple(value.shape)}, the model {tuple(owner._parameters[leaf].shape)}")
-    owner._parameters[leaf] = torch.nn.Parameter(value, requires_grad=False)
-
-
-def _loader(layer: torch.nn.Module, keys: dict[str, str], reader: _Reader, dtype: torch.dtype, reads, index: int):
+def _loader(layer: torch.nn.Module, keys: dict[str, str], reader: TensorReader, dtype: torch.dtype, reads, index: int,
+            pool: dict[str, torch.Tensor]):
+    """Read the layer's tensors into `pool`, buffers shared by every layer (decoder layers have
+    the same shapes): one allocation for the whole read, not one per tensor and layer, whose
+    freed blocks the C allocator would keep and the activations fragment (measured: 1 GB more
+    peak on SmolLM2's 30 layers)."""
     def load(module, args):
         for name, key in keys.items():
-            _put(layer, name, reader.read(key, dtype))
+            size = reader.nbytes(key)
+            if name not in pool or pool[name].numel() < size:
+                pool[name] = torch.empty(size, dtype=torch.uint8)
+            put_parameter(layer, name, reader.read(key, dtype, into=pool[name]))
         reads[index] += 1
     return load
 
 
 def _releaser(layer: torch.nn.Module):
+    """Set the layer's parameters back on the meta device once it has run, and give the heap's
+    free pages back. glibc keeps the freed activations of each layer on its heap, below blocks
+    still in use, where they are never returned: SmolLM2's 30 layers over 4,096 tokens in one
+    batch left the process 1.7 GB larger, 0.2 GB with a trim after each layer."""
     def release(module, args, output):
         for sub in layer.modules():
             for leaf, p in list(sub._parameters.items()):
                 if p is not None and p.device.type != "meta":
                     sub._parameters[leaf] = torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
+        trim_heap()
     return release

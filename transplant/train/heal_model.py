@@ -119,11 +119,15 @@ class RowOffsets(torch.nn.Module):
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Student log-probabilities of every next token, (B, T-1)."""
         st = self._student[0]
-        d_in, d_out = self.deltas()
-        padded = torch.cat([d_in.new_zeros(1, d_in.shape[1]), d_in])
         safe = ids.clamp_min(0)
-        x = st.E_in[safe] + padded[self.slot[safe]]
+        slot = self.slot[safe]
+        # Only the batch's rows are gathered and scaled (not every trained row: at 7B widths a
+        # full-size scaled copy and its gradient were 0.4 GB a step); the same numbers as scaling
+        # first, since a gather commutes with the multiplication.
+        picked = self.d_in[(slot - 1).clamp_min(0)] * self.std_in
+        x = st.E_in[safe] + torch.where((slot > 0).unsqueeze(-1), picked, 0.0)
         hidden = st.hidden(x, mask)
+        d_out = self.d_in * self.std_in if self.d_out is None else self.d_out * self.std_out
         return token_logprobs(st.logits(hidden, d_out, self.rows), ids)
 
 
@@ -154,11 +158,10 @@ def load_models(folder: Path, teacher_folder: Path, device):
     """(student LM, teacher LM), frozen in their checkpoints' own dtype (bf16 stays bf16: what
     trains, the row offsets, is float32 and so is the loss); one shared body when the transplant
     kept the teacher's."""
-    from transformers import AutoModelForCausalLM  # a heavy import, only when a run starts
+    from transplant.io.frozen_load import load_frozen  # a heavy import, only when a run starts
 
     def load(path: Path):
-        lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=locate_embeddings(path).dtype)
-        return lm.eval().requires_grad_(False).to(device)
+        return load_frozen(path).to(device)
 
     student = load(folder)
     if same_body(folder, teacher_folder):

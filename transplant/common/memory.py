@@ -111,7 +111,8 @@ def check_fits(expected: int, what: str, fixes: str) -> None:
     # memory (measured peaks: 0.84x to 1.35x the estimate, calibration and heal, SmolLM2 to 7B
     # widths): refuse within that margin rather than be killed.
     if room is not None and expected * MARGIN > room:
-        raise TransplantError(f"{what} needs about {human(expected)} more memory than this process holds, and only "
+        raise TransplantError(f"{what} needs about {human(expected)} more memory than this process holds (up to "
+                              f"{human(int(expected * MARGIN))} with the estimate's margin), and only "
                               f"{human(room)} is available ({fixes})")
 
 

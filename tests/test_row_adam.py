@@ -45,3 +45,23 @@ def test_a_zero_gradient_row_does_not_move_and_blocks_cover_every_row(monkeypatc
     moved = p.detach()
     assert (moved[3] == 0).all()
     assert torch.allclose(moved[torch.arange(10) != 3], torch.full((9, 16), -0.5))
+
+
+def test_it_is_adam_where_the_squared_gradient_factors_into_rows_and_columns():
+    """A gradient a_i * b_j * sign (rows of one frequency, hidden dimensions of very different sizes,
+    as the head's rows see them) has v_ij = a_i^2 b_j^2 exactly: the factored moment is Adam's, where
+    one number per row would give the large dimensions the whole step."""
+    g = torch.Generator().manual_seed(1)
+    a = torch.nn.Parameter(torch.zeros(40, 12))
+    b = torch.nn.Parameter(torch.zeros(40, 12))
+    adam, row = torch.optim.Adam([a], lr=0.01), RowAdam([b], lr=0.01)
+    cols = torch.ones(12)
+    cols[3] = 50.0  # one very large hidden dimension
+    rows = torch.rand(40, 1, generator=g) + 0.1
+    for _ in range(15):
+        signs = torch.randint(0, 2, (40, 12), generator=g).float() * 2 - 1
+        a.grad = rows * cols * signs
+        b.grad = a.grad.clone()
+        adam.step()
+        row.step()
+    assert torch.allclose(a, b, atol=2e-3)

@@ -13,6 +13,10 @@ German BPE with `--method fvt` (made once into the work folder); the healing tex
 Each row gives the held-out bits per byte the run reports (`heal.json`), so a change of precision
 that moved quality shows. `--extra` adds flags to this checkout's command (e.g. `--optimizer adam`).
 
+`--launch 2` runs this checkout's command as two processes (`accelerate launch` with the shipped
+`recipes/accelerate/cpu-2-processes.yaml`); with `--extra=--shard-body` they shard the frozen
+body. Peak RSS is then the largest process's (`/usr/bin/time` reports the largest descendant).
+
 Results: `benchmarks/results/heal_memory.json` and a markdown table on stdout.
 
 Usage:
@@ -61,6 +65,9 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], choices=["this", "float32"])
     ap.add_argument("--extra", nargs="*", default=[], help="more flags for this checkout's heal")
     ap.add_argument("--memory-limit", default=None)
+    ap.add_argument("--launch", type=int, default=1,
+                    help="processes: above 1, this checkout's heal runs under `accelerate launch` with "
+                         "recipes/accelerate/cpu-2-processes.yaml (peak RSS is then the largest process's)")
     ap.add_argument("--work", type=Path, default=HERE / "work" / "heal_memory")
     ap.add_argument("--results", type=Path, default=HERE / "results" / "heal_memory.json")
     args = ap.parse_args()
@@ -78,7 +85,10 @@ def main() -> None:
                     encoding="utf-8")
     prefix = cgroup_prefix(args.memory_limit)
     out = work / "out"
-    cli = [sys.executable, "-P", "-m", "transplant.cli", "heal", "--model", str(moved), "--text", str(text),
+    launch = [] if args.launch == 1 else [
+        "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "recipes" / "accelerate" / "cpu-2-processes.yaml"),
+        "--num_processes", str(args.launch)]
+    cli = [sys.executable, "-P", *launch, "-m", "transplant.cli", "heal", "--model", str(moved), "--text", str(text),
            "--out", str(out), "--steps", "3", "--batch-size", "1", "--seq-len", "128", "--eval-every", "3",
            "--checkpoint-every", "3", "--patience", "0"]
     rows = {}
@@ -89,7 +99,7 @@ def main() -> None:
         rows["float32"] = run(f"float32 ({args.baseline})", cli, tree, out, prefix)
         shutil.rmtree(tree, ignore_errors=True)
     doc = {"source": str(args.src), "moved": str(moved), "text": str(args.text), "text_bytes": args.text_bytes,
-           "memory_limit": args.memory_limit, "baseline": args.baseline, "git": git_state(),
+           "memory_limit": args.memory_limit, "baseline": args.baseline, "processes": args.launch, "git": git_state(),
            "machine": {"cpus": os.cpu_count()}, "rows": rows}
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(doc, indent=1) + "\n")

@@ -55,7 +55,13 @@ def cli(quiet: bool) -> None:
               help="Unused predicted tokens sampled into each stage-2 softmax.")
 @click.option("--aux-weight", type=float, default=0.5, show_default=True, help="Weight of the auxiliary stage-1 loss in stage 2.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True, help="Steps between checkpoints.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the initialization and of every drawn batch.")
+@click.option("--shard-body", is_flag=True,
+              help="Shard the frozen model's decoder layers over the processes of `accelerate launch` (FSDP2): "
+                   "each holds 1/N of the body, for a model one device cannot hold (recipes/accelerate/).")
+@click.option("--checkpoint-layers", is_flag=True,
+              help="Recompute the frozen model's layers in stage 2's backward pass instead of keeping their "
+                   "activations: less memory for long chunks and large batches, about a third more compute.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True,
               help="Start afresh in --out, replacing an earlier hypernetwork run or network there (nothing else).")

@@ -217,20 +217,31 @@ class KnownNetwork:
 
     @property
     def summary(self) -> str:
-        """One line of its training: stages, minutes, texts."""
+        """One line of its training: stages, minutes, texts (a field of the wrong type reads as unknown)."""
         t = self.training
         if not t:
             return "no training summary"
-        mins = (t.get("stage1_seconds", 0) + t.get("stage2_seconds", 0)) / 60
-        texts = t.get("texts") or []
-        return (f"{t.get('stage1_done', 0)} + {t.get('stage2_done', 0)} steps (stage 1 + 2), {mins:.0f} min, "
-                f"{len(texts)} training texts")
+
+        def number(key: str) -> float | None:
+            value = t.get(key, 0)
+            return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+        parts = [number(k) for k in ("stage1_done", "stage2_done", "stage1_seconds", "stage2_seconds")]
+        texts = t.get("texts")
+        steps = "? + ?" if None in parts[:2] else f"{parts[0]:.0f} + {parts[1]:.0f}"
+        mins = "?" if None in parts[2:] else f"{(parts[2] + parts[3]) / 60:.0f}"
+        n_texts = len(texts) if isinstance(texts, list) else "?"
+        return f"{steps} steps (stage 1 + 2), {mins} min, {n_texts} training texts"
 
 
 def _read(folder: Path, name: str, origin: str) -> KnownNetwork | None:
     """The entry of a network folder, or None (a warning) when it cannot be loaded: a damaged
     network in the registry is skipped, never a traceback in `transplant run` or `hypernet list`."""
-    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+    files = [folder / "config.json", folder / "model.safetensors"]
+    if not all(f.is_file() for f in files):
+        if any(os.path.lexists(f) for f in files):  # there but unreadable (a dangling link, a link loop)
+            log.warning("skipped the %s network %s: %s is not a readable file", origin, name,
+                        next(f.name for f in files if not f.is_file()))
         return None
     try:
         cfg = check_network_folder(folder)
@@ -263,12 +274,20 @@ def match_cosine(net: KnownNetwork, E_in, E_out) -> float | None:
 
     if E_in.shape[1] != net.hidden_size or (E_out is not None) != net.untied:
         return None
-    with safe_open(str(net.path / "model.safetensors"), "pt") as fh:
-        ids, rows = fh.get_tensor("fingerprint_ids"), fh.get_tensor("fingerprint_rows").float()
-    keep = ids < E_in.shape[0]
+    try:
+        with safe_open(str(net.path / "model.safetensors"), "pt") as fh:
+            ids, rows = fh.get_tensor("fingerprint_ids"), fh.get_tensor("fingerprint_rows").float()
+    except Exception as exc:  # a damaged file: skipped like every other damaged entry
+        log.warning("skipped the %s network %s: its fingerprint cannot be read (%s)", net.origin, net.name, exc)
+        return None
+    if (ids.dtype.is_floating_point or ids.dim() != 1 or rows.dim() != 2 or rows.shape[0] != ids.shape[0]
+            or rows.shape[1] != E_in.shape[1]):
+        log.warning("skipped the %s network %s: its fingerprint has the wrong shape", net.origin, net.name)
+        return None
+    keep = (ids >= 0) & (ids < E_in.shape[0])  # ids past this vocabulary: another model's
     if not bool(keep.any()):
         return None
-    mine = E_in[ids[keep]].float()
+    mine = E_in[ids[keep].long()].float()
     return float(torch.nn.functional.cosine_similarity(mine, rows[keep], dim=1).mean())
 
 
@@ -324,8 +343,14 @@ def register(folder: str | Path, name: str | None = None) -> KnownNetwork:
 
 
 def unregister(name: str) -> Path:
-    """Remove a network from the user's registry (shipped networks cannot be removed)."""
-    target = registry_dir() / name
+    """Remove a network from the user's registry (shipped networks cannot be removed). `name` is
+    an entry's name as `hypernet list` shows it, never a path: nothing outside the registry goes."""
+    root = registry_dir()
+    target = root / name
+    if (not name or name in (".", "..") or Path(name).name != name or "/" in name or os.sep in name
+            or target.is_symlink() or target.resolve().parent != root.resolve()):
+        raise TransplantError(f"{name!r} is not a network name: pass the name `hypernet list` shows (a registered "
+                              "network), not a path")
     if not (target / REGISTERED).is_file():
         known = ", ".join(n.name for n in known_networks() if n.origin == "registered") or "none"
         raise TransplantError(f"no registered network named {name!r} (registered: {known}; see `hypernet list`)")
@@ -384,6 +409,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, run: str | Path |
     if not (run / "config.json").is_file():
         raise TransplantError(f"{run} has no config.json yet (it is written when training ends; export after that)")
     net = open_network(run)
+    registry = registry_dir().resolve()
+    if registry == Path(out).resolve() or registry in Path(out).resolve().parents:
+        raise TransplantError(f"--out {out} is inside the hypernetwork registry {registry}, which only `hypernet "
+                              "train` and `export` fill, each by registering its own output: pass --out elsewhere")
     target = check_output_path(Path(out), [checkpoint, run], overwrite, HYPERNET_OUTPUT)
     _check_weights(weights, check_network_folder(run), f"pass --run: the folder of the run {checkpoint} belongs to",
                    f"the run's {run / 'config.json'}")

@@ -51,7 +51,9 @@ from transplant.common.errors import TransplantError
 from transplant.common.memory import check_fits
 from transplant.common.progress import bar, stage
 from transplant.core.vocab import Vocabulary
+from transplant.io.frozen_load import checkpoint_layers
 from transplant.measure.lm import embed_scale, logit_softcap, start_token, with_start_token
+from transplant.train.heal_config import RunFolder
 from transplant.train.resume import (
     check_run_output,
     check_same_inputs,
@@ -66,6 +68,7 @@ from transplant.train.trainloop import (
     LOG_FILE,
     Checkpoints,
     any_process,
+    body_mesh,
     append_log,
     begin_step,
     budget_spent,
@@ -104,6 +107,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     seed: int = 0
+    # Shard the frozen body's decoder layers over the run's processes (`io.sharded_load`).
+    shard_body: bool = False
+    # Recompute the frozen body's layers in stage 2's backward pass instead of keeping their activations.
+    checkpoint_layers: bool = False
     resume: bool = False
     overwrite: bool = False  # start afresh in `out`, replacing an earlier hypernetwork run or network
 
@@ -127,7 +134,8 @@ _AT_MOST = {"seed": 2**32 - 1}
 # What a resumed run may change (the budget, where it checkpoints); `model` and `texts` are
 # compared by content instead of by path (see `check_resumable`).
 _MAY_CHANGE = {"stage1_steps", "stage1_minutes", "steps", "minutes", "out", "resume", "overwrite",
-               "checkpoint_every", "keep_checkpoints", "log_every", "model", "texts", "format", "inputs"}
+               "checkpoint_every", "keep_checkpoints", "log_every", "model", "texts", "format", "inputs", "shard_body",
+               "checkpoint_layers"}
 
 
 def check_settings(cfg: TrainConfig) -> None:
@@ -225,16 +233,30 @@ def train(cfg: TrainConfig) -> Path:
     """
     out = Path(cfg.out)
     accelerator = training_accelerator()
-    device = accelerator.device
+    mesh = body_mesh(accelerator, cfg.shard_body, "hypernet train")
     inputs = check_inputs(cfg)
     latest = check_run_output(out, inputs.paths, cfg.resume, cfg.overwrite, HYPERNET_OUTPUT, is_training_run,
                               RUN_CONFIG)
+    # One run per run folder: an existing one (a resume, an overwrite) is locked now, before the
+    # model loads; a new one as soon as it is published.
+    with RunFolder.owned(out, accelerator, command="hypernet train", create=False) as owner:
+        return _train(cfg, accelerator, mesh, inputs, latest, owner)
 
-    check_fits(expected_peak(cfg, inputs.folder), "hypernet train",
+
+def _train(cfg: TrainConfig, accelerator, mesh, inputs: Inputs, latest: Path | None, owner: RunFolder) -> Path:
+    """`train` once its inputs are checked and its run folder owned."""
+    out = Path(cfg.out)
+    device = accelerator.device
+    check_fits(expected_peak(cfg, inputs.folder, accelerator.num_processes if mesh is not None else 1),
+               "hypernet train",
                "pass a narrower or shallower network (--width/--layers) or smaller batches (--batch-size/--seq-len), "
-               "or use a machine with more memory")
+               "shard the body over several processes with --shard-body (README: Big models), or use a machine "
+               "with more memory")
     stage(f"hypernet: loading {cfg.model}")
-    lm, E_in, E_out, _ = load_source(str(inputs.folder), device)
+    # Sharded, every stage-2 step runs the body once on every process (its forward is a collective).
+    lm, E_in, E_out, _ = load_source(str(inputs.folder), device, mesh)
+    if cfg.checkpoint_layers:
+        checkpoint_layers(lm)
     old_tok, old_vocab = inputs.tokenizer, inputs.vocab
     targets, decomps = withheld_decompositions(old_vocab)
     if not targets:
@@ -258,6 +280,11 @@ def train(cfg: TrainConfig) -> Path:
     if accelerator.is_main_process:  # every check passed: now the run folder is written
         settings = {"format": RUN_FORMAT, **asdict(cfg), "inputs": inputs.fingerprints}
         open_run_output(out, RUN_CONFIG, settings, cfg.resume, cfg.overwrite, HYPERNET_OUTPUT)
+        if not (cfg.resume and owner.locked):  # published just now (a new folder, or swapped in by --overwrite)
+            owner.release(failed=False)
+            refusal = owner.acquire()
+            if refusal is not None:
+                raise TransplantError(refusal)
     accelerator.wait_for_everyone()
 
     # Tokens are split 98 / 2 into training and held-out old tokens (by a fixed permutation).
@@ -350,6 +377,7 @@ def train(cfg: TrainConfig) -> Path:
             take_step(loss, "stage2", opened.started, pbar)
             log({"stage": 2, "step": step, "loss": round(float(loss.detach()), 6), "lm_loss": round(float(lm_loss["lm"]), 6),
                  "aux_loss": round(float(lm_loss["aux"]), 6), "tokens": n_tok, "made_share": round(made_share, 4),
+                 "predicted": lm_loss["predicted"], "pieces": lm_loss["pieces"],
                  "seconds": round(state["stage2_seconds"], 2)})
             if step % cfg.checkpoint_every == 0:
                 ckpts.save(accelerator, state)
@@ -359,7 +387,8 @@ def train(cfg: TrainConfig) -> Path:
         ckpts.save(accelerator, state)
     if accelerator.is_main_process:
         summary = {**state, "base_model": cfg.model, "texts": cfg.texts, "parameters": parameter_count(core),
-                   "held_out_stage1_loss": held_out_loss(), "processes": accelerator.num_processes}
+                   "held_out_stage1_loss": held_out_loss(), "processes": accelerator.num_processes,
+                   "body_shards": accelerator.num_processes if mesh is not None else 1}
         write_json(out / "training.json", summary)
         core.save(out)  # config.json last: the folder is a network once it is there
     accelerator.wait_for_everyone()
@@ -404,7 +433,8 @@ def _stage2_loss(rng, g, cfg, pool, sampler, forward, E_in, E_out, decoder, bos,
     if bos is not None:
         x = torch.where((ids == -2).unsqueeze(2), E_in[bos].expand_as(x), x)
     body = E_in.dtype  # the frozen body reads its own dtype; the logits and the loss are float32
-    hidden = decoder(inputs_embeds=(x * scale).to(body), attention_mask=mask.long()).last_hidden_state
+    hidden = decoder(inputs_embeds=(x * scale).to(body), attention_mask=mask.long(),
+                     use_cache=False).last_hidden_state  # no cache: nothing to keep, nothing to recompute twice
     logits = hidden[:, :-1].float() @ rows_out.float().T + bias
     if softcap:
         logits = softcap * torch.tanh(logits / softcap)
@@ -412,7 +442,10 @@ def _stage2_loss(rng, g, cfg, pool, sampler, forward, E_in, E_out, decoder, bos,
     lm = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
     n_tok = int((labels >= 0).sum())
     made_share = float(((labels >= n_exact) & (labels >= 0)).sum()) / max(1, n_tok)
-    return {"total": lm + cfg.aux_weight * aux, "lm": lm.detach(), "aux": aux.detach()}, n_tok, made_share
+    # The network's work this step (for the cost per step): rows predicted and pieces read.
+    pieces = sum(len(st.pieces[i]) for i in predicted) + sum(len(decomps[r]) for r in aux_rows)
+    return {"total": lm + cfg.aux_weight * aux, "lm": lm.detach(), "aux": aux.detach(),
+            "predicted": n_pred + len(aux_rows), "pieces": pieces}, n_tok, made_share
 
 
 __all__ = ["TrainConfig", "export_checkpoint", "load_source", "train"]  # export_checkpoint: from .registry

@@ -168,3 +168,46 @@ def test_universal_draft_cache_keeps_only_positions_its_next_input_holds(cached_
     gen.prev_assistant_ids[0, 0] = -1  # transformers edits its copy in place: the rule must not read it
     get(torch.tensor([next_input]))
     assert rounds == [None, kept]
+
+
+def test_a_padded_draft_of_the_same_vocabulary_runs(target, build_model, tmp_path):
+    """transformers tells tokenizers apart by `vocab_size` only: a draft on the target's
+    vocabulary whose matrix is padded goes the universal way (it raised "different tokenizers")."""
+    other = build_model(tmp_path / "draft-sp", "llama", tied=True, tok="sp", seed=5)
+    draft = tmp_path / "padded"
+    transplant(other, target, draft, method="fvt", pad_to_multiple_of=64)
+    r = measure_assist(draft, target, TEXTS, prompts=2, prompt_tokens=12, new_tokens=8)
+    assert r.mode.startswith("universal (the same tokenizer, vocab_size")
+    assert r.identical == 2 and r.proposed > 0
+
+
+@pytest.mark.parametrize("config,phrase", [("{}", "names no model_type"), ("[]", "not an object"),
+                                           ('{"model_type": "no-such-arch"}', "does not know"),
+                                           (None, "no config.json")])
+def test_eval_assist_refuses_a_model_it_cannot_build_before_loading(config, phrase, target, tmp_path, monkeypatch):
+    import transplant.measure.assist as A
+
+    monkeypatch.setattr(A, "_load_weights", None)  # any load would fail otherwise
+    broken = tmp_path / "broken"
+    shutil.copytree(target, broken)
+    if config is None:
+        (broken / "config.json").unlink()
+    else:
+        (broken / "config.json").write_text(config)
+    text = tmp_path / "t.txt"
+    text.write_text(TEXTS[0])
+    for args in (["--model", broken, "--assist", target], ["--model", target, "--assist", broken],
+                 ["--model", broken], ["--model", target, "--compare", broken]):
+        res = CliRunner().invoke(cli, ["eval", *map(str, args), "--text", str(text)])
+        err = str(res.exception)
+        assert isinstance(res.exception, TransplantError) and phrase in err and "\n" not in err, res.output
+
+
+def test_eval_assist_on_empty_text_refused_before_loading(target, tmp_path, monkeypatch):
+    import transplant.measure.assist as A
+
+    monkeypatch.setattr(A, "_load_weights", None)
+    text = tmp_path / "empty.txt"
+    text.write_text("\n\n")
+    res = CliRunner().invoke(cli, ["eval", "--model", str(target), "--assist", str(target), "--text", str(text)])
+    assert isinstance(res.exception, TransplantError) and "\n" not in str(res.exception), res.output

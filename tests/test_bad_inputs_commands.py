@@ -477,3 +477,101 @@ def test_heal_run_folder_never_inside_its_model(heal_run, monkeypatch, capsys):
                    "--run", run, *heal_run.args], monkeypatch, capsys)
     assert_refused(proc, "inside the input folder", out, before)
     assert not run.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# The registry: nothing outside it is deleted, its entries are written only by registering, and
+# a damaged entry is skipped with a warning, never a traceback.
+
+def test_unregister_takes_names_never_paths(hn_run, tmp_path, monkeypatch, capsys):
+    from hypernet.registry import REGISTERED, registry_dir
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / REGISTERED).write_text("{}")  # looks like an entry
+    (victim / "data.txt").write_text("mine")
+    before = snapshot(victim)
+    relative = Path("..") / ".." / victim.relative_to(victim.anchor)
+    for name in (str(victim), "../victim", str(relative), ".", ".."):
+        proc = run_hn(["unregister", name], monkeypatch, capsys)
+        assert_refused(proc, "not a network name", None, before)
+    registry_dir().mkdir(parents=True, exist_ok=True)
+    link = registry_dir() / "linked"
+    link.symlink_to(victim, target_is_directory=True)
+    try:
+        assert_refused(run_hn(["unregister", "linked"], monkeypatch, capsys), "not a network name", None, before)
+    finally:
+        link.unlink()
+
+
+def test_export_never_writes_into_the_registry(hn_run, monkeypatch, capsys):
+    from hypernet.registry import known_networks, register, registry_dir
+
+    entry = register(hn_run.run, name="kept")
+    before = snapshot(registry_dir())
+    ckpt = hn_run.run / "checkpoints" / "step-000001"
+    for extra in ([], ["--overwrite"]):
+        proc = run_hn(["export", ckpt, "--out", entry.path, *extra], monkeypatch, capsys)
+        assert_refused(proc, "inside the hypernetwork registry", None, before)
+    assert "kept" in [n.name for n in known_networks()]
+
+
+@pytest.mark.parametrize("damage", ["odd_types", "ids_out_of_range", "ids_negative", "config_link_loop"])
+def test_a_damaged_registry_entry_is_skipped_with_a_warning(damage, hn_run, llama_bl, tok_dirs, tmp_path,
+                                                            monkeypatch, capsys, caplog):
+    import os
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from hypernet.registry import register
+
+    entry = register(hn_run.run, name=f"damaged-{damage}")
+    try:
+        if damage == "odd_types":
+            (entry.path / "training.json").write_text(json.dumps({"texts": 5, "stage1_seconds": "x"}))
+        elif damage.startswith("ids"):
+            state = load_file(str(entry.path / "model.safetensors"))
+            n = state["fingerprint_ids"].shape[0]
+            bad = 10**9 if damage == "ids_out_of_range" else -(10**9)
+            state["fingerprint_ids"] = torch.full((n,), bad, dtype=state["fingerprint_ids"].dtype)
+            save_file(state, str(entry.path / "model.safetensors"))
+        else:
+            os.unlink(entry.path / "config.json")
+            os.symlink("config.json", entry.path / "config.json")  # a link to itself: a loop
+        proc = run_hn(["list"], monkeypatch, capsys)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        proc = run_tt(["methods"], monkeypatch, capsys)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        if damage == "config_link_loop":
+            assert "config.json is not a readable file" in proc.stderr + caplog.text
+        out = tmp_path / "o"
+        proc = run_tt(["run", "--model", llama_bl, "--new-tok", tok_dirs["sp"], "--out", out], monkeypatch, capsys)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    finally:
+        shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def test_a_non_string_recorded_text_path_is_no_traceback(llama_bl, tok_dirs, tmp_path, monkeypatch, capsys):
+    tok = tmp_path / "tok"
+    shutil.copytree(tok_dirs["sp"], tok)
+    (tok / "training_summary.json").write_text(json.dumps({"training_texts": [{"path": 5, "sha256": "x"}]}))
+    proc = run_tt(["run", "--model", llama_bl, "--new-tok", tok, "--out", tmp_path / "o"], monkeypatch, capsys)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_hypernet_train_owns_its_run_folder(hn_run, tmp_path, monkeypatch, capsys):
+    """A second `hypernet train --resume` on a folder another run holds is refused before any
+    model loads, and leaves the folder as it was (it had doubled every logged step)."""
+    from transplant.train.heal_config import RunFolder
+
+    run = tmp_path / "run"
+    shutil.copytree(hn_run.run, run)
+    before = snapshot(run)
+    with RunFolder.owned(run, command="hypernet train"):  # the first run, still going
+        proc = run_hn(["--quiet", "train", "--model", hn_run.model, "--text", hn_run.text, "--out", run, "--resume",
+                       "--stage1-steps", "4", "--stage1-batch", "32", "--width", "16", "--layers", "1",
+                       "--checkpoint-every", "1"], monkeypatch, capsys)
+    assert proc.returncode == 2 and "in use by another hypernet train run" in proc.stderr, proc.stderr
+    lock = str(run / ".heal.lock")
+    assert {k: v for k, v in snapshot(run).items() if k != lock} == {k: v for k, v in before.items() if k != lock}

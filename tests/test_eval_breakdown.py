@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -240,6 +241,43 @@ def test_cli_plot_into_a_missing_folder_fails_before_scoring(moved, text_file, t
     monkeypatch.setattr(BD, "breakdown_bpb", None)  # scoring would fail differently
     with pytest.raises(TransplantError, match=r"^no folder .*missing for --plot .*\(create it first\)$"):
         invoke("-q", "eval", "--model", moved, "--text", text_file, "--plot", tmp_path / "missing" / "where.png")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib not installed")
+def test_cli_plot_never_writes_over_what_is_not_its_own_png(moved, text_file, tmp_path, monkeypatch):
+    """--plot aimed at the model's weights, at the text being read, at any existing file that is
+    not a PNG, or into a folder where nothing can be written: refused in one line before any
+    scoring, every file byte-identical."""
+
+    monkeypatch.setattr(BD, "breakdown_bpb", None)  # scoring would fail differently
+    model = tmp_path / "model"
+    shutil.copytree(moved, model)
+    text = tmp_path / "read.txt"
+    shutil.copyfile(text_file, text)
+    other = tmp_path / "notes.txt"
+    other.write_text("mine\n")
+    fake = tmp_path / "fake.png"
+    fake.write_text("not an image\n")
+    weights = next(model.glob("*.safetensors"))
+    before = {p: p.read_bytes() for p in (weights, text, other, fake)}
+    cases = [(weights, "PNG file"), (text, "PNG file"), (other, "PNG file"), (fake, "not a PNG"),
+             (model / "where.png", "inside the command's input")]
+    for target, why in cases:
+        with pytest.raises(TransplantError, match=why):
+            invoke("-q", "eval", "--model", model, "--text", text, "--plot", target)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):  # (root writes anywhere)
+            with pytest.raises(TransplantError, match="cannot write the plot into"):
+                invoke("-q", "eval", "--model", model, "--text", text, "--plot", locked / "where.png")
+    finally:
+        locked.chmod(0o700)
+    with pytest.raises(TransplantError, match="cannot write the plot into /proc"):
+        invoke("-q", "eval", "--model", model, "--text", text, "--plot", "/proc/where.png")
+    assert all(p.read_bytes() == b for p, b in before.items())
+    assert not list(tmp_path.rglob("*.probe")) and not list(tmp_path.rglob("*.partial"))
 
 
 def test_eval_help_does_not_import_matplotlib():

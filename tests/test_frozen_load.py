@@ -31,3 +31,64 @@ def test_load_frozen_is_from_pretrained_without_its_memory_map(arch, tied, tmp_p
     ids = torch.randint(3, 300, (1, 16))
     with torch.no_grad():
         assert torch.equal(lm(ids).logits, reference(ids).logits)
+
+
+@pytest.mark.parametrize("arch", list(A.ARCHS))
+def test_checkpointed_layers_keep_less_for_the_backward_pass_and_give_the_same_gradients(arch, tmp_path):
+    """`checkpoint_layers`: the input rows' gradient through a frozen body is the same, and what
+    autograd keeps for the backward pass shrinks (each layer's input instead of its products),
+    on every architecture; the body stays in eval mode (no dropout turned on)."""
+    from transplant.io.frozen_load import checkpoint_layers
+
+    A.tiny_arch(arch, 300, tied=True, bos=1, eos=2, seed=2).save_pretrained(tmp_path)
+    lm = load_frozen(tmp_path)
+    decoder = lm.base_model
+    x0 = torch.randn(2, 24, lm.get_input_embeddings().weight.shape[1])
+
+    def grad_and_kept():
+        kept = []
+
+        def pack(t):
+            kept.append(t.numel() * t.element_size())
+            return t
+
+        x = x0.clone().requires_grad_(True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = decoder(inputs_embeds=x, use_cache=False).last_hidden_state
+        out.pow(2).sum().backward()
+        return x.grad, sum(kept)
+
+    plain_grad, plain_kept = grad_and_kept()
+    assert checkpoint_layers(lm) > 0
+    grad, kept = grad_and_kept()
+    torch.testing.assert_close(grad, plain_grad, rtol=1e-5, atol=1e-6)
+    assert kept < plain_kept / 2, (kept, plain_kept)
+    assert not lm.training and not any(m.training for m in lm.modules())
+    with torch.no_grad():  # without gradients (and filling a cache) the layers run as they are
+        torch.testing.assert_close(decoder(inputs_embeds=x0).last_hidden_state,
+                                   decoder(inputs_embeds=x0, use_cache=False).last_hidden_state)
+
+
+@pytest.mark.parametrize("arch", list(A.ARCHS))
+def test_routed_linears_give_the_bf16_body_the_same_input_gradient(arch, tmp_path):
+    """`route_frozen_linears`: a bf16 body on the CPU computes its input gradient from float32
+    blocks of each weight (torch's bf16 kernel for `grad @ W` ran at 0.3 GFLOPS on AVX2 CPUs):
+    the same forward, bit for bit, and the same gradient within bf16's rounding, on every
+    architecture; frozen float32 weights and trainable ones are left to torch."""
+    from transplant.io.frozen_linear import route_frozen_linears
+
+    A.tiny_arch(arch, 300, tied=True, bos=1, eos=2, seed=2).to(torch.bfloat16).save_pretrained(tmp_path)
+    plain, routed = load_frozen(tmp_path), load_frozen(tmp_path)
+    linears = [m for m in routed.modules() if isinstance(m, torch.nn.Linear)]
+    assert route_frozen_linears(routed) == len(linears) > 0
+    x0 = torch.randn(2, 12, routed.get_input_embeddings().weight.shape[1], dtype=torch.bfloat16)
+    outs, grads = [], []
+    for lm in (plain, routed):
+        x = x0.clone().requires_grad_(True)
+        out = lm.base_model(inputs_embeds=x, use_cache=False).last_hidden_state
+        out.float().pow(2).sum().backward()
+        outs.append(out.detach())
+        grads.append(x.grad.float())
+    assert torch.equal(outs[0], outs[1])
+    torch.testing.assert_close(grads[1], grads[0], rtol=0.02, atol=0.02 * float(grads[0].abs().max()))
+    assert route_frozen_linears(load_frozen(tmp_path).float()) == 0  # float32: torch's own kernel is fast

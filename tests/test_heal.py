@@ -197,6 +197,62 @@ def test_accelerate_launch_two_processes(transplanted, tmp_path):
     assert proc.stdout.count("healed:") == 1  # one process speaks
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_two_processes_sharding_the_body_train_what_replicas_train(transplanted, tmp_path, tied):
+    """--shard-body (FSDP2 over the decoder layers, gloo on two CPU processes) changes where the
+    frozen weights live, not the training: the same held-out scores and healed rows as two
+    processes that each hold the whole body. Untied: the teacher is a view of the sharded body."""
+    pytest.importorskip("accelerate")
+    _, t = transplanted[tied]
+    results = {}
+    for name, extra in (("replicas", []), ("sharded", ["--shard-body"])):
+        out = tmp_path / name
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "transplant.cli",
+               "--quiet", "heal", "--model", str(t), "--text", TEXT, "--out", str(out), "--steps", "4",
+               "--batch-size", "2", "--seq-len", "32", "--eval-every", "2", "--checkpoint-every", "2", *extra]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[name] = (json.loads((out / "heal.json").read_text()), _weights(out))
+    (rep, rep_w), (sh, sh_w) = results["replicas"], results["sharded"]
+    assert sh["body_shards"] == 2 and rep["body_shards"] == 1 and sh["step"] == rep["step"] == 4
+    assert sh["best_bpb"] == pytest.approx(rep["best_bpb"], rel=1e-5)
+    assert sh["start_bpb"] == pytest.approx(rep["start_bpb"], rel=1e-6)
+    base = _weights(t)
+    for k in rep_w:
+        torch.testing.assert_close(sh_w[k], rep_w[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert any(not torch.equal(rep_w[k], base[k]) for k in rep_w)  # the run trained something
+
+
+def test_recomputed_layers_heal_as_kept_ones(transplanted, tmp_path):
+    """--checkpoint-layers trades memory for compute, never the result."""
+    _, t = transplanted[False]
+    kept = heal(_cfg(t, tmp_path / "kept", steps=4))
+    recomputed = heal(_cfg(t, tmp_path / "recomputed", steps=4, checkpoint_layers=True))
+    assert recomputed.summary["best_bpb"] == pytest.approx(kept.summary["best_bpb"], rel=1e-6)
+    a, b = _weights(kept.out), _weights(recomputed.out)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_accelerates_own_fsdp_plugin_is_refused_in_one_line(transplanted, tmp_path):
+    """accelerate's FSDP shards only what it prepares (here the trained rows): heal says how to
+    shard the body instead, before any model loads."""
+    pytest.importorskip("accelerate")
+    _, t = transplanted[True]
+    # (accelerate turns FSDP on only with GPUs: its state is patched to say so.)
+    code = ("import sys; from unittest import mock; from accelerate import Accelerator, DistributedType; "
+            "mock.patch.object(Accelerator, 'distributed_type', new_callable=mock.PropertyMock, "
+            "return_value=DistributedType.FSDP).start(); "
+            f"sys.argv = ['transplant', 'heal', '--model', {str(t)!r}, '--text', {TEXT!r}, '--out', "
+            f"{str(tmp_path / 'o')!r}, '--steps', '2']; from transplant.cli.commands import main; main()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert "--shard-body" in proc.stderr and "recipes/accelerate" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_heals_an_extended_vocabulary_and_keeps_its_old_rows(transplanted, tmp_path):
     from transplant.extend import extend
 

@@ -266,6 +266,37 @@ def test_accelerate_launch_two_processes(build_model, tmp_path):
     HyperNet.load(out)
 
 
+def test_two_processes_sharding_the_body_train_what_replicas_train(build_model, tmp_path):
+    """--shard-body (FSDP2 over the decoder layers, gloo on two CPU processes, through the
+    shipped accelerate config) trains the network two whole-body processes train."""
+    pytest.importorskip("accelerate")
+
+    model = build_model(tmp_path / "m", tied=False)
+    nets = {}
+    variants = (("replicas", []), ("sharded", ["--shard-body"]),
+                ("sharded-recomputed", ["--shard-body", "--checkpoint-layers"]))
+    for name, extra in variants:
+        out = tmp_path / name
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "recipes" / "accelerate" / "cpu-2-processes.yaml"), "-m", "hypernet.cli", "--quiet", "train",
+               "--model", str(model), "--text", TEXTS[0], "--out", str(out), "--stage1-steps", "2", "--steps", "3",
+               "--width", "16", "--layers", "1", "--batch-size", "1", "--seq-len", "32", "--stage1-batch", "32",
+               "--negatives", "16", "--checkpoint-every", "5", *extra]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summary = json.loads((out / "training.json").read_text())
+        assert summary["stage2_done"] == 3 and summary["body_shards"] == (2 if extra else 1)
+        nets[name] = {k: v for f in out.glob("*.safetensors") for k, v in load_file(str(f)).items()}
+        nets[name + "-log"] = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    for name in ("sharded", "sharded-recomputed"):
+        for k, v in nets["replicas"].items():
+            torch.testing.assert_close(nets[name][k], v, rtol=1e-4, atol=1e-6, msg=f"{name}: {k}")
+    losses = {n: [r["lm_loss"] for r in nets[n + "-log"] if r.get("stage") == 2] for n, _ in variants}
+    for name in ("sharded", "sharded-recomputed"):
+        assert len(losses[name]) == 3 and losses[name] == pytest.approx(losses["replicas"], rel=1e-4)
+
+
 def test_recipe_fields_and_flags(tmp_path, monkeypatch):
     from hypernet.cli import config_from
 

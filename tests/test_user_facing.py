@@ -57,7 +57,9 @@ def bars_on(monkeypatch):
 
 def _commands(group: click.Group, path=("transplant",)):
     yield path, group
-    for name, cmd in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):  # the lazy `hypernet` group lists its commands here
+        cmd = group.get_command(ctx, name)
         if isinstance(cmd, click.Group):
             yield from _commands(cmd, path + (name,))
         else:
@@ -72,6 +74,19 @@ def test_every_option_has_help():
             if isinstance(param, click.Option) and not (param.help or "").strip():
                 missing.append(f"{' '.join(path)} {param.opts[0]}")
     assert not missing, missing
+
+
+def test_transplant_hypernet_is_the_hypernet_program(monkeypatch, capsys):
+    """`transplant hypernet ...` runs the `hypernet` program's commands (it said "no such
+    command"), and `transplant --help` names it."""
+    from hypernet.cli import main as hn_main
+
+    assert "hypernet" in invoke("--help").stdout
+    listed = invoke("hypernet", "list").stdout
+    monkeypatch.setattr("sys.argv", ["hypernet", "list"])
+    hn_main()
+    assert listed == capsys.readouterr().out and "shipped" in listed
+    assert "--shard-body" in invoke("hypernet", "train", "--help").stdout
 
 
 def test_help_lists_quiet_and_language():

@@ -219,6 +219,12 @@ def extend_cmd(model, texts, add, out, method, settings, pad_to_multiple_of, eva
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=25, show_default=True, help="Steps between checkpoints.")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
               help="Seed of the batch order (one per step and process).")
+@click.option("--shard-body", is_flag=True,
+              help="Shard the frozen model's decoder layers over the processes of `accelerate launch` (FSDP2): "
+                   "each holds 1/N of the body, for a model one device cannot hold (recipes/accelerate/).")
+@click.option("--checkpoint-layers", is_flag=True,
+              help="Recompute the frozen model's layers in the backward pass instead of keeping their "
+                   "activations: less memory for long windows and large batches, about a third more compute.")
 @click.option("--overwrite", is_flag=True,
               help="Replace an earlier output folder and start an earlier run folder afresh (with --resume: "
                    "continue the run, replace the output).")
@@ -396,6 +402,41 @@ from transplant.cli.tokenizer import tokenizer as tokenizer_group  # noqa: E402
 cli.add_command(tokenizer_group)
 from transplant.cli.eval_cmd import eval_cmd  # noqa: E402
 cli.add_command(eval_cmd)
+
+
+class _HypernetGroup(click.Group):
+    """`transplant hypernet ...`: the `hypernet` program's commands (train, export, list,
+    unregister, info), read from `hypernet.cli` only when one is used, so `transplant --help`
+    stays free of torch."""
+
+    _names = ("export", "info", "list", "train", "unregister")
+
+    def _real(self) -> click.Group:
+        from hypernet.cli import cli as hypernet_cli
+
+        return hypernet_cli
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self._names)
+
+    def get_command(self, ctx: click.Context, name: str):
+        return self._real().get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context):
+        return self._real().invoke(ctx)
+
+
+cli.add_command(_HypernetGroup(
+    "hypernet", help="Train and inspect ZeTT-style hypernetworks (also installed as the `hypernet` program).",
+    params=[click.Option(["--quiet"], is_flag=True, help="No progress bars or stage messages.")],
+    callback=lambda quiet: _hypernet_quiet(quiet)))
+
+
+def _hypernet_quiet(quiet: bool) -> None:
+    if quiet:
+        from transplant.common.progress import set_quiet
+
+        set_quiet(True)
 
 
 if __name__ == "__main__":

@@ -83,12 +83,14 @@ def eval_cmd(model, tokenizer, texts, max_bytes, ctx, compare, top, plot, trust_
     special, or made by a method), with the probability mass the model puts on each kind.
     With --assist TARGET: MODEL's acceptance rate as a draft for TARGET.
     """
-    from transplant.io.sources import refuse_custom_code, resolve_model
+    from transplant.io.sources import check_model_config, resolve_model
 
     if assist:
         if compare or plot or tokenizer:
             raise TransplantError("--assist measures MODEL as a draft: it takes no --compare, --plot or --tokenizer "
                                   "(run a second eval for those)")
+        for spec in (assist, model):  # both, before either loads
+            check_model_config(resolve_model(spec), trust_remote_code)
         settings = DraftSettings(tokens=draft_tokens, schedule=draft_schedule, confidence=draft_confidence)
         return _assist(model, assist, read_texts(texts, max_bytes or None), prompts, prompt_tokens, new_tokens,
                        settings, trust_remote_code, as_json)
@@ -98,15 +100,16 @@ def eval_cmd(model, tokenizer, texts, max_bytes, ctx, compare, top, plot, trust_
         raise TransplantError(f"{', '.join(given)}: only with --assist TARGET (how a draft proposes for a target)")
 
     if plot:  # before minutes of scoring
-        from transplant.measure.breakdown_plot import require_matplotlib
+        from transplant.measure.breakdown_plot import check_plot_path, require_matplotlib
 
         require_matplotlib()
-        if not Path(plot).resolve().parent.is_dir():
-            raise TransplantError(f"no folder {Path(plot).parent} for --plot {plot} (create it first)")
+        inputs = [*texts, *(p for spec in (model, compare, tokenizer) if spec for p in _local(spec))]
+        check_plot_path(plot, inputs)
     data = read_texts(texts, max_bytes or None)
-    # Refuse custom code in either model before spending minutes scoring the other.
+    # Refuse a config transformers cannot build, or custom code, in either model before spending
+    # minutes scoring the other.
     for spec in [s for s in (compare, model) if s]:
-        refuse_custom_code(resolve_model(spec), trust_remote_code)
+        check_model_config(resolve_model(spec), trust_remote_code)
     name = model_label(model)
     other = model_label(compare) if compare else None
     if other is not None and other == name:
@@ -168,3 +171,9 @@ def _assist(draft: str, target: str, data: list[str], prompts: int, prompt_token
     click.echo(f"  wall time            {r.seconds_assisted:.1f} s assisted, {r.seconds_target:.1f} s target alone "
                f"(x{r.speedup:.2f})")
     click.echo(f"  identical to the target's greedy output: {r.identical} of {r.prompts} prompts")
+
+
+def _local(spec: str) -> list[Path]:
+    """The file or folder on disk a model or tokenizer argument names (none for a packaged name)."""
+    path = Path(spec)
+    return [path] if path.exists() else []

@@ -152,12 +152,31 @@ def checkpoint_bytes(folder: Path) -> int:
     return total
 
 
-def training_activation_bytes(config: dict, tokens: int, vocab: int, stored: int) -> int:
+def sharded_body_bytes(whole: int, embedding_bytes: int, config: dict, shards: int) -> int:
+    """What one of `shards` processes holds of a checkpoint of `whole` bytes whose decoder layers
+    are sharded (`io.sharded_load`): the embedding rows whole, 1/`shards` of the rest, and one
+    whole layer gathered while it runs.
+
+    Example:
+        >>> sharded_body_bytes(10_000, 1_000, {"num_hidden_layers": 9}, 3)
+        5000
+    """
+    text = config.get("text_config") or config
+    layers = max(1, int(text.get("num_hidden_layers") or text.get("n_layer") or text.get("num_layers") or 1))
+    body = max(0, whole - embedding_bytes)
+    return embedding_bytes + body // shards + body // layers
+
+
+def training_activation_bytes(config: dict, tokens: int, vocab: int, stored: int, checkpointed: bool = False) -> int:
     """Activations kept for the backward pass of `tokens` tokens through a frozen body (every
     layer's inputs to its attention and MLP products, in the body's dtype `stored` bytes), plus
-    the float32 logits, their log-softmax and its gradient over `vocab` columns."""
+    the float32 logits, their log-softmax and its gradient over `vocab` columns. `checkpointed`
+    (layers recomputed in the backward pass): each layer keeps only its input, and one layer at a
+    time its products."""
     text = config.get("text_config") or config
     width = int(text.get("hidden_size") or text.get("n_embd") or text.get("d_model") or 0)
     inner = int(text.get("intermediate_size") or text.get("n_inner") or text.get("ffn_dim") or 4 * width)
     layers = int(text.get("num_hidden_layers") or text.get("n_layer") or text.get("num_layers") or 0)
-    return tokens * (layers * (8 * width + 3 * inner) * stored + 3 * vocab * 4)
+    per_layer = (8 * width + 3 * inner) * stored
+    kept = layers * width * stored + per_layer if checkpointed else layers * per_layer
+    return tokens * (kept + 3 * vocab * 4)

@@ -237,6 +237,42 @@ def refuse_custom_code(folder: Path, trust_remote_code: bool = False) -> None:
                               "pass --trust-remote-code if you trust it")
 
 
+def check_model_config(folder: Path, trust_remote_code: bool = False) -> None:
+    """Refuse, in one line and before any weight is read, a model folder whose `config.json`
+    transformers cannot build a model from: missing, not JSON, not an object (`[]`), or naming no
+    `model_type` transformers knows (and no custom code to load it with). Custom code is refused
+    unless trusted (`refuse_custom_code`).
+
+    Example:
+        >>> _ = Path("m").mkdir(exist_ok=True); _ = Path("m/config.json").write_text("{}")
+        >>> check_model_config(Path("m"))
+        Traceback (most recent call last):
+        ...
+        transplant.common.errors.TransplantError: m/config.json names no model_type: not a transformers model (pass a model folder saved by save_pretrained)
+    """
+    path = Path(folder) / "config.json"
+    fix = "(pass a model folder saved by save_pretrained)"
+    if not path.is_file():
+        raise TransplantError(f"{folder} has no config.json: not a transformers model {fix}")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise TransplantError(f"{path} is not readable JSON ({str(exc).splitlines()[0][:80]}) {fix}") from None
+    if not isinstance(config, dict):
+        raise TransplantError(f"{path} holds a JSON {type(config).__name__}, not an object {fix}")
+    refuse_custom_code(folder, trust_remote_code)
+    if config.get("auto_map"):
+        return  # trusted custom code: its own config class
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise TransplantError(f"{path} names no model_type: not a transformers model {fix}")
+    from transformers import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        raise TransplantError(f"{path} names model_type {model_type!r}, which this transformers does not know "
+                              "(upgrade transformers, or pass a model it supports)")
+
+
 def base_model_id(spec: str | Path, folder: Path) -> str | None:
     """The hub id to name as `base_model` in a model card, when one can be known."""
     text = str(spec)

@@ -204,18 +204,47 @@ def roll_back_draft_cache_by_content(gen, get_candidates):
     return get
 
 
-def _load(spec: str | Path, trust_remote_code: bool):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _open(spec: str | Path, trust_remote_code: bool):
+    """(folder, tokenizer, the config's vocab_size) of a model, its weights not read yet."""
+    from transformers import AutoConfig, AutoTokenizer
 
-    from transplant.io.sources import refuse_custom_code, resolve_model
+    from transplant.io.sources import check_model_config, resolve_model
 
     folder = resolve_model(spec)
-    refuse_custom_code(folder, trust_remote_code)
+    check_model_config(folder, trust_remote_code)
     tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
-                                                 trust_remote_code=trust_remote_code).eval()
-    return model, tok
+    config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return folder, tok, int(getattr(text, "vocab_size", 0) or 0)
+
+
+def _load_weights(folder: Path, trust_remote_code: bool):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
+                                                trust_remote_code=trust_remote_code).eval()
+
+
+def assist_mode(draft_vocab: dict, target_vocab: dict, draft_size: int, target_size: int) -> bool:
+    """True: the same-tokenizer path; False: universal assisted generation (the tokenizers passed).
+
+    transformers tells the two apart by the configs' `vocab_size` alone, so a draft whose matrix is
+    padded (`--pad-to-multiple-of`) goes the universal way although its vocabulary is the
+    target's, and two different vocabularies of one size cannot be told apart (refused).
+
+    Example:
+        >>> assist_mode({"a": 0}, {"a": 0}, 64, 1)
+        False
+        >>> assist_mode({"a": 0}, {"a": 0}, 1, 1)
+        True
+    """
+    same_vocab = draft_vocab == target_vocab
+    if draft_size == target_size and not same_vocab:
+        raise TransplantError(
+            f"the draft and the target have different vocabularies of one size ({draft_size}), which transformers "
+            "takes for the same tokenizer: pad one of them to another size (transplant run --pad-to-multiple-of)")
+    return same_vocab and draft_size == target_size
 
 
 def cut_prompts(texts: list[str], tokenizer, prompts: int, prompt_tokens: int) -> list[list[int]]:
@@ -254,11 +283,15 @@ def measure_assist(draft: str | Path, target: str | Path, texts: list[str], *, p
     """
     import torch
 
-    target_model, target_tok = _load(target, trust_remote_code)
-    draft_model, draft_tok = _load(draft, trust_remote_code)
-    same = draft_tok.get_vocab() == target_tok.get_vocab()
+    target_folder, target_tok, target_size = _open(target, trust_remote_code)
+    draft_folder, draft_tok, draft_size = _open(draft, trust_remote_code)
+    same = assist_mode(draft_tok.get_vocab(), target_tok.get_vocab(), draft_size, target_size)
     mode = "same tokenizer" if same else "universal (different tokenizers)"
-    cut = cut_prompts(texts, target_tok, prompts, prompt_tokens)
+    if not same and draft_tok.get_vocab() == target_tok.get_vocab():
+        mode = f"universal (the same tokenizer, vocab_size {draft_size} against {target_size})"
+    cut = cut_prompts(texts, target_tok, prompts, prompt_tokens)  # before the weights: no prompt, no load
+    target_model = _load_weights(target_folder, trust_remote_code)
+    draft_model = _load_weights(draft_folder, trust_remote_code)
     pad = target_model.generation_config.pad_token_id
     if pad is None:
         eos = target_model.generation_config.eos_token_id

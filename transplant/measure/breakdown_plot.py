@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from transplant.common.errors import TransplantError
+from transplant.common.permissions import follow_umask
 
 EXTRA = "pip install 'tokentransplant[plot]'"
 
@@ -32,6 +33,52 @@ def require_matplotlib() -> None:
     except ImportError:
         raise TransplantError("--plot needs the Python package 'matplotlib', which is not installed "
                               f"({EXTRA})") from None
+
+
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def check_plot_path(path: str | Path, inputs: list[str | Path]) -> Path:
+    """Refuse, before any scoring, a `--plot` path that is not a PNG of its own to write: a name
+    without `.png`, one of the command's inputs (a text, a model file), an existing file that is
+    not a PNG, or a folder where no file can be made (read-only, missing, /proc). The plot replaces
+    only an earlier PNG.
+
+    Example:
+        >>> check_plot_path("dev.txt", ["dev.txt"])
+        Traceback (most recent call last):
+        ...
+        transplant.common.errors.TransplantError: --plot dev.txt: the plot is a PNG file, name it FILE.png (nothing is written over a file of another kind)
+    """
+    import os
+    import tempfile
+
+    path = Path(path)
+    fix = "(nothing is written over a file of another kind)"
+    if path.suffix.lower() != ".png":
+        raise TransplantError(f"--plot {path}: the plot is a PNG file, name it FILE.png {fix}")
+    target = path.resolve()
+    for item in inputs:
+        item = Path(item).resolve()
+        if target == item or item in target.parents:
+            raise TransplantError(f"--plot {path} is inside the command's input {item}: pass a path of its own")
+    if target.exists():
+        if not target.is_file():
+            raise TransplantError(f"--plot {path} exists and is not a file: pass a new FILE.png")
+        with open(target, "rb") as fh:
+            if fh.read(len(_PNG)) != _PNG:
+                raise TransplantError(f"--plot {path} exists and is not a PNG: pass a new FILE.png {fix}")
+    folder = target.parent
+    if not folder.is_dir():
+        raise TransplantError(f"no folder {path.parent} for --plot {path} (create it first)")
+    try:  # a file can be made there (a read-only folder, /proc): said now, not after the scoring
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise TransplantError(f"cannot write the plot into {folder}: {exc.strerror or exc} "
+                              "(pass a writable --plot path)") from None
+    return path
 
 
 def plot_breakdown(kinds: list, path: str | Path, title: str = "") -> Path:
@@ -68,9 +115,20 @@ def plot_breakdown(kinds: list, path: str | Path, title: str = "") -> Path:
     losses.set_title("loss per token")
     if title:
         fig.suptitle(title)
+    import os
+    import tempfile
+
+    # Drawn beside its name, then renamed into place: a failed write leaves no half PNG.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.resolve().parent)
     try:
-        fig.savefig(path, format="png", dpi=120)
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=120)
+        follow_umask(tmp)  # mkstemp makes 0600
+        os.replace(tmp, path)
     except OSError as exc:
         raise TransplantError(f"cannot write the plot {path}: {exc.strerror or exc} "
                               "(pass a writable --plot path)") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path

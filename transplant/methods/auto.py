@@ -96,7 +96,7 @@ def recorded_texts(new_src: TokenizerSource) -> tuple[list[Path], str]:
         return [], "the target tokenizer records no training text"
     files = []
     for entry in record:
-        if not isinstance(entry, dict) or not entry.get("path"):
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not entry["path"]:
             return [], f"{path} has a malformed training_texts entry"
         p = Path(entry["path"])
         if not p.is_file():

@@ -36,6 +36,7 @@ import torch
 from transplant.common.memory import trim_heap
 from transplant.io.checkpoint import EmbeddingLayout, _converted_names, _match_key
 from transplant.io.tensor_reader import TensorReader, put_parameter
+from transplant.io.frozen_load import layer_stack
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +83,6 @@ class StreamedModel:
         return self.layer_bytes + self.other_bytes + batch * self._bytes_per_token(ctx) + tokens * self.width * 4
 
 
-def _layer_stack(base: torch.nn.Module) -> tuple[str, torch.nn.ModuleList] | None:
-    """The decoder layers: the `ModuleList` of the base model holding the most parameters."""
-    best, best_n = None, 0
-    for name, module in base.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module):
-            n = sum(p.numel() for p in module.parameters())
-            if n > best_n:
-                best, best_n = (name, module), n
-    return best
-
-
 def open_streamed(folder: Path, layout: EmbeddingLayout, trust_remote_code: bool = False) -> StreamedModel:
     """Build the source model on the meta device with its decoder layers read on demand.
 
@@ -114,7 +104,7 @@ def open_streamed(folder: Path, layout: EmbeddingLayout, trust_remote_code: bool
     emb = model.get_input_embeddings()
     if not isinstance(emb, torch.nn.Embedding):
         return StreamedModel(None, f"its input embedding is a custom module ({type(emb).__name__})")
-    stack = _layer_stack(base)
+    stack = layer_stack(base)
     if stack is None:
         return StreamedModel(None, "no stack of decoder layers found")
     stack_name, layers = stack

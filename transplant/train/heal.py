@@ -56,6 +56,7 @@ from transplant.common.errors import TransplantError
 from transplant.common.memory import check_fits, trim_heap
 from transplant.common.progress import stage
 from transplant.io.checkpoint import locate_embeddings
+from transplant.io.frozen_load import checkpoint_layers
 from transplant.io.outdir import check_output_path
 from transplant.train.heal_config import (
     HealConfig,
@@ -76,7 +77,7 @@ from transplant.train.heal_windows import aligned_windows, chunk_logprobs, clean
 from transplant.train.heal_writer import write_healed
 from transplant.train.resume import checkpoint_tensors
 from transplant.train.row_adam import RowAdam
-from transplant.train.trainloop import Checkpoints, disk_full_is_one_line, training_accelerator
+from transplant.train.trainloop import Checkpoints, body_mesh, disk_full_is_one_line, training_accelerator
 
 __all__ = ["HealConfig", "HealResult", "aligned_windows", "chunk_logprobs", "clean_cuts", "heal"]
 
@@ -104,6 +105,8 @@ def heal(cfg: HealConfig) -> HealResult:
     check_settings(cfg)
     accelerator = training_accelerator()
     device = accelerator.device
+    mesh = body_mesh(accelerator, cfg.shard_body, "heal")
+    shards = accelerator.num_processes if mesh is not None else 1
     folder, teacher_folder, plan = check_inputs(cfg)
     teacher_named = str(teacher_name(cfg, plan))  # check_inputs refused a plan without one
     paths = [folder, teacher_folder, *map(Path, cfg.texts)]
@@ -121,9 +124,10 @@ def heal(cfg: HealConfig) -> HealResult:
     held_idx, train_idx = split_held_out(len(windows), cfg.held_out)
     rows, made = rows_to_heal(plan, windows, train_idx, locate_embeddings(folder).rows, cfg.min_count)
     inputs = run_inputs(cfg, folder, teacher_folder)
-    check_fits(expected_peak(cfg, folder, teacher_folder, len(rows)), "heal",
-               "pass shorter windows or smaller batches with --seq-len/--batch-size, or use a machine with more "
-               "memory")
+    check_fits(expected_peak(cfg, folder, teacher_folder, len(rows), shards), "heal",
+               "pass shorter windows or smaller batches with --seq-len/--batch-size or --optimizer row-adam, "
+               "shard the body over several processes with --shard-body (README: Big models), or use a machine "
+               "with more memory")
 
     with RunFolder.owned(run, accelerator) as owner:  # one run per run folder, until this one ends
         ckpts = Checkpoints(run, cfg.keep_checkpoints)
@@ -132,7 +136,9 @@ def heal(cfg: HealConfig) -> HealResult:
         if afresh:  # --overwrite: a new run, its files deleted once the models have loaded
             latest = None
         stage(f"heal: loading {folder.name} and its teacher {teacher_named}")
-        student_lm, teacher_lm = load_models(folder, teacher_folder, device)
+        student_lm, teacher_lm = load_models(folder, teacher_folder, device, mesh)
+        if cfg.checkpoint_layers:  # the teacher reads without gradients: nothing of it is kept
+            checkpoint_layers(student_lm)
         student, teacher = FrozenLM(student_lm), FrozenLM(teacher_lm)
         untied = not student.tied
         std_in = float(student.E_in.float().std())
@@ -148,7 +154,7 @@ def heal(cfg: HealConfig) -> HealResult:
             checkpoint_tensors(latest, core, "model or text")
         loop = HealLoop(cfg=cfg, accelerator=accelerator, windows=windows, train_idx=train_idx, held_idx=held_idx,
                         teacher=teacher, s_start=s_start, t_start=t_start, net=net, core=core, opt=opt,
-                        ckpts=ckpts)
+                        ckpts=ckpts, sharded=mesh is not None)
         loop.resume_from(latest)
 
         def resume_fix() -> str:
@@ -171,6 +177,7 @@ def heal(cfg: HealConfig) -> HealResult:
                    "texts": [str(t) for t in cfg.texts], "rows_trained": len(rows),
                    "rows_made": int(made.sum()), "untied": untied, "windows": len(train_idx),
                    "held_out_windows": len(held_idx), "processes": accelerator.num_processes,
+                   "body_shards": shards,
                    "settings": {k: v for k, v in asdict(cfg).items()
                                 if k not in ("model", "texts", "out", "run", "resume", "overwrite")}}
         # The models and the optimizer go before the healed matrices are made (the best offsets and

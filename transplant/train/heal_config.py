@@ -81,6 +81,11 @@ class HealConfig:
     checkpoint_every: int = 25
     keep_checkpoints: int = 2
     seed: int = 0
+    # Shard the frozen body's decoder layers over the run's processes (FSDP2): for a model one
+    # process cannot hold; with one process there is nothing to shard.
+    shard_body: bool = False
+    # Recompute the frozen body's layers in the backward pass instead of keeping their activations.
+    checkpoint_layers: bool = False
     resume: bool = False
     overwrite: bool = False
 
@@ -129,6 +134,9 @@ def check_settings(cfg: HealConfig) -> None:
             refuse(name, value, f"a finite number {above}" + (f" and below {high:g}" if high is not None else ""))
 
     number("lr", 0, True)
+    for name in ("shard_body", "checkpoint_layers"):
+        if not isinstance(getattr(cfg, name), bool):
+            refuse(name, getattr(cfg, name), "true or false")
     if cfg.optimizer not in OPTIMIZERS:
         refuse("optimizer", cfg.optimizer, "one of " + ", ".join(OPTIMIZERS))
     if cfg.minutes is not None:
@@ -279,13 +287,23 @@ class RunFolder:
         transplant.common.errors.TransplantError: .../r.heal-run is in use by another heal run (pid ...); ...
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, command: str = "heal", create: bool = True) -> None:
         self.path = path
+        self.command = command
+        # False: a folder that is not there yet is not made here (its command publishes it by a
+        # rename, then calls `acquire` again); only an existing one is locked at once.
+        self.create = create
         self.made = False  # this run created the folder or started it afresh
         self._fd: int | None = None
 
+    @property
+    def locked(self) -> bool:
+        return self._fd is not None
+
     def acquire(self) -> str | None:
         """Create the folder if need be and lock it; the refusal's message when another run holds it."""
+        if not self.create and not self.path.is_dir():
+            return None
         self.made = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)  # the umask applies
@@ -298,8 +316,8 @@ class RunFolder:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
             self.made = False  # the other run's folder: never removed from here
-            return (f"{self.path.resolve()} is in use by another heal run (pid {holder}); a run folder belongs to "
-                    "one run at a time (wait for it to finish, or pass another --out or --run)")
+            return (f"{self.path.resolve()} is in use by another {self.command} run (pid {holder}); a run folder "
+                    "belongs to one run at a time (wait for it to finish, or pass another --out or --run)")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # names the owner in a refusal
         self._fd = fd
@@ -332,15 +350,15 @@ class RunFolder:
 
     @classmethod
     @contextlib.contextmanager
-    def owned(cls, path: Path, accelerator=None) -> Iterator[RunFolder]:
+    def owned(cls, path: Path, accelerator=None, command: str = "heal", create: bool = True) -> Iterator[RunFolder]:
         """Own `path` for the block (see the class); with an `accelerator`, every process stops alike."""
-        folder = cls(path)
+        folder = cls(path, command, create)
         main = accelerator is None or accelerator.is_main_process
         refusal = folder.acquire() if main else None
         # A collective: every process asks, so all of them stop (or go on) together.
         busy = accelerator is not None and any_process(accelerator, refusal is not None)
         if busy and refusal is None:
-            refusal = f"{path} is in use by another heal run (see the main process's message)"
+            refusal = f"{path} is in use by another {command} run (see the main process's message)"
         if refusal is not None:
             raise TransplantError(refusal)
         failed = True
@@ -353,7 +371,7 @@ class RunFolder:
 
 # What a resumed run may change: its budget, where the result goes, when to stop early.
 _MAY_CHANGE = {"steps", "minutes", "out", "run", "resume", "overwrite", "patience", "checkpoint_every",
-               "keep_checkpoints"}
+               "keep_checkpoints", "shard_body", "checkpoint_layers"}  # how the body is held, not what trains
 
 
 def check_same_run(cfg: HealConfig, saved: dict, run: Path) -> None:

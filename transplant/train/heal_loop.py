@@ -97,6 +97,10 @@ class HealLoop:
     state: HealState = field(default_factory=HealState)
     # The teacher's chunk log-probabilities of each window: the teacher is frozen, so once is enough.
     teacher_cache: dict[int, torch.Tensor] = field(default_factory=dict)
+    # The frozen body is sharded over the processes (`io.sharded_load`): every forward is a
+    # collective, so every process runs the same forwards (the teacher's whole batch each step,
+    # the held-out score on every process).
+    sharded: bool = False
 
     @property
     def run(self) -> Path:
@@ -118,7 +122,8 @@ class HealLoop:
 
     def teacher_chunks(self, idx: list[int]) -> list[torch.Tensor]:
         """The teacher's log-probability of every chunk of windows `idx` (computed once per window)."""
-        todo = [i for i in idx if i not in self.teacher_cache]
+        # Sharded: the other processes' batches may miss their cache where this one hits it.
+        todo = list(idx) if self.sharded else [i for i in idx if i not in self.teacher_cache]
         if todo:
             with torch.no_grad():
                 ids, mask = window_batch([self.windows[i].teacher for i in todo], self.t_start, self.device)
@@ -153,7 +158,7 @@ class HealLoop:
         with torch.no_grad():
             for b in range(0, len(self.held_idx), per):
                 part = self.held_idx[b:b + per]
-                r = self.losses(self.core, part)  # unwrapped: this runs on the main process alone
+                r = self.losses(self.core, part)  # unwrapped: the main process alone, unless sharded
                 n_bytes = sum(sum(self.windows[i].chunk_bytes) for i in part)
                 nll += float(r["lm"]) * n_bytes
                 t_nll += r["teacher_lm"] * n_bytes
@@ -182,13 +187,16 @@ class HealLoop:
             append_log(self.run / LOG_FILE, record)
 
     def evaluate(self, counted: bool = True) -> None:
-        """Score the held-out slice (main process) and update the best state; `counted`: its time
-        is training time (the score before the first step is setup, not counted)."""
-        if not self.accelerator.is_main_process:
+        """Score the held-out slice (main process; every process when the body is sharded) and
+        update the best state (main process); `counted`: its time is training time (the score
+        before the first step is setup, not counted)."""
+        if not (self.accelerator.is_main_process or self.sharded):
             return
         st = self.state
         started = time.perf_counter()
         bpb, t_bpb = self.held_out()
+        if not self.accelerator.is_main_process:
+            return
         if counted:  # scores between steps choose the state written: part of training
             st.seconds += time.perf_counter() - started
         if st.start_bpb is None:

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 
 from transplant.common.errors import TransplantError
 from transplant.core.plan import Plan
 from transplant.core.vocab import load_tokenizer
 from transplant.io.checkpoint import locate_embeddings, read_embedding
+from transplant.io.frozen_linear import frozen_linear, route_frozen_linears
 from transplant.io.shardio import shard_map
 from transplant.measure.lm import embed_scale, logit_softcap, start_token, with_start_token
 from transplant.train.heal_windows import Window
@@ -51,12 +51,12 @@ class FrozenLM:
         """Final hidden states of input rows `x` (B, T, dim), scaled as the embedding module would;
         `x` may be float32 (rows plus trained offsets): the body reads it in its own dtype."""
         return self.decoder(inputs_embeds=(x * self.embed_scale).to(self.dtype),
-                            attention_mask=mask.long()).last_hidden_state
+                            attention_mask=mask.long(), use_cache=False).last_hidden_state
 
     def logits(self, hidden: torch.Tensor, extra: torch.Tensor | None = None, rows: torch.Tensor | None = None):
         """The head's logits of `hidden` in float32, plus `hidden @ extra.T` on the columns `rows`
         (float32 offsets of the head's rows), soft-capped as the model does."""
-        out = F.linear(hidden, self.W_out, self.bias).float()
+        out = frozen_linear(hidden, self.W_out, self.bias).float()
         if extra is not None:
             out = out.index_add(-1, rows, hidden.float() @ extra.T)
         if self.softcap:
@@ -154,14 +154,22 @@ def load_tokenizers(folder: Path, teacher_folder: Path):
             _start_id(s_src.vocabulary(), folder), _start_id(t_src.vocabulary(), teacher_folder))
 
 
-def load_models(folder: Path, teacher_folder: Path, device):
+def load_models(folder: Path, teacher_folder: Path, device, mesh=None):
     """(student LM, teacher LM), frozen in their checkpoints' own dtype (bf16 stays bf16: what
     trains, the row offsets, is float32 and so is the loss); one shared body when the transplant
-    kept the teacher's."""
+    kept the teacher's. With a device `mesh` the decoder layers are sharded over its processes
+    (`io.sharded_load`)."""
     from transplant.io.frozen_load import load_frozen  # a heavy import, only when a run starts
 
     def load(path: Path):
-        return load_frozen(path).to(device)
+        if mesh is not None:
+            from transplant.io.sharded_load import load_sharded
+
+            lm = load_sharded(path, mesh, device)
+        else:
+            lm = load_frozen(path).to(device)
+        route_frozen_linears(lm)  # a bf16 body's backward on the CPU: as fast as its forward
+        return lm
 
     student = load(folder)
     if same_body(folder, teacher_folder):
@@ -181,24 +189,34 @@ def load_models(folder: Path, teacher_folder: Path, device):
     return student, teacher
 
 
-def expected_peak(cfg, folder: Path, teacher_folder: Path, n_rows: int) -> int:
+def expected_peak(cfg, folder: Path, teacher_folder: Path, n_rows: int, shards: int = 1) -> int:
     """Bytes a heal run adds to this process: the student in its dtype, the teacher's own rows
     (or the whole teacher when its body differs), the float32 offsets with their gradients and
     the optimizer's state (Adam's two float32 moments, or RowAdam's bfloat16 one), and one batch's activations (the teacher's windows are up to twice as long,
-    but read without gradients)."""
-    from transplant.common.memory import checkpoint_bytes, training_activation_bytes
+    but read without gradients). With the body sharded over `shards` processes, each holds the
+    embedding rows, 1/`shards` of the layers and one whole layer at a time."""
+    from transplant.common.memory import checkpoint_bytes, sharded_body_bytes, training_activation_bytes
 
     student, teacher = locate_embeddings(folder), locate_embeddings(teacher_folder)
     stored = torch.finfo(student.dtype).bits // 8
+
+    def held(layout, path: Path) -> int:
+        whole = checkpoint_bytes(path)
+        if shards == 1:
+            return whole
+        rows = layout.rows * layout.dim * stored * (1 if layout.output_key is None else 2)
+        return sharded_body_bytes(whole, rows, layout.config, shards)
+
     if same_body(folder, teacher_folder):
         teacher_bytes = teacher.rows * teacher.dim * stored * (1 if teacher.output_key is None else 2)
     else:
-        teacher_bytes = checkpoint_bytes(teacher_folder)
+        teacher_bytes = held(teacher, teacher_folder)
     trainable = n_rows * student.dim * (1 if student.tied else 2)
     per_element = 10 if cfg.optimizer == "row-adam" else 16  # offsets, gradients, the optimizer's state
     tokens = cfg.batch_size * cfg.seq_len
-    return (checkpoint_bytes(folder) + teacher_bytes + per_element * trainable
-            + training_activation_bytes(student.config, tokens, max(student.rows, teacher.rows), stored))
+    return (held(student, folder) + teacher_bytes + per_element * trainable
+            + training_activation_bytes(student.config, tokens, max(student.rows, teacher.rows), stored,
+                                        cfg.checkpoint_layers))
 
 
 def _start_id(vocab, where: Path) -> int:

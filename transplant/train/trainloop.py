@@ -68,6 +68,29 @@ def training_accelerator():
     return accelerator
 
 
+def body_mesh(accelerator, shard: bool, command: str):
+    """The device mesh to shard the frozen body over (`io.sharded_load`), or None: not asked for,
+    or one process. accelerate's own FSDP and DeepSpeed plugins are refused in one line: they
+    shard the module they prepare, which here is only the few trained rows.
+
+    Example:
+        >>> body_mesh(training_accelerator(), shard=True, command="heal") is None  # one process  # doctest: +SKIP
+        True
+    """
+    from accelerate import DistributedType
+
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise TransplantError(
+            f"{command} shards the frozen model itself: launch with a plain multi-process accelerate config "
+            f"(recipes/accelerate/) and pass --shard-body, not accelerate's {accelerator.distributed_type.value} "
+            "plugin")
+    if not shard or accelerator.num_processes == 1:
+        return None
+    from transplant.io.sharded_load import process_mesh
+
+    return process_mesh(accelerator.device.type)
+
+
 @dataclass
 class Step:
     """The opening of one optimizer step: its number (from 1), its seed on this process, a batch

@@ -575,3 +575,48 @@ def test_hypernet_train_owns_its_run_folder(hn_run, tmp_path, monkeypatch, capsy
     assert proc.returncode == 2 and "in use by another hypernet train run" in proc.stderr, proc.stderr
     lock = str(run / ".heal.lock")
     assert {k: v for k, v in snapshot(run).items() if k != lock} == {k: v for k, v in before.items() if k != lock}
+
+
+def test_extend_takes_the_flag_its_refusal_names(build_model, tmp_path, monkeypatch, capsys):
+    """The forced-class refusal names --allow-forced-tokenizer-class; `extend` (which reaches that
+    refusal through `transplant`) had no such flag. It now has, and passes it on."""
+    import transplant.api as api
+    from transplant.io.forced_class import FLAG, ForcedClass
+
+    assert FLAG in ForcedClass("qwen2", "Qwen2Tokenizer").refusal("x")
+    seen = {}
+    real = api.transplant
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "transplant", spy)
+    model = build_model(tmp_path / "m", "llama", tied=True)
+    args = ["extend", "--model", model, "--text", TEXT, "--add", "20", "--method", "fvt", "--out", tmp_path / "o",
+            FLAG]
+    proc = run_tt(args, monkeypatch, capsys)
+    assert proc.returncode == 0, proc.stderr
+    assert seen["allow_forced_tokenizer_class"] is True
+
+
+def test_a_reload_mismatch_shows_where_the_encodings_part():
+    """Two encodings equal over their first six ids printed two identical lists."""
+    from transplant.io.tokenizer_out import _first_difference
+
+    line = _first_difference("some text", [5, 6, 7, 8, 9, 10, 11, 12, 99], [5, 6, 7, 8, 9, 10, 11, 12, 13, 14])
+    assert "(from token 8 on)" in line
+    got, want = line.split("encodes to ")[1].split(" (from")[0].split(" instead of ")
+    assert got != want and "99" in got and "13" in want
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(llama_bl, tok_dirs, tmp_path, monkeypatch,
+                                                                      capsys):
+    """--out in a folder that takes no new entry: one line before any work (it was a raw
+    `[Errno ...]` after the setup)."""
+    import transplant.api as api
+
+    monkeypatch.setattr(api, "locate_embeddings", None)  # any work past the checks would fail otherwise
+    for out in (Path("/proc/tt-out"), Path("/proc/self/tt/out")):
+        proc = run_tt(["run", "--model", llama_bl, "--new-tok", tok_dirs["sp"], "--out", out], monkeypatch, capsys)
+        assert_refused(proc, "cannot write the output folder")

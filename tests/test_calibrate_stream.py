@@ -93,3 +93,30 @@ def test_the_peak_estimate_grows_with_one_layer_not_the_depth():
                                           width=4096, widest=14336, heads=32)
     assert shallow.peak_bytes(4096) == deep.peak_bytes(4096) < 2_000_000_000
     assert deep.batch_tokens(512) >= 4096  # the default text in one batch at 7B widths: each layer read once
+
+
+def test_calibration_reads_and_encodes_only_the_head_its_budget_can_use(tmp_path):
+    """A calibration text is read and encoded only as far as `calibrate_tokens` can reach: a
+    50 MB one-line file (what `tokenizer train` may have recorded) cost 150 s and 8.2 GB."""
+    from transplant.common.texts import BYTES_PER_TOKEN_BOUND, read_text_head
+    from transplant.methods.calibrate_read import calibration_chunks
+    from transplant.runspec import RunSpec
+
+    big = tmp_path / "one-line.txt"
+    with open(big, "w", encoding="utf-8") as fh:
+        for _ in range(400):
+            fh.write("wörter " * 2_000)  # 6.4 MB on one line
+    spec = RunSpec(model="m", new_tokenizer="t", out="o", calibrate_texts=[str(big)], calibrate_tokens=512)
+    (text,) = spec.read_calibrate_texts()
+    assert len(text.encode("utf-8")) <= 512 * BYTES_PER_TOKEN_BOUND < big.stat().st_size
+    seen = []
+
+    def encode(docs):
+        seen.extend(len(d) for d in docs)
+        return [[1] * len(d) for d in docs]
+
+    for text in ("wörter " * 1_000_000, "a\n\n" * 1_000_000):  # one 7 MB line; a million documents
+        seen.clear()
+        chunks = calibration_chunks(encode, [text], 100, 50)
+        assert sum(len(c) for c in chunks) == 100 and sum(seen) <= 100 * BYTES_PER_TOKEN_BOUND + 2 * len(seen)
+    assert read_text_head(big, 3) == "wö"  # a character cut at the end is left out

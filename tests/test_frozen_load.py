@@ -92,3 +92,47 @@ def test_routed_linears_give_the_bf16_body_the_same_input_gradient(arch, tmp_pat
     assert torch.equal(outs[0], outs[1])
     torch.testing.assert_close(grads[1], grads[0], rtol=0.02, atol=0.02 * float(grads[0].abs().max()))
     assert route_frozen_linears(load_frozen(tmp_path).float()) == 0  # float32: torch's own kernel is fast
+
+
+SHARDED_PROBE = """
+import sys, torch, torch.distributed as dist
+from pathlib import Path
+from transplant.io.sharded_load import load_sharded, process_mesh
+from transplant.io.frozen_load import layer_stack, load_frozen
+dist.init_process_group("gloo")
+folder = Path(sys.argv[1])
+lm, whole = load_sharded(folder, process_mesh("cpu"), "cpu"), load_frozen(folder)
+layers = layer_stack(lm.base_model)[1]
+local = lambda t: t.to_local() if hasattr(t, "to_local") else t
+def layer_bytes():
+    return sum(local(p).numel() * local(p).element_size() for layer in layers for p in layer.parameters())
+full = sum(p.numel() * p.element_size() for layer in layer_stack(whole.base_model)[1] for p in layer.parameters())
+held = layer_bytes()
+x = torch.randn(2, 9, lm.get_input_embeddings().weight.shape[1], requires_grad=True)
+out = lm.base_model(inputs_embeds=x, use_cache=False).last_hidden_state
+after_forward = layer_bytes()
+ref = whole.base_model(inputs_embeds=x, use_cache=False).last_hidden_state
+out.sum().backward()
+print(held / full, after_forward / full, float((out - ref).abs().max()), float(x.grad.abs().sum() > 0))
+"""
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+def test_a_sharded_body_holds_half_of_its_layers_on_each_of_two_processes(arch, tmp_path):
+    """`load_sharded` over two processes (gloo): each holds half of every layer, still half after
+    a forward (FSDP left its root units gathered, so the whole body came back), and computes what
+    the whole model computes."""
+    import subprocess
+    import sys
+
+    A.tiny_arch(arch, 300, tied=True, bos=1, eos=2, seed=2).save_pretrained(tmp_path / "m")
+    probe = tmp_path / "probe.py"
+    probe.write_text(SHARDED_PROBE)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(probe),
+                           str(tmp_path / "m")], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for line in [ln for ln in proc.stdout.splitlines() if ln.strip()]:
+        held, after_forward, diff, has_grad = map(float, line.split())
+        assert held == pytest.approx(0.5, abs=0.05) and after_forward == pytest.approx(0.5, abs=0.05), line
+        assert diff < 1e-5 and has_grad == 1.0

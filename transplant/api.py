@@ -263,7 +263,8 @@ def _run(spec: RunSpec, model: str | Path, new_tokenizer: str | Path, out: str |
     resources = Resources.from_checkpoint(layout, len(old_src.vocabulary()))
     auto = None
     if is_auto(method):
-        auto = choose_auto(resources, new_src, calibrate_texts, calibrate, options)
+        auto = choose_auto(resources, new_src, calibrate_texts, calibrate, options,
+                           calibrate_tokens=spec.calibrate_tokens)
         method, options = auto.method, auto.options
         calibrate_texts = auto.calibration.texts if auto.calibration else None
     elif not calibrate:

@@ -49,7 +49,8 @@ class ExtendResult:
 
 def extend(model: str | Path, texts: list[str | Path], add: int, out: str | Path, *, method: str = "auto",
            options: dict | None = None, pad_to_multiple_of: int | None = None, overwrite: bool = False,
-           eval_texts: list[str] | None = None, min_frequency: int = 2) -> ExtendResult:
+           eval_texts: list[str] | None = None, min_frequency: int = 2,
+           allow_forced_tokenizer_class: bool = False) -> ExtendResult:
     """Add up to `add` tokens learned on `texts` to `model`'s tokenizer and write the checkpoint.
 
     Args:
@@ -60,7 +61,8 @@ def extend(model: str | Path, texts: list[str | Path], add: int, out: str | Path
         method: initializer of the new rows (old rows are always exact copies); "auto": the
             hypernetwork known for the model, else FVT, with the output scale of the new rows
             calibrated on `texts` (see `transplant.methods.auto`).
-        options, pad_to_multiple_of, overwrite, eval_texts: as for `transplant()`.
+        options, pad_to_multiple_of, overwrite, eval_texts, allow_forced_tokenizer_class: as for
+            `transplant()`.
     """
     from transplant.api import transplant
     from transplant.io.sources import resolve_model
@@ -108,6 +110,7 @@ def extend(model: str | Path, texts: list[str | Path], add: int, out: str | Path
         # The model as the caller named it (not its resolved folder, e.g. a cache folder of a
         # converted GGUF): the card and the plan name it so, and `heal` finds its teacher by it.
         result = transplant(model, tok_dir, out, method=method, options=options, calibrate_texts=calibration,
+                            allow_forced_tokenizer_class=allow_forced_tokenizer_class,
                             pad_to_multiple_of=pad_to_multiple_of, overwrite=overwrite, eval_texts=eval_texts,
                             input_paths=[Path(p) for p in texts],
                             card=_card_facts(model, folder, texts, lines, new_tok, new_tokens))

@@ -33,7 +33,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
 
 from transplant.common.errors import TransplantError
-from transplant.common.texts import read_texts
+from transplant.common.texts import BYTES_PER_TOKEN_BOUND, read_text_head, read_texts
 
 Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
 
@@ -200,8 +200,12 @@ class RunSpec(_Section):
         return read_texts(self.eval_texts, self.eval_bytes) if self.eval_texts else None
 
     def read_calibrate_texts(self) -> list[str] | None:
-        """The calibration texts, whole."""
-        return read_texts(self.calibrate_texts) if self.calibrate_texts else None
+        """The calibration texts: each file's head, as much as `calibrate_tokens` tokens can span
+        (calibration reads no further; a 1 GB text costs what its first megabyte does)."""
+        if not self.calibrate_texts:
+            return None
+        limit = self.calibrate_tokens * BYTES_PER_TOKEN_BOUND
+        return [read_text_head(p, limit) for p in self.calibrate_texts]
 
     @property
     def eval_name(self) -> str:

@@ -170,15 +170,20 @@ def method_options(name: str) -> list[str]:
 @click.option("--set", "settings", multiple=True, metavar="METHOD.OPTION=VALUE", help="A method option (repeatable).")
 @click.option("--pad-to-multiple-of", type=click.IntRange(min=1), default=None, help="Pad the vocabulary rows.")
 @click.option("--eval-text", "eval_texts", multiple=True, help="Score before/after into the model card.")
+@click.option("--allow-forced-tokenizer-class", "allow_forced", is_flag=True,
+              help="Write the output even where transformers loads the extended tokenizer with a class of its own "
+                   "that encodes differently (the model card shows how to load it).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier output folder.")
-def extend_cmd(model, texts, add, out, method, settings, pad_to_multiple_of, eval_texts, overwrite) -> None:
+def extend_cmd(model, texts, add, out, method, settings, pad_to_multiple_of, eval_texts, allow_forced,
+               overwrite) -> None:
     """Learn ADD new tokens from TEXT on top of MODEL's tokenizer (old ids unchanged) and write the checkpoint."""
     from transplant.common.texts import read_texts
     from transplant.extend import extend
 
     res = extend(model, list(texts), add, out, method=method, options=parse_settings(settings) or None,
                  pad_to_multiple_of=pad_to_multiple_of, overwrite=overwrite,
-                 eval_texts=read_texts(eval_texts, what="evaluation text") or None)
+                 eval_texts=read_texts(eval_texts, what="evaluation text") or None,
+                 allow_forced_tokenizer_class=allow_forced)
     click.echo(f"extended: {len(res.new_tokens):,} new tokens -> {out}")
     for note in res.transplant.notes:
         click.echo(f"note: {note}")

@@ -53,6 +53,34 @@ def read_text(path: str | Path, what: str = "text file", fix: str = "") -> str:
         raise TransplantError(f"{path} is not UTF-8 text (convert it, e.g. with iconv)") from None
 
 
+# The most UTF-8 bytes a token of any tokenizer is taken to span, to bound what is read for a
+# budget of tokens (long whitespace runs in code stay well under it).
+BYTES_PER_TOKEN_BOUND = 256
+
+
+def read_text_head(path: str | Path, max_bytes: int, what: str = "text file", fix: str = "") -> str:
+    """The leading `max_bytes` bytes of a UTF-8 text file (a character cut at the end is left out),
+    read without the rest: a 1 GB text costs what its first megabyte does. Errors as `read_text`.
+
+    Example:
+        >>> _ = Path("t.txt").write_text("héllo wörld")
+        >>> read_text_head("t.txt", 3)  # "h" + the 2 bytes of "é"
+        'hé'
+    """
+    import codecs
+
+    path = Path(path)
+    if not path.is_file():
+        raise TransplantError(f"{what} not found: {path}{fix}")
+    with open(path, "rb") as fh:
+        raw = fh.read(max_bytes)
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(raw, final=False)
+    except UnicodeDecodeError:
+        raise TransplantError(f"{path} is not UTF-8 text (convert it, e.g. with iconv)") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # as `read_text` (universal newlines)
+
+
 def read_texts(paths, max_bytes: int | None = None, what: str = "text file", fix: str = "") -> list[str]:
     """Each file's text (see `read_text`), cut to its leading whole documents within `max_bytes`.
 

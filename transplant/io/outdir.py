@@ -185,7 +185,31 @@ def check_output_path(out: Path, inputs: list[Path], overwrite: bool, kind: Outp
                                   "delete it (move the input or choose another --out)")
     if out.exists() or out.is_symlink():
         _check_replaceable(out, overwrite, kind, noun)
+    check_writable_place(out, noun)
     return out
+
+
+def check_writable_place(out: Path, noun: str = "output folder") -> None:
+    """Refuse, before any work, an output whose folder cannot take a new entry (read-only, another
+    user's, /proc): the nearest existing folder on its way is tried with a hidden file, removed
+    at once.
+
+    Example:
+        >>> check_writable_place(Path("/proc/out"))
+        Traceback (most recent call last):
+        ...
+        transplant.common.errors.TransplantError: cannot write the output folder /proc/out: ... (choose another --out)
+    """
+    place = out.parent
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=place)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise TransplantError(f"cannot write the {noun} {out}: {exc.strerror or exc} in {place} "
+                              "(choose another --out)") from None
 
 
 def _check_replaceable(out: Path, overwrite: bool, kind: OutputKind, noun: str) -> None:

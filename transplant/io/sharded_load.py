@@ -68,7 +68,10 @@ def load_sharded(folder: Path, mesh, device, trust_remote_code: bool = False):
             if why is not None:
                 break
             layer.to(device)  # its buffers (the reads are on `device` already)
-            fully_shard(layer, mesh=mesh)  # keeps 1/N of each tensor: the whole layer read is freed here
+            # keeps 1/N of each tensor (the whole layer read is freed here); resharded after every
+            # forward: left to itself FSDP keeps a root unit gathered after its forward, and every
+            # layer here is a root (the embeddings stay whole), so the whole body was gathered again
+            fully_shard(layer, mesh=mesh, reshard_after_forward=True)
     if why is None:
         if layout.tied:
             model.tie_weights()
@@ -80,7 +83,7 @@ def load_sharded(folder: Path, mesh, device, trust_remote_code: bool = False):
         model = load_frozen(Path(folder), trust_remote_code).to(device)
         stack = layer_stack(model.base_model)
         for layer in (stack[1] if stack is not None else []):
-            fully_shard(layer, mesh=mesh)
+            fully_shard(layer, mesh=mesh, reshard_after_forward=True)
         return model
     for module in model.modules():  # buffers outside the layers (rotary tables) on the device too
         for key, buf in module._buffers.items():

@@ -210,6 +210,24 @@ def _forced_or_raise(out: Path, raw: Tokenizer, prefix: list[int], suffix: list[
     return forced
 
 
+def _first_difference(text: str, got: list[int], want: list[int]) -> str:
+    """Where two encodings of `text` part, shown around the first differing position.
+
+    Example:
+        >>> _first_difference("abc", [1, 2, 3, 4, 9], [1, 2, 3, 4, 5, 6])
+        "'abc' encodes to [..., 4, 9] instead of [..., 4, 5, 6] (from token 4 on)"
+    """
+    at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+    lo = max(0, at - 1)
+    lead = "..., " if lo else ""
+
+    def show(ids: list[int]) -> str:
+        part = ids[lo:at + 3]
+        return f"[{lead}{', '.join(map(str, part))}{', ...' if len(ids) > at + 3 else ''}]"
+
+    return f"{text[:20]!r} encodes to {show(got)} instead of {show(want)} (from token {at} on)"
+
+
 def check_target_reloads(config: dict, new: TokenizerSource, allow_forced_class: bool = False) -> ForcedClass | None:
     """Before any heavy work: refuse a target tokenizer that a forced class would load differently.
 
@@ -274,7 +292,7 @@ def check_written_tokenizer(folder: Path, raw: Tokenizer, prefix: list[int] | No
         want = raw.encode(text, add_special_tokens=False).ids
         got_plain = list(tok(text, add_special_tokens=False)["input_ids"])
         if got_plain != want:
-            return f"{text[:20]!r} encodes to {got_plain[:6]}... instead of {want[:6]}..."
+            return _first_difference(text, got_plain, want)
         if prefix is None:
             continue
         got = list(tok(text)["input_ids"])

@@ -44,7 +44,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transplant.common.texts import read_texts
+from transplant.common.texts import BYTES_PER_TOKEN_BOUND, read_text_head
 from transplant.core.vocab import TokenizerSource
 
 AUTO = "auto"
@@ -108,7 +108,8 @@ def recorded_texts(new_src: TokenizerSource) -> tuple[list[Path], str]:
 
 
 def choose(resources, new_src: TokenizerSource, calibrate_texts: list[str] | None, calibrate: bool = True,
-           options: dict | None = None, no_calibration: str = "--no-calibrate") -> AutoChoice:
+           options: dict | None = None, no_calibration: str = "--no-calibrate", calibrate_tokens: int = 4096
+           ) -> AutoChoice:
     """Resolve `auto` for a model whose embeddings `resources` reads, onto `new_src`.
 
     Args:
@@ -149,7 +150,8 @@ def choose(resources, new_src: TokenizerSource, calibrate_texts: list[str] | Non
     else:
         files, reason = recorded_texts(new_src)
         if files:
-            texts = read_texts(files)
+            # Only the head calibration can use (a tokenizer trained on gigabytes costs a megabyte).
+            texts = [read_text_head(p, calibrate_tokens * BYTES_PER_TOKEN_BOUND) for p in files]
             calibration = CalibrationSource(texts, "tokenizer", [str(p) for p in files])
             cal_why = f"calibration on the tokenizer's training text {', '.join(p.name for p in files)}"
         else:

@@ -24,7 +24,7 @@ import torch
 from transplant.common.errors import TransplantError
 from transplant.common.memory import trim_heap
 from transplant.common.progress import bar
-from transplant.common.texts import split_documents
+from transplant.common.texts import BYTES_PER_TOKEN_BOUND, split_documents
 from transplant.measure.evaluate import pack
 from transplant.measure.lm import logit_multiplier, logit_softcap, start_token_batches
 
@@ -89,6 +89,9 @@ def hidden_states_through_rows(model: torch.nn.Module, input_rows: RowsOf, chunk
     return h, torch.from_numpy(used)[y]
 
 
+_ENCODE_BATCH = 64  # documents encoded at a time while the budget is not met
+
+
 def calibration_chunks(encode, texts: list[str], max_tokens: int, ctx: int) -> list[list[int]]:
     """The leading `max_tokens` tokens of the texts' documents, packed into chunks of `ctx`.
 
@@ -96,15 +99,21 @@ def calibration_chunks(encode, texts: list[str], max_tokens: int, ctx: int) -> l
         >>> calibration_chunks(lambda docs: [[1, 2, 3] for _ in docs], ["a\\n\\nb"], 4, 2)
         [[1, 2], [3, 1]]
     """
-    docs = [d for t in texts for d in split_documents(t)]
+    # Encoded a few documents at a time until the budget is met, each text cut to what the budget
+    # can span: a 50 MB text (or one 50 MB line) costs what its head does.
+    limit = max_tokens * BYTES_PER_TOKEN_BOUND
+    docs = [d for t in texts for d in split_documents(t[:limit])]
     if not docs:
         raise TransplantError("the calibration text is empty (pass a UTF-8 text file in the target language)")
     taken, used = [], 0
-    for doc in encode(docs):
+    for start in range(0, len(docs), _ENCODE_BATCH):
+        for doc in encode(docs[start:start + _ENCODE_BATCH]):
+            if used >= max_tokens:
+                break
+            taken.append(doc[: max_tokens - used])
+            used += len(taken[-1])
         if used >= max_tokens:
             break
-        taken.append(doc[: max_tokens - used])
-        used += len(taken[-1])
     return [c for c in pack(taken, ctx) if c]
 
 

@@ -79,7 +79,10 @@ def main() -> None:
     recipe.write_text(f"aux_batch: {args.aux_batch}\ntrain_chars: {args.train_chars}\n")
     cmd += ["--recipe", str(recipe)]
     print("uptime:", os.popen("uptime").read().strip(), flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    # A registry of its own: `hypernet train` registers what it trains, and this 4-step network
+    # would then be `auto`'s choice for the synthetic checkpoint in every later benchmark.
+    env = {**os.environ, "TOKENTRANSPLANT_HOME": str(work / "home")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if proc.returncode != 0:
         sys.exit(proc.stderr[-3000:])
     peak_kb = int(next(line.split(":")[1] for line in proc.stderr.splitlines() if "Maximum resident" in line))

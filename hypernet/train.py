@@ -107,10 +107,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     seed: int = 0
-    # Shard the frozen body's decoder layers over the run's processes (`io.sharded_load`).
-    shard_body: bool = False
-    # Recompute the frozen body's layers in stage 2's backward pass instead of keeping their activations.
-    checkpoint_layers: bool = False
+    shard_body: bool = False  # shard the frozen body's layers over the processes (`io.sharded_load`)
+    checkpoint_layers: bool = False  # recompute the body's layers in stage 2's backward pass
     resume: bool = False
     overwrite: bool = False  # start afresh in `out`, replacing an earlier hypernetwork run or network
 
@@ -237,8 +235,7 @@ def train(cfg: TrainConfig) -> Path:
     inputs = check_inputs(cfg)
     latest = check_run_output(out, inputs.paths, cfg.resume, cfg.overwrite, HYPERNET_OUTPUT, is_training_run,
                               RUN_CONFIG)
-    # One run per run folder: an existing one (a resume, an overwrite) is locked now, before the
-    # model loads; a new one as soon as it is published.
+    # One run per run folder: an existing one is locked now (before the model loads), a new one once published.
     with RunFolder.owned(out, accelerator, command="hypernet train", create=False) as owner:
         return _train(cfg, accelerator, mesh, inputs, latest, owner)
 

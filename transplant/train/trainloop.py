@@ -84,6 +84,11 @@ def body_mesh(accelerator, shard: bool, command: str):
             f"{command} shards the frozen model itself: launch with a plain multi-process accelerate config "
             f"(recipes/accelerate/) and pass --shard-body, not accelerate's {accelerator.distributed_type.value} "
             "plugin")
+    if shard and accelerator.num_processes == 1:
+        from transplant.common.progress import stage
+
+        stage(f"{command}: --shard-body with one process shards nothing (start several with `accelerate launch "
+              "--config_file recipes/accelerate/...`)")
     if not shard or accelerator.num_processes == 1:
         return None
     from transplant.io.sharded_load import process_mesh

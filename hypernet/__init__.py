@@ -1,39 +1,13 @@
 """ZeTT-style hypernetwork: trained once per base model, it predicts input and LM-head rows for
 any new tokenizer's tokens from their old-tokenizer pieces (`transplant run --method hypernet`).
 
-Public names are imported on first use, so `hypernet --help` (and `transplant hypernet --help`)
-does not load torch.
-
 Example:
     >>> from hypernet import HyperNet, TrainConfig, train  # doctest: +SKIP
     >>> train(TrainConfig(model="smollm2-135m-instruct", texts=["de.txt"], out="hn", steps=200))  # doctest: +SKIP
     >>> net = HyperNet.load("hn")  # doctest: +SKIP
 """
 
-from __future__ import annotations
+from .model import HyperNet, HyperNetConfig
+from .train import TrainConfig, train
 
-from importlib import import_module
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
-    # ruff: noqa: F401
-    from hypernet.model import HyperNet, HyperNetConfig
-    from hypernet.train import TrainConfig, train
-
-_PUBLIC = {"HyperNet": "hypernet.model", "HyperNetConfig": "hypernet.model", "TrainConfig": "hypernet.train",
-           "train": "hypernet.train"}
-
-__all__ = list(_PUBLIC)
-
-
-def __getattr__(name: str):
-    module = _PUBLIC.get(name)
-    if module is None:
-        raise AttributeError(f"module 'hypernet' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value  # later lookups skip this hook
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__all__ = ["HyperNet", "HyperNetConfig", "TrainConfig", "train"]

@@ -372,8 +372,8 @@ def test_a_bf16_model_trains_its_network_in_bf16(build_model, tmp_path, monkeypa
     real = train_module.load_source
     seen = {}
 
-    def spy(spec, device="cpu"):
-        lm, E_in, E_out, folder = real(spec, device)
+    def spy(spec, device="cpu", mesh=None):
+        lm, E_in, E_out, folder = real(spec, device, mesh)
         seen["dtypes"] = {p.dtype for p in lm.parameters()}
         return lm, E_in, E_out, folder
 

@@ -61,7 +61,7 @@ def cli(quiet: bool) -> None:
                    "each holds 1/N of the body, for a model one device cannot hold (recipes/accelerate/).")
 @click.option("--checkpoint-layers", is_flag=True,
               help="Recompute the frozen model's layers in stage 2's backward pass instead of keeping their "
-                   "activations: less memory for long chunks and large batches, about a third more compute.")
+                   "activations: less memory for long chunks and large batches, one more forward pass of the body a step.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True,
               help="Start afresh in --out, replacing an earlier hypernetwork run or network there (nothing else).")

@@ -117,7 +117,7 @@ print(held / full, after_forward / full, float((out - ref).abs().max()), float(x
 """
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+@pytest.mark.parametrize("arch", ["llama", pytest.param("gemma3_text", marks=pytest.mark.slow)])
 def test_a_sharded_body_holds_half_of_its_layers_on_each_of_two_processes(arch, tmp_path):
     """`load_sharded` over two processes (gloo): each holds half of every layer, still half after
     a forward (FSDP left its root units gathered, so the whole body came back), and computes what

@@ -197,7 +197,7 @@ def test_accelerate_launch_two_processes(transplanted, tmp_path):
     assert proc.stdout.count("healed:") == 1  # one process speaks
 
 
-@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("tied", [pytest.param(True, marks=pytest.mark.slow), False])  # untied: the teacher view too
 def test_two_processes_sharding_the_body_train_what_replicas_train(transplanted, tmp_path, tied):
     """--shard-body (FSDP2 over the decoder layers, gloo on two CPU processes) changes where the
     frozen weights live, not the training: the same held-out scores and healed rows as two

@@ -229,7 +229,7 @@ def extend_cmd(model, texts, add, out, method, settings, pad_to_multiple_of, eva
                    "each holds 1/N of the body, for a model one device cannot hold (recipes/accelerate/).")
 @click.option("--checkpoint-layers", is_flag=True,
               help="Recompute the frozen model's layers in the backward pass instead of keeping their "
-                   "activations: less memory for long windows and large batches, about a third more compute.")
+                   "activations: less memory for long windows and large batches, one more forward pass of the body a step.")
 @click.option("--overwrite", is_flag=True,
               help="Replace an earlier output folder and start an earlier run folder afresh (with --resume: "
                    "continue the run, replace the output).")

@@ -123,8 +123,7 @@ MUTANTS = [
            "        if target == item or item in target.parents:\n", "        if False:\n",
            ("tests/test_eval_breakdown.py",), "--plot never writes inside the command's inputs"),
     Mutant("plot-no-probe", "transplant/measure/breakdown_plot.py",
-           '        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=folder)\n'
-           "        os.close(fd)\n        os.unlink(probe)\n", "        pass\n",
+           "    why = cannot_create_in(folder, target.name)", "    why = None",
            ("tests/test_eval_breakdown.py",), "--plot into a folder that takes no file is refused before scoring"),
     Mutant("unregister-paths", "hypernet/registry.py",
            "            or target.is_symlink() or target.resolve().parent != root.resolve()):",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from transplant.cli.spec_options import frozen_body_options
 from transplant.common.errors import TransplantError, disk_full_hint
 
 
@@ -56,12 +57,7 @@ def cli(quiet: bool) -> None:
 @click.option("--aux-weight", type=float, default=0.5, show_default=True, help="Weight of the auxiliary stage-1 loss in stage 2.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True, help="Steps between checkpoints.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the initialization and of every drawn batch.")
-@click.option("--shard-body", is_flag=True,
-              help="Shard the frozen model's decoder layers over the processes of `accelerate launch` (FSDP2): "
-                   "each holds 1/N of the body, for a model one device cannot hold (recipes/accelerate/).")
-@click.option("--checkpoint-layers", is_flag=True,
-              help="Recompute the frozen model's layers in stage 2's backward pass instead of keeping their "
-                   "activations: less memory for long chunks and large batches, one more forward pass of the body a step.")
+@frozen_body_options("chunks")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True,
               help="Start afresh in --out, replacing an earlier hypernetwork run or network there (nothing else).")

@@ -14,7 +14,7 @@ import sys
 import click
 
 from transplant.common.errors import TransplantError, disk_full_hint
-from transplant.cli.spec_options import as_fields, given_on_command_line, spec_options
+from transplant.cli.spec_options import as_fields, frozen_body_options, given_on_command_line, spec_options
 from transplant.cli.tables import print_eval_table as _print_eval_table
 from transplant.runspec import RunSpec, cli_flags, parse_settings
 
@@ -224,12 +224,7 @@ def extend_cmd(model, texts, add, out, method, settings, pad_to_multiple_of, eva
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=25, show_default=True, help="Steps between checkpoints.")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
               help="Seed of the batch order (one per step and process).")
-@click.option("--shard-body", is_flag=True,
-              help="Shard the frozen model's decoder layers over the processes of `accelerate launch` (FSDP2): "
-                   "each holds 1/N of the body, for a model one device cannot hold (recipes/accelerate/).")
-@click.option("--checkpoint-layers", is_flag=True,
-              help="Recompute the frozen model's layers in the backward pass instead of keeping their "
-                   "activations: less memory for long windows and large batches, one more forward pass of the body a step.")
+@frozen_body_options("windows")
 @click.option("--overwrite", is_flag=True,
               help="Replace an earlier output folder and start an earlier run folder afresh (with --resume: "
                    "continue the run, replace the output).")

@@ -72,6 +72,21 @@ def spec_options(spec: type[BaseModel]) -> Callable:
     return decorate
 
 
+def frozen_body_options(unit: str) -> Callable:
+    """`--shard-body` and `--checkpoint-layers`, the training commands' two ways of holding a big
+    frozen model (`heal`, `hypernet train`); `unit` names what a step reads ("windows", "chunks")."""
+    def add(fn: Callable) -> Callable:
+        fn = click.option("--checkpoint-layers", is_flag=True,
+                          help="Recompute the frozen model's layers in the backward pass instead of keeping their "
+                               f"activations: less memory for long {unit} and large batches, one more forward "
+                               "pass of the body a step.")(fn)
+        return click.option("--shard-body", is_flag=True,
+                            help="Shard the frozen model's decoder layers over the processes of `accelerate launch` "
+                                 "(FSDP2): each holds 1/N of the body, for a model one device cannot hold "
+                                 "(recipes/accelerate/).")(fn)
+    return add
+
+
 def given_on_command_line(ctx: click.Context, names) -> set[str]:
     """The parameters among `names` the user set (command line, environment, prompt), not left at default."""
     return {name for name in names if ctx.get_parameter_source(name) in (

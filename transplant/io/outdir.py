@@ -203,13 +203,26 @@ def check_writable_place(out: Path, noun: str = "output folder") -> None:
     place = out.parent
     while not place.exists() and place != place.parent:
         place = place.parent
+    why = cannot_create_in(place, out.name)
+    if why is not None:
+        raise TransplantError(f"cannot write the {noun} {out}: {why} in {place} (choose another --out)")
+
+
+def cannot_create_in(folder: Path, name: str) -> str | None:
+    """Why no new file can be made in `folder` (tried with a hidden file named after `name`,
+    removed at once), or None when one can.
+
+    Example:
+        >>> cannot_create_in(Path("/proc"), "x") is not None
+        True
+    """
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=place)
+        fd, probe = tempfile.mkstemp(prefix=f".{name}.", suffix=".probe", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise TransplantError(f"cannot write the {noun} {out}: {exc.strerror or exc} in {place} "
-                              "(choose another --out)") from None
+        return str(exc.strerror or exc)
+    return None
 
 
 def _check_replaceable(out: Path, overwrite: bool, kind: OutputKind, noun: str) -> None:

@@ -50,8 +50,7 @@ def check_plot_path(path: str | Path, inputs: list[str | Path]) -> Path:
         ...
         transplant.common.errors.TransplantError: --plot dev.txt: the plot is a PNG file, name it FILE.png (nothing is written over a file of another kind)
     """
-    import os
-    import tempfile
+    from transplant.io.outdir import cannot_create_in
 
     path = Path(path)
     fix = "(nothing is written over a file of another kind)"
@@ -71,13 +70,9 @@ def check_plot_path(path: str | Path, inputs: list[str | Path]) -> Path:
     folder = target.parent
     if not folder.is_dir():
         raise TransplantError(f"no folder {path.parent} for --plot {path} (create it first)")
-    try:  # a file can be made there (a read-only folder, /proc): said now, not after the scoring
-        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise TransplantError(f"cannot write the plot into {folder}: {exc.strerror or exc} "
-                              "(pass a writable --plot path)") from None
+    why = cannot_create_in(folder, target.name)  # a read-only folder, /proc: said now, not after the scoring
+    if why is not None:
+        raise TransplantError(f"cannot write the plot into {folder}: {why} (pass a writable --plot path)")
     return path
 
 

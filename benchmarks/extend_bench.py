@@ -15,13 +15,14 @@ import os
 import shutil
 from pathlib import Path
 
-from paths import CORPORA, HERE, checkout_first
+from paths import CORPORA, HERE, ROOT, checkout_first
 
 checkout_first()
 WORK = HERE / "work" / "extend"
 RESULTS = HERE / "results" / "extend.json"
 BASE = "smollm2-135m-instruct"
-HYPERNET = Path(os.environ.get("HARNESS_HYPERNET", HERE / "work" / "hn-smollm2-more"))
+# The network shipped for SmolLM2 (what `auto` uses); HARNESS_HYPERNET names another one.
+HYPERNET = Path(os.environ.get("HARNESS_HYPERNET", ROOT / "hypernet" / "networks" / BASE))
 
 
 def hf_mean_resized(ext: Path, out: Path) -> Path:
@@ -80,6 +81,9 @@ def main() -> None:
                 res = extend(BASE, [CORPORA / "de" / "train.txt"], n, out, method=method, options=options)
                 results.setdefault("added", {})[str(n)] = len(res.new_tokens)
             score(f"{n}-{method}", out)
+            if method == "hypernet":
+                results["hypernet_network"] = str(HYPERNET.relative_to(ROOT) if HYPERNET.is_relative_to(ROOT)
+                                                  else HYPERNET)
         score(f"{n}-hf-mean-resizing", hf_mean_resized(WORK / f"ext-{n}-fvt", WORK / f"ext-{n}-hf"))
     print_table(results)
 
@@ -90,7 +94,7 @@ def print_table(results: dict) -> None:
     print("|---|---|---|---|")
     print(f"| 0 | (original) | {orig['bytes_per_token']:.3f} | {orig['bpb']:.4f} |")
     for name, row in results.items():
-        if name in ("original", "added"):
+        if name in ("original", "added", "hypernet_network"):
             continue
         n, _, method = name.partition("-")
         added = results.get("added", {}).get(n, n)

@@ -37,6 +37,7 @@ from transplant.io.checkpoint import EmbeddingLayout, check_vocab_fits, locate_e
 from transplant.io.outdir import check_output_path
 from transplant.io.sources import base_model_id, open_tokenizer, resolve_model
 from transplant.io.tokenizer_out import check_target_reloads
+from transplant.measure.quality_check import plan_quality_check, ratio_line
 from transplant.methods.auto import choose as choose_auto
 from transplant.methods.auto import is_auto
 from transplant.methods.resources import Resources
@@ -146,7 +147,8 @@ def transplant(model: str | Path | torch.nn.Module | RunSpec, new_tokenizer: str
                language: list[str] | None = None, input_paths: list[str | Path] | None = None,
                untie: bool = False, calibrate_texts: list[str] | None = None,
                calibrate_tokens: int = 4096, calibrate: bool = True,
-               allow_forced_tokenizer_class: bool = False, card: dict | None = None) -> TransplantResult:
+               allow_forced_tokenizer_class: bool = False, card: dict | None = None,
+               quality_check: bool = True, held_out_bytes: int = 2048) -> TransplantResult:
     """Move a checkpoint onto `new_tokenizer`: `transplant(spec)` with a `RunSpec`, or the keyword form.
 
     The keyword form is a thin wrapper: it builds the `RunSpec` of these arguments, except that
@@ -177,6 +179,9 @@ def transplant(model: str | Path | torch.nn.Module | RunSpec, new_tokenizer: str
             likelihood (see `transplant.methods.calibrate`); recorded in the plan.
         calibrate_tokens: how many tokens of that text to read.
         calibrate: False: no calibration, not even on the text `auto` would find.
+        quality_check: without `eval_texts`, score original and transplant on up to `held_out_bytes`
+            of the held-out tail of the tokenizer's recorded training text
+            (`transplant.measure.quality_check`); `result.quality` says the ratio, or why not.
         allow_forced_tokenizer_class: write the output even when transformers forces a tokenizer
             class on this model type that ignores the written tokenizer.json (`io/forced_class.py`);
             the card then gives the snippet that loads it right.
@@ -217,7 +222,8 @@ def transplant(model: str | Path | torch.nn.Module | RunSpec, new_tokenizer: str
         seed=seed, overwrite=overwrite, link=link, trust_remote_code=trust_remote_code, eval_ctx=eval_ctx,
         options=options or {}, encode_like=encode_like, language=list(language or []), untie=untie,
         calibrate_tokens=calibrate_tokens, calibrate=calibrate, eval_texts=[], calibrate_texts=[],
-        allow_forced_tokenizer_class=allow_forced_tokenizer_class)
+        allow_forced_tokenizer_class=allow_forced_tokenizer_class, quality_check=quality_check,
+        held_out_bytes=held_out_bytes)
     return _run(spec, model, new_tokenizer, out, eval_texts, eval_name, calibrate_texts, input_paths, card)
 
 
@@ -261,6 +267,10 @@ def _run(spec: RunSpec, model: str | Path, new_tokenizer: str | Path, out: str |
     if out is not None:  # a tokenizer the output's model type would load differently: refused before the work
         check_target_reloads(layout.config, new_src, spec.allow_forced_tokenizer_class)
     resources = Resources.from_checkpoint(layout, len(old_src.vocabulary()))
+    check = None
+    if out is not None and not eval_texts and spec.quality_check:
+        check = plan_quality_check(new_src, folder, spec.held_out_bytes, torch.finfo(layout.dtype).bits // 8)
+        eval_texts, eval_name = check.texts, check.name
     auto = None
     if is_auto(method):
         auto = choose_auto(resources, new_src, calibrate_texts, calibrate, options,
@@ -302,9 +312,14 @@ def _run(spec: RunSpec, model: str | Path, new_tokenizer: str | Path, out: str |
     found = detect_language(calibrate_texts or eval_texts or [])
     card_info["language"] = list(language) if language else [found] if found else None
     card_info.update(card or {})
-    return write_output(folder, layout, prep, new_src, out, spec.overwrite, spec.link, card_info, eval_texts,
-                         eval_name, spec.eval_ctx, trust_remote_code,
-                         allow_forced_class=spec.allow_forced_tokenizer_class)
+    if check is not None and check.texts:
+        card_info["eval_note"] = check.note
+    result = write_output(folder, layout, prep, new_src, out, spec.overwrite, spec.link, card_info, eval_texts,
+                          eval_name, spec.eval_ctx, trust_remote_code,
+                          allow_forced_class=spec.allow_forced_tokenizer_class)
+    result.quality = (ratio_line(result.evaluation, eval_name) if result.evaluation
+                      else check.line if check is not None else None)
+    return result
 
 
 __all__ = ["RunSpec", "TransplantResult", "apply_plan", "prepare", "run_spec", "transplant", "transplant_model"]

@@ -150,6 +150,7 @@ def write_output(folder: Path, layout: EmbeddingLayout, prep: Prepared, new_src:
         card_info.update({
             "plan_ref": str(out), "eval_text": eval_name,
             "eval_bytes": evaluation["original"].bytes if evaluation else 0,
+            "eval_ratio": f"{evaluation['transplanted'].bpb / evaluation['original'].bpb:.3f}" if evaluation else None,
             "evaluation": [{"name": k, "bpb": f"{v.bpb:.4f}", "bpt": f"{v.bytes_per_token:.2f}"}
                            for k, v in evaluation.items()] if evaluation else None,
         })

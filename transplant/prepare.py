@@ -53,6 +53,9 @@ class TransplantResult:
     notes: list[str] = field(default_factory=list)
     evaluation: dict[str, EvalResult] | None = None
     special_ids: SpecialIds | None = None
+    # One line on what the move cost: the transplant's bits per byte against the original's on
+    # the run's evaluation text or the tokenizer's held-out text, or why nothing was scored.
+    quality: str | None = None
 
 
 def gc_paused(fn):

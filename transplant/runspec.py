@@ -100,6 +100,12 @@ class RunSpec(_Section):
     eval_bytes: int = _field(50_000, "Score the leading whole documents up to this many bytes.", "--eval-bytes",
                              "an integer >= 1", ge=1)
     eval_ctx: int = _field(1024, "Evaluation context length.", "--ctx", "an integer >= 1", ge=1)
+    quality_check: bool = _field(
+        True, "No quality line: without --eval-text a run scores original and transplant on the held-out tail of "
+        "the tokenizer's recorded training text (up to --held-out-bytes; skipped above 1.5 G parameters).",
+        "--no-eval", "true or false", negate=True)
+    held_out_bytes: int = _field(2048, "Bytes of held-out text the quality line scores (whole lines).",
+                                 "--held-out-bytes", "an integer >= 256", ge=256)
     encode_like: Literal["source", "target"] = _field(
         "source", "What a plain tokenizer(text) adds: the source model's convention (e.g. Gemma's start token), "
         "re-expressed in the new tokens, or the target tokenizer's own.", "--encode-like", "source or target")

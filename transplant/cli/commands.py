@@ -52,6 +52,8 @@ def run(recipe, **values) -> None:
         spec = RunSpec.model_validate(as_fields(values), strict=False)
     if not spec.calibrate and spec.calibrate_texts:
         raise click.UsageError("--no-calibrate and --calibrate-text contradict each other (keep one)")
+    if not spec.quality_check and spec.eval_texts:
+        raise click.UsageError("--no-eval and --eval-text contradict each other (keep one)")
     from transplant.io.sources import resolve_model
 
     resolve_model(spec.model)  # torch-free: a missing or broken model is one line in a fraction of a second
@@ -63,6 +65,8 @@ def run(recipe, **values) -> None:
     click.echo(f"wrote {result.output_dir} ({result.plan.new_size} rows: {counts})")
     if result.evaluation:
         _print_eval_table(result.evaluation)
+    if result.quality:
+        click.echo(result.quality)
 
 
 @cli.command("recipes")

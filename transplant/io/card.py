@@ -83,6 +83,8 @@ class CardInfo(TypedDict, total=False):
     # The evaluation (not saved with the plan: it scores this output only).
     eval_text: str
     eval_bytes: int
+    eval_note: str  # which part of `eval_text` was scored, when not all of it
+    eval_ratio: str  # the transplant's bits per byte over the original's
     evaluation: list[dict]
     title: str  # overrides the title made from the above
 
@@ -169,7 +171,8 @@ Notes:
 {% if evaluation %}
 ## Evaluation
 
-Bits per byte (lower is better) on {{ eval_bytes }} bytes of `{{ eval_text }}`; same bytes for both tokenizers.
+Bits per byte (lower is better) on {{ eval_bytes }} bytes of `{{ eval_text }}`{% if eval_note %} ({{ eval_note }}){% endif %}; same bytes for both tokenizers.{% if eval_ratio %}
+The transplant's bits per byte are {{ eval_ratio }}× the original's.{% endif %}
 
 | model | bits per byte | bytes per token |
 |---|---:|---:|
@@ -346,7 +349,7 @@ def describe_tokenizer(src: TokenizerSource) -> str:
 
 def stored_facts(info: CardInfo | dict) -> dict:
     """The facts of a card worth keeping with the plan: all but this output's own evaluation and place."""
-    drop = ("evaluation", "eval_text", "eval_bytes", "plan_ref", "heal", "title")
+    drop = ("evaluation", "eval_text", "eval_bytes", "eval_note", "eval_ratio", "plan_ref", "heal", "title")
     return {k: v for k, v in info.items() if k not in drop}
 
 

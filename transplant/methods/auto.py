@@ -40,16 +40,13 @@ Example:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from transplant.common.texts import BYTES_PER_TOKEN_BOUND, read_text_head
 from transplant.core.vocab import TokenizerSource
+from transplant.io.recorded_text import TRAINING_SUMMARY, recorded_texts
 
 AUTO = "auto"
-# Where `transplant tokenizer train` records its training texts, inside the tokenizer folder.
-TRAINING_SUMMARY = "training_summary.json"
 
 
 @dataclass
@@ -79,32 +76,6 @@ class AutoChoice:
 
 def is_auto(method) -> bool:
     return method == AUTO or (isinstance(method, (list, tuple)) and list(method) == [AUTO])
-
-
-def recorded_texts(new_src: TokenizerSource) -> tuple[list[Path], str]:
-    """The training texts `transplant tokenizer train` recorded for this tokenizer, when every one
-    is still there and unchanged; else ([], why not)."""
-    from transplant.common.fingerprint import file_fingerprint
-
-    folder = new_src.folder or new_src.path.parent
-    path = folder / TRAINING_SUMMARY
-    try:
-        record = json.loads(path.read_text(encoding="utf-8")).get("training_texts")
-    except (OSError, ValueError, AttributeError):
-        record = None
-    if not record or not isinstance(record, list):
-        return [], "the target tokenizer records no training text"
-    files = []
-    for entry in record:
-        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not entry["path"]:
-            return [], f"{path} has a malformed training_texts entry"
-        p = Path(entry["path"])
-        if not p.is_file():
-            return [], f"its training text {p} is gone"
-        if file_fingerprint(p) != entry.get("sha256"):
-            return [], f"its training text {p} changed since the tokenizer was trained"
-        files.append(p)
-    return files, ""
 
 
 def choose(resources, new_src: TokenizerSource, calibrate_texts: list[str] | None, calibrate: bool = True,
@@ -150,10 +121,11 @@ def choose(resources, new_src: TokenizerSource, calibrate_texts: list[str] | Non
     else:
         files, reason = recorded_texts(new_src)
         if files:
-            # Only the head calibration can use (a tokenizer trained on gigabytes costs a megabyte).
-            texts = [read_text_head(p, calibrate_tokens * BYTES_PER_TOKEN_BOUND) for p in files]
-            calibration = CalibrationSource(texts, "tokenizer", [str(p) for p in files])
-            cal_why = f"calibration on the tokenizer's training text {', '.join(p.name for p in files)}"
+            # Only the head calibration can use (a tokenizer trained on gigabytes costs a
+            # megabyte), and never the held-out tail the run's quality check scores.
+            texts = [read_text_head(f.path, f.head_limit(calibrate_tokens * BYTES_PER_TOKEN_BOUND)) for f in files]
+            calibration = CalibrationSource(texts, "tokenizer", [str(f.path) for f in files])
+            cal_why = f"calibration on the tokenizer's training text {', '.join(f.path.name for f in files)}"
         else:
             cal_why = (f"no calibration: {reason} (--calibrate-text FILE, text in the target language or domain, "
                        "would fit the made rows' output scale: a few % lower bits per byte)")

@@ -77,7 +77,8 @@ class TrainSummary:
     seconds: float
     notes: list[str] = field(default_factory=list)
     # Where the training text is and a fingerprint of it (never the text: tokenizer folders get
-    # published): `transplant run --method auto` calibrates on it while it is there and unchanged.
+    # published): `transplant run --method auto` calibrates on its head while it is there and
+    # unchanged, and scores the transplant on its held-out tail (`held_out_tail_bytes`).
     training_texts: list[dict] = field(default_factory=list)
 
     def lines(self) -> list[str]:
@@ -108,16 +109,16 @@ def _read_texts(texts: list[str | Path]) -> list[str]:
     return out
 
 
-def split_held_out(texts: list[str], share: float) -> tuple[list[str], str]:
-    """Training lines and a held-out slice: the last `share` of each text, cut at a line start
-    (a text of one line keeps nothing back)."""
+def split_held_out(texts: list[str], share: float) -> tuple[list[str], list[str]]:
+    """Training lines and each text's held-out tail: its last `share`, cut at a line start (a
+    text of one line keeps nothing back)."""
     train_lines, held = [], []
     for t in texts:
         cut = t.rfind("\n", 0, int(len(t) * (1 - share))) + 1 if share > 0 else len(t)
         cut = cut or len(t)
         train_lines += [line for line in t[:cut].splitlines() if line.strip()]
         held.append(t[cut:])
-    return train_lines, "".join(held)
+    return train_lines, held
 
 
 def _load_like(like: str | None) -> _Like:
@@ -328,12 +329,13 @@ def _supertokens(stage1: Tokenizer, lines: list[str], n_super: int, like: _Like)
     return result, sum(1 for t in new if space in t[1:] and t.strip(space))
 
 
-def _text_records(texts: list[str | Path]) -> list[dict]:
-    """Absolute path, content fingerprint and size of each training text (see `TrainSummary`)."""
+def _text_records(texts: list[str | Path], tails: list[str]) -> list[dict]:
+    """Absolute path, content fingerprint, size and held-out tail (UTF-8 bytes) of each training
+    text (see `TrainSummary`; `transplant.io.recorded_text` reads them back)."""
     from transplant.common.fingerprint import file_fingerprint
 
-    return [{"path": str(Path(t).resolve()), "sha256": file_fingerprint(t), "bytes": Path(t).stat().st_size}
-            for t in texts]
+    return [{"path": str(Path(t).resolve()), "sha256": file_fingerprint(t), "bytes": Path(t).stat().st_size,
+             "held_out_tail_bytes": len(tail.encode("utf-8"))} for t, tail in zip(texts, tails)]
 
 
 def train_tokenizer(texts: list[str | Path], vocab_size: int, out: str | Path, *, like: str | None = None,
@@ -371,7 +373,8 @@ def train_tokenizer(texts: list[str | Path], vocab_size: int, out: str | Path, *
     out = check_output_path(Path(out), [Path(t) for t in texts], overwrite)
     like_info = _load_like(like)
     _check_forced_options(like_info, algorithm, supertokens)
-    lines, held = split_held_out(_read_texts(texts), held_out)
+    lines, tails = split_held_out(_read_texts(texts), held_out)
+    held = "".join(tails)
     if held_out > 0 and not held.strip():
         raise TransplantError(
             f"the training text is too short to measure bytes per token on: --held-out {held_out:g} holds out the "
@@ -407,7 +410,7 @@ def train_tokenizer(texts: list[str | Path], vocab_size: int, out: str | Path, *
         overlap = sum(1 for t in texts_new if old.lookup(t) is not None) / max(1, len(texts_new))
     summary = TrainSummary(str(out), algorithm + ("+supertokens" if supertokens else ""), vocab_size, size, supers,
                            held_bytes, held_bytes / n_tokens if n_tokens else None, overlap,
-                           round(time.perf_counter() - started, 1), notes, _text_records(texts))
+                           round(time.perf_counter() - started, 1), notes, _text_records(texts, tails))
     roles = {f"{r}_token": v for r, v in like_info.roles.items()}
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **roles)
     if like_info.chat_template:

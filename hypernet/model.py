@@ -45,6 +45,26 @@ FINGERPRINT_ROWS = 256
 SAME_BASE_COSINE = 0.8
 
 
+def fingerprint_cosine(ids: torch.Tensor, rows: torch.Tensor, E_in: torch.Tensor) -> float | None:
+    """Mean cosine between a network's fingerprint `rows` and the same `ids` of `E_in`: near 1 for
+    its base model and that model's fine-tunes. Ids outside `E_in` (a vocabulary cut short, or
+    another model's) are left out of the mean; None when none is left (no match at all). The one
+    rule behind `HyperNet.check_source` and the registry's matching.
+
+    Example:
+        >>> E = torch.eye(4)
+        >>> fingerprint_cosine(torch.tensor([0, 1, 9]), E[[0, 1, 2]], E)  # id 9 is past this vocabulary
+        1.0
+        >>> fingerprint_cosine(torch.tensor([-1, 9]), E[[0, 1]], E) is None
+        True
+    """
+    keep = (ids >= 0) & (ids < E_in.shape[0])
+    if not bool(keep.any()):
+        return None
+    mine = E_in[ids[keep].long().to(E_in.device)].float()
+    return float(torch.nn.functional.cosine_similarity(mine, rows[keep].float().to(mine.device), dim=1).mean())
+
+
 @dataclass
 class HyperNetConfig:
     """Shape of a hypernetwork and the base model it belongs to.
@@ -178,15 +198,12 @@ class HyperNet(nn.Module):
                 f"this hypernetwork belongs to {cfg.base_model or 'another model'} "
                 f"({cfg.vocab_size}x{cfg.hidden_size}, {'untied' if cfg.untied else 'tied'}), not to a model with "
                 f"embeddings {got}: train one for this model with `hypernet train --model ...`")
-        keep = self.fingerprint_ids < E_in.shape[0]  # a vocabulary cut short cannot match its missing rows
-        rows = E_in[self.fingerprint_ids[keep].to(E_in.device)].float()
-        # The mean over the rows kept (a vocabulary cut short has fewer), not over all fingerprint ids.
-        cos = float(torch.nn.functional.cosine_similarity(rows, self.fingerprint_rows[keep].to(rows.device), dim=1)
-                    .mean()) if bool(keep.any()) else 0.0
-        if not cos >= SAME_BASE_COSINE:
+        cos = fingerprint_cosine(self.fingerprint_ids, self.fingerprint_rows, E_in)
+        if cos is None or not cos >= SAME_BASE_COSINE:
+            kept = int(((self.fingerprint_ids >= 0) & (self.fingerprint_ids < E_in.shape[0])).sum())
             raise TransplantError(
                 f"this hypernetwork belongs to {cfg.base_model or 'another model'}: the model's embeddings do not "
-                f"match it (mean cosine {cos:.2f} over {int(keep.sum())} sampled rows, a fine-tune gives > "
+                f"match it (mean cosine {cos or 0.0:.2f} over {kept} sampled rows, a fine-tune gives > "
                 f"{SAME_BASE_COSINE}); train one for this model with `hypernet train --model ...`")
         return cos
 
@@ -261,4 +278,5 @@ def parameter_count(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-__all__ = ["HyperNet", "HyperNetConfig", "FORMAT", "pad_pieces", "length_batches", "parameter_count"]
+__all__ = ["HyperNet", "HyperNetConfig", "FORMAT", "fingerprint_cosine", "pad_pieces", "length_batches",
+           "parameter_count"]

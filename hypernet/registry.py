@@ -269,8 +269,9 @@ def known_networks() -> list[KnownNetwork]:
 def match_cosine(net: KnownNetwork, E_in, E_out) -> float | None:
     """Mean cosine of the network's fingerprint rows with the same rows of `E_in`, or None when
     the shapes say it belongs to another model (reads two small tensors, not the network)."""
-    import torch
     from safetensors import safe_open
+
+    from hypernet.model import fingerprint_cosine
 
     if E_in.shape[1] != net.hidden_size or (E_out is not None) != net.untied:
         return None
@@ -284,11 +285,7 @@ def match_cosine(net: KnownNetwork, E_in, E_out) -> float | None:
             or rows.shape[1] != E_in.shape[1]):
         log.warning("skipped the %s network %s: its fingerprint has the wrong shape", net.origin, net.name)
         return None
-    keep = (ids >= 0) & (ids < E_in.shape[0])  # ids past this vocabulary: another model's
-    if not bool(keep.any()):
-        return None
-    mine = E_in[ids[keep].long()].float()
-    return float(torch.nn.functional.cosine_similarity(mine, rows[keep], dim=1).mean())
+    return fingerprint_cosine(ids, rows, E_in)  # ids past this vocabulary (another model's) left out
 
 
 def find_network(E_in, E_out) -> tuple[KnownNetwork, float] | None:

@@ -52,8 +52,9 @@ from transplant.common.memory import check_fits
 from transplant.common.progress import bar, stage
 from transplant.core.vocab import Vocabulary
 from transplant.io.frozen_load import checkpoint_layers
-from transplant.measure.lm import embed_scale, logit_softcap, start_token, with_start_token
+from transplant.measure.lm import start_token, with_start_token
 from transplant.train.heal_config import RunFolder
+from transplant.train.heal_model import FrozenLM
 from transplant.train.resume import (
     check_run_output,
     check_same_inputs,
@@ -356,9 +357,7 @@ def _train(cfg: TrainConfig, accelerator, mesh, inputs: Inputs, latest: Path | N
         stage("hypernet: seed vocabularies for sampled tokenizers")
         sampler = TokenizerSampler(old_tok, pool, min_share=cfg.min_vocab_share, train_chars=cfg.train_chars)
         bos = start_token(old_vocab.roles)
-        scale = embed_scale(lm)
-        softcap = logit_softcap(lm.config)
-        decoder = getattr(lm, lm.base_model_prefix)
+        frozen = FrozenLM(lm)  # the body's forward and the logit rule, as heal reads them
         s2_total = cfg.steps if cfg.minutes is None else None
         pbar = bar(total=s2_total, desc="hypernet stage 2", unit="step", initial=state["stage2_done"])
         while not should_stop(state["stage2_done"], cfg.steps, state["stage2_seconds"], cfg.minutes):
@@ -367,7 +366,7 @@ def _train(cfg: TrainConfig, accelerator, mesh, inputs: Inputs, latest: Path | N
             rng = random.Random(opened.seed)
             warm(cfg.stage2_lr, state["stage2_done"])
             lm_loss, n_tok, made_share = _stage2_loss(
-                rng, g, cfg, pool, sampler, forward, E_in, E_out, decoder, bos, scale, softcap, device,
+                rng, g, cfg, pool, sampler, forward, E_in, E_out, frozen, bos, device,
                 aux_rows=[train_idx[i] for i in torch.randint(len(train_idx), (cfg.aux_batch,), generator=g).tolist()],
                 decomps=decomps, withheld_loss=withheld_loss)
             loss = lm_loss["total"]
@@ -392,7 +391,7 @@ def _train(cfg: TrainConfig, accelerator, mesh, inputs: Inputs, latest: Path | N
     return out
 
 
-def _stage2_loss(rng, g, cfg, pool, sampler, forward, E_in, E_out, decoder, bos, scale, softcap, device,
+def _stage2_loss(rng, g, cfg, pool, sampler, forward, E_in, E_out, frozen, bos, device,
                  aux_rows, decomps, withheld_loss):
     """One stage-2 batch: LM loss over a drawn tokenizer, plus the auxiliary stage-1 loss."""
     source = rng.randrange(len(pool.texts))
@@ -429,12 +428,9 @@ def _stage2_loss(rng, g, cfg, pool, sampler, forward, E_in, E_out, decoder, bos,
     x = rows_in[ids.clamp_min(0)]
     if bos is not None:
         x = torch.where((ids == -2).unsqueeze(2), E_in[bos].expand_as(x), x)
-    body = E_in.dtype  # the frozen body reads its own dtype; the logits and the loss are float32
-    hidden = decoder(inputs_embeds=(x * scale).to(body), attention_mask=mask.long(),
-                     use_cache=False).last_hidden_state  # no cache: nothing to keep, nothing to recompute twice
-    logits = hidden[:, :-1].float() @ rows_out.float().T + bias
-    if softcap:
-        logits = softcap * torch.tanh(logits / softcap)
+    hidden = frozen.hidden(x, mask)  # the body in its own dtype; the logits and the loss in float32
+    # The negative-sampling correction is added after the model's multiplier, before its soft cap.
+    logits = frozen.rule(hidden[:, :-1].float() @ rows_out.float().T, offset=bias)
     labels = torch.where(mask[:, 1:], ids[:, 1:], torch.full_like(ids[:, 1:], -100))
     lm = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
     n_tok = int((labels >= 0).sum())

@@ -614,9 +614,9 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(llama_bl, t
                                                                       capsys):
     """--out in a folder that takes no new entry: one line before any work (it was a raw
     `[Errno ...]` after the setup)."""
-    import transplant.api as api
+    import transplant.planned as planned
 
-    monkeypatch.setattr(api, "locate_embeddings", None)  # any work past the checks would fail otherwise
+    monkeypatch.setattr(planned, "locate_embeddings", None)  # any work past the checks would fail otherwise
     for out in (Path("/proc/tt-out"), Path("/proc/self/tt/out")):
         proc = run_tt(["run", "--model", llama_bl, "--new-tok", tok_dirs["sp"], "--out", out], monkeypatch, capsys)
         assert_refused(proc, "cannot write the output folder")

@@ -219,12 +219,12 @@ def foreign(tok_dirs, tmp_path_factory):
 
 @pytest.mark.parametrize("family", ["sp", "unigram", "prefix-space-bpe"])
 def test_qwen2_onto_another_family_is_refused_before_the_work(family, foreign, model_of, tmp_path, monkeypatch):
-    import transplant.api as api
+    import transplant.planned as planned
 
     def no_work(*args, **kwargs):
         raise AssertionError("planning started before the refusal")
 
-    monkeypatch.setattr(api, "prepare", no_work)
+    monkeypatch.setattr(planned, "prepare", no_work)
     folder, out = model_of("qwen2"), tmp_path / "out"
     with pytest.raises(TransplantError) as caught:
         transplant(folder, foreign[family], out, method="fvt")
@@ -234,8 +234,10 @@ def test_qwen2_onto_another_family_is_refused_before_the_work(family, foreign, m
 def test_the_post_write_check_names_the_cause_too(model_of, tok_dirs, tmp_path, monkeypatch):
     """With the early check bypassed, the final guard refuses with the same cause (not "report this")."""
     import transplant.api as api
+    import transplant.planned as planned
 
-    monkeypatch.setattr(api, "check_target_reloads", lambda *a, **k: None)
+    for module in (api, planned):  # the early check of `transplant()` and of `TransplantPlan.write`
+        monkeypatch.setattr(module, "check_target_reloads", lambda *a, **k: None)
     folder, out = model_of("qwen2"), tmp_path / "out"
     with pytest.raises(TransplantError) as caught:
         transplant(folder, tok_dirs["sp"], out, method="fvt")

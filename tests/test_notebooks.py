@@ -9,7 +9,7 @@ import pytest
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-@pytest.mark.parametrize("name", ["quickstart.ipynb", "hypernet.ipynb"])
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "hypernet.ipynb", "finetune.ipynb"])
 def test_notebook_runs(name, monkeypatch):
     nbformat = pytest.importorskip("nbformat", reason="pip install '.[notebooks]'")
     nbclient = pytest.importorskip("nbclient", reason="pip install '.[notebooks]'")

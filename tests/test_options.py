@@ -187,12 +187,12 @@ def test_run_without_set_unchanged(llama_bl, tok_dirs, tmp_path, monkeypatch, ca
 def test_out_of_range_options_are_refused_before_any_work(method, sets, phrase, llama_bl, tok_dirs, tmp_path,
                                                          monkeypatch, capsys):
     """A value an option declares meaningless is one line, and refused before the model is read."""
-    import transplant.api
+    import transplant.planned
 
     def too_late(*args, **kwargs):
         raise AssertionError("the model was read before the options were checked")
 
-    monkeypatch.setattr(transplant.api, "locate_embeddings", too_late)
+    monkeypatch.setattr(transplant.planned, "locate_embeddings", too_late)
     out = tmp_path / "out"
     args = ["run", "--model", llama_bl, "--new-tok", tok_dirs["sp"], "--out", out, "--method", method]
     proc = run_inproc([*args, *[a for s in sets for a in ("--set", s)]], monkeypatch, capsys, cwd=tmp_path)

@@ -18,6 +18,12 @@ Example:
     >>> from transplant import RunSpec, transplant
     >>> spec = RunSpec(model="smollm2-135m-instruct", new_tokenizer="tok.json", out="out/", method="fvt")
     >>> result = transplant(spec)  # doctest: +SKIP
+
+    In a fine-tuning script (plan, then apply to the model in memory):
+
+    >>> from transplant import plan_transplant
+    >>> plan = plan_transplant(model, "tok.json", old_tokenizer="smollm2-135m-instruct")  # doctest: +SKIP
+    >>> model, tokenizer = plan.apply_to(model)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
     # ruff: noqa: F401
     from transplant.api import TransplantResult, apply_plan, run_spec, transplant, transplant_model
+    from transplant.planned import TransplantPlan, plan_transplant
     from transplant.common.errors import TransplantError
     from transplant.core.plan import Plan
     from transplant.measure.evaluate import evaluate_bpb
@@ -35,6 +42,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
 
 _PUBLIC = {"transplant": "transplant.api", "run_spec": "transplant.api", "apply_plan": "transplant.api",
            "transplant_model": "transplant.api", "TransplantResult": "transplant.api",
+           "plan_transplant": "transplant.planned", "TransplantPlan": "transplant.planned",
            "evaluate_bpb": "transplant.measure.evaluate", "Plan": "transplant.core.plan",
            "TransplantError": "transplant.common.errors", "RunSpec": "transplant.runspec"}
 

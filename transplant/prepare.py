@@ -56,6 +56,7 @@ class TransplantResult:
     # One line on what the move cost: the transplant's bits per byte against the original's on
     # the run's evaluation text or the tokenizer's held-out text, or why nothing was scored.
     quality: str | None = None
+    tokenizer: object = None  # the configured new tokenizer, when the model was transplanted in memory
 
 
 def gc_paused(fn):

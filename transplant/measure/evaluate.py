@@ -107,7 +107,7 @@ def score(model, encode, start_id: int, texts: list[str], ctx: int = 1024, batch
     pbar = bar(total=sum(len(c) for c in chunks), desc=desc, unit="tok", unit_scale=True)
     for batch_tokens, ids, mask in start_token_batches(chunks, start_id, batch_size):
         ids, mask = ids.to(device), mask.to(device)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]  # no cache to build
         targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
         nll += float(torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
                                                        ignore_index=-100, reduction="sum"))

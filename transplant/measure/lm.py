@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
 
@@ -54,6 +55,41 @@ def logit_multiplier(config) -> float:
     mult = float(getattr(cfg, "logit_scale", None) or 1.0)
     div = float(getattr(cfg, "logits_scaling", None) or 1.0)
     return mult / div
+
+
+@dataclass(frozen=True)
+class LogitRule:
+    """What a model does to `lm_head(hidden)` to make its logits, as transformers' own forward
+    does: multiply by a constant (Cohere's `logit_scale`, Granite's 1 / `logits_scaling`), then a
+    soft cap (Gemma 2/3: cap * tanh(logits / cap)). Every path that computes logits from hidden
+    states itself (calibration, heal, hypernetwork training) goes through it; eval and drafts run
+    the model's own forward.
+
+    Example:
+        >>> rule = LogitRule(multiplier=0.5, softcap=2.0)
+        >>> rule(torch.tensor([4.0, -4.0]))  # 2 * tanh(0.5 * x / 2)
+        tensor([ 1.5232, -1.5232])
+        >>> LogitRule(multiplier=2.0)(torch.tensor([4.0]), offset=torch.tensor([1.0]))  # offset after the multiplier
+        tensor([9.])
+    """
+
+    multiplier: float = 1.0
+    softcap: float | None = None
+
+    @classmethod
+    def of(cls, config) -> LogitRule:
+        return cls(logit_multiplier(config), logit_softcap(config) or None)
+
+    def __call__(self, logits: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+        """`logits` (the head's product) as the model's forward returns them; `offset` (e.g. a
+        sampled softmax's log-count correction) is added after the multiplier, before the cap."""
+        if self.multiplier != 1.0:
+            logits = logits * self.multiplier
+        if offset is not None:
+            logits = logits + offset
+        if self.softcap:
+            logits = self.softcap * torch.tanh(logits / self.softcap)
+        return logits
 
 
 def start_token(roles: Mapping[str, int]) -> int | None:

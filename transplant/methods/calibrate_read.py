@@ -26,7 +26,7 @@ from transplant.common.memory import trim_heap
 from transplant.common.progress import bar
 from transplant.common.texts import BYTES_PER_TOKEN_BOUND, split_documents
 from transplant.measure.evaluate import pack
-from transplant.measure.lm import logit_multiplier, logit_softcap, start_token_batches
+from transplant.measure.lm import LogitRule, start_token_batches
 
 RowsOf = Callable[[np.ndarray], torch.Tensor]  # sorted ids -> their new input rows (len(ids) x dim)
 
@@ -130,7 +130,8 @@ def read_hidden_states(model: torch.nn.Module | Callable[[], tuple[torch.nn.Modu
     if not isinstance(model, torch.nn.Module):
         model, input_rows, *rest = model()  # (model, input_rows[, tokens per batch])
         batch_tokens = rest[0] if rest else batch_tokens
-    mult, cap = logit_multiplier(model.config), logit_softcap(model.config)
+    rule = LogitRule.of(model.config)  # the fit applies it to its own head's product
+    mult, cap = rule.multiplier, rule.softcap
     if input_rows is None:
         h, y = final_hidden_states(model, chunks, start_id)
     else:

@@ -28,18 +28,19 @@ from transplant.core.vocab import load_tokenizer
 from transplant.io.checkpoint import locate_embeddings, read_embedding
 from transplant.io.frozen_linear import frozen_linear, route_frozen_linears
 from transplant.io.shardio import shard_map
-from transplant.measure.lm import embed_scale, logit_softcap, start_token, with_start_token
+from transplant.measure.lm import LogitRule, embed_scale, start_token, with_start_token
 from transplant.train.heal_windows import Window
 
 
 class FrozenLM:
-    """A frozen causal LM seen as: rows in -> hidden states -> logits (Gemma's scale and softcap)."""
+    """A frozen causal LM seen as: rows in -> hidden states -> logits, as its own forward makes them
+    (Gemma's input scale; the logit rule: Cohere's and Granite's multiplier, Gemma's soft cap)."""
 
     def __init__(self, lm) -> None:
         self.lm = lm
         self.decoder = getattr(lm, lm.base_model_prefix)
         self.embed_scale = embed_scale(lm)
-        self.softcap = logit_softcap(lm.config)
+        self.rule = LogitRule.of(lm.config)
         self.E_in = lm.get_input_embeddings().weight.detach()
         head = lm.get_output_embeddings()
         self.W_out = head.weight.detach()
@@ -55,13 +56,11 @@ class FrozenLM:
 
     def logits(self, hidden: torch.Tensor, extra: torch.Tensor | None = None, rows: torch.Tensor | None = None):
         """The head's logits of `hidden` in float32, plus `hidden @ extra.T` on the columns `rows`
-        (float32 offsets of the head's rows), soft-capped as the model does."""
+        (float32 offsets of the head's rows), then the model's logit rule."""
         out = frozen_linear(hidden, self.W_out, self.bias).float()
         if extra is not None:
             out = out.index_add(-1, rows, hidden.float() @ extra.T)
-        if self.softcap:
-            out = self.softcap * torch.tanh(out / self.softcap)
-        return out
+        return self.rule(out)
 
     def token_logprobs(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """log p of every next token of `ids` (from `window_batch`) with the model's own rows, (B, T-1)."""

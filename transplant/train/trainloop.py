@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import shutil
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from transplant.common.errors import TransplantError
+from transplant.common.errors import TransplantError, is_disk_full
 
 STATE_FILE = "trainer_state.json"
 LOG_FILE = "log.jsonl"
@@ -194,30 +193,6 @@ class Checkpoints:
             for old in sorted(p for p in self.root.glob("step-*"))[:-self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
-
-
-# What a full disk looks like from the writers used here: OSError ENOSPC (or a quota), torch's
-# zip writer ("PytorchStreamWriter failed writing file ...: file write failed", "unexpected pos
-# N vs M"), safetensors' Rust error (`IoError(Os { code: 28, kind: StorageFull, ...`).
-_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "StorageFull", "unexpected pos",
-                   "file write failed")
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """True when `exc` says a write ran out of disk space.
-
-    Example:
-        >>> is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
-        True
-        >>> is_disk_full(RuntimeError("[enforce fail at inline_container.cc:783] . unexpected pos 64 vs 52"))
-        True
-        >>> is_disk_full(RuntimeError("shape mismatch"))
-        False
-    """
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return exc.errno in _DISK_FULL_ERRNOS
-    return isinstance(exc, Exception) and any(text in str(exc) for text in _DISK_FULL_TEXT)
 
 
 def mount_point(path: Path) -> Path:

@@ -29,7 +29,7 @@ def network_at(run: Path, snapshots: Path, step: int, work: Path) -> Path:
     import torch
 
     from hypernet import HyperNet
-    from hypernet.train import export_checkpoint, load_source
+    from hypernet.training import export_checkpoint, load_source
 
     out = work / f"net-{step:06d}"
     if out.exists():

@@ -142,7 +142,7 @@ MUTANTS = [
     Mutant("assist-padded", "transplant/measure/assist.py",
            "    return same_vocab and draft_size == target_size", "    return same_vocab",
            ("tests/test_assist.py",), "a padded draft of the same vocabulary runs"),
-    Mutant("hypernet-lock", "hypernet/train.py",
+    Mutant("hypernet-lock", "hypernet/training.py",
            '    with RunFolder.owned(out, accelerator, command="hypernet train", create=False) as owner:',
            '    with RunFolder.owned(out, accelerator, command="hypernet train", create=False) as owner:\n'
            '        owner.release(False)', ("tests/test_bad_inputs_commands.py",),

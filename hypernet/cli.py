@@ -65,7 +65,7 @@ def train_cmd(recipe, **flags) -> None:
     """Train a hypernetwork for MODEL on TEXT; the trained network lands in OUT."""
     from transplant.train.trainloop import disk_full_is_one_line
 
-    from .train import train
+    from .training import train
 
     started = time.perf_counter()
     ctx = click.get_current_context()
@@ -109,7 +109,7 @@ def config_from(recipe: str | None, flags: dict, given: set[str]):
     """
     from transplant.common.specfile import config_values
 
-    from .train import TrainConfig
+    from .training import TrainConfig
 
     values = config_values(recipe, TrainConfig, flags, given, lists=("texts",), flag_of={"texts": "--text"})
     for need, flag in (("model", "--model"), ("out", "--out")):

@@ -388,7 +388,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, run: str | Path |
     (staged, one rename); `overwrite` may replace an earlier hypernetwork folder, nothing else.
 
     Example:
-        >>> from hypernet.train import TrainConfig, train
+        >>> from hypernet.training import TrainConfig, train
         >>> run = train(TrainConfig(model=model_dir, texts=[text_file], out="hn", stage1_steps=2,
         ...                         stage1_batch=32, width=16, layers=1, checkpoint_every=1))
         >>> export_checkpoint(run / "checkpoints" / "step-000001", "hn-step1").name

@@ -85,7 +85,7 @@ def llama_bl(build_model, tmp_path_factory):
 def hypernet_dir(llama_bl, tmp_path_factory):
     """A small hypernetwork for `llama_bl` with non-zero heads (so it is not plain FVT)."""
     from hypernet import HyperNet
-    from hypernet.train import load_source
+    from hypernet.training import load_source
 
     _, E_in, E_out, _ = load_source(str(llama_bl))
     net = HyperNet.create(E_in, E_out, base_model=str(llama_bl), width=16, heads=2, layers=1)

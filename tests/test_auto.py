@@ -187,7 +187,7 @@ def test_shipped_networks_follow_registered_ones_and_keep_predictions(llama_bl, 
                                                                         monkeypatch):
     import hypernet.registry as reg
     from hypernet import HyperNet
-    from hypernet.train import load_source
+    from hypernet.training import load_source
 
     monkeypatch.setattr(reg, "SHIPPED_DIR", tmp_path / "shipped")
     folder = reg.ship(hypernet_dir, "tiny", root=reg.SHIPPED_DIR)
@@ -220,7 +220,7 @@ def test_every_shipped_network_loads_and_names_a_packaged_model():
 def test_a_model_with_fewer_rows_than_the_fingerprint_ids_still_matches(llama_bl, hypernet_dir):
     """The match is the mean cosine over the fingerprint rows the model has (not over all 256)."""
     from hypernet import HyperNet
-    from hypernet.train import load_source
+    from hypernet.training import load_source
 
     _, E_in, E_out, _ = load_source(str(llama_bl))
     cut = E_in.shape[0] * 2 // 3  # the last third of the fingerprint ids is past the end

@@ -168,7 +168,7 @@ def test_hypernet_overwrite_replaces_its_own_run_only(model, text, tmp_path, mon
 @pytest.fixture(scope="module")
 def hn_run(llama_bl, tmp_path_factory):
     """A finished two-step hypernetwork run (checkpoints at steps 1 and 2) on a text of its own."""
-    from hypernet.train import TrainConfig, train
+    from hypernet.training import TrainConfig, train
 
     root = tmp_path_factory.mktemp("hn-run")
     text = root / "t.txt"
@@ -296,7 +296,7 @@ def test_resume_of_a_pickled_checkpoint(hn_run, run_copy, monkeypatch, capsys):
 def test_resume_of_a_checkpoint_of_another_shape(hn_run, run_copy, tmp_path, monkeypatch, capsys):
     # The checkpoint's weights replaced by those of a wider network (settings file unchanged).
     from hypernet import HyperNet
-    from hypernet.train import load_source
+    from hypernet.training import load_source
 
     _, E_in, E_out, _ = load_source(str(hn_run.model))
     wide = HyperNet.create(E_in, E_out, width=32, layers=1).save(tmp_path / "wide")

@@ -187,3 +187,16 @@ def test_missing_model_fails_before_torch_is_imported(tmp_path):
     assert proc.stdout.strip() == "2 []", proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines() == [f"error: model not found: {tmp_path / 'nope'} (pass a folder, a .gguf "
                                                 "file, a cached hub id, or one of smollm2-135m-instruct, gemma-3-270m)"]
+
+
+@pytest.mark.parametrize("argv", [["transplant", "--help"], ["transplant", "hypernet", "--help"],
+                                  ["transplant", "hypernet", "train", "--help"], ["hypernet", "--help"]])
+def test_help_imports_neither_torch_nor_transformers(argv):
+    """`transplant hypernet --help` imported torch through the package's `__init__` (2-3 s)."""
+    entry = ("from hypernet.cli import main" if argv[0] == "hypernet"
+             else "from transplant.cli.commands import main")
+    probe = (f"import sys\n{entry}\nsys.argv = {argv!r}\ncode = 0\n"
+             "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code or 0\n"
+             "print(code, sorted(m for m in ('torch', 'transformers') if m in sys.modules), file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.stderr.strip().splitlines()[-1] == "0 []", proc.stderr

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from hypernet import HyperNet, TrainConfig, train
 from hypernet.data import TextPool, TokenizerSampler, withheld_decompositions
-from hypernet.train import load_source
+from hypernet.training import load_source
 from transplant import transplant
 from transplant.common.errors import TransplantError
 from transplant.core.vocab import Vocabulary
@@ -200,7 +200,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(build_model, tmp_path)
     killed = tmp_path / "killed"
     # Killed at step 8 in a child process: the training loop's private test hook ends it as a kill would.
     code = ("import sys; sys.path.insert(0, %r); import json; import transplant.train.trainloop as loop; "
-            "loop._DIE_AT_STEP = 8; from hypernet.train import train, TrainConfig; "
+            "loop._DIE_AT_STEP = 8; from hypernet.training import train, TrainConfig; "
             "train(TrainConfig(**json.loads(sys.argv[1])))" % str(ROOT))
     cfg = _cfg(model, killed)
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(cfg))], capture_output=True, text=True,
@@ -225,7 +225,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(build_model, tmp_path)
 def test_trained_network_plugs_into_transplant_and_apply(build_model, tok_dirs, tmp_path):
     from transplant.api import apply_plan
 
-    from hypernet.train import export_checkpoint
+    from hypernet.training import export_checkpoint
 
     model = build_model(tmp_path / "m", tied=True)
     out = train(_cfg(model, tmp_path / "hn", stage1_steps=10, steps=2))
@@ -367,7 +367,7 @@ def test_a_bf16_model_trains_its_network_in_bf16(build_model, tmp_path, monkeypa
     and the loss are float32, and both stages still learn."""
     import importlib
 
-    train_module = importlib.import_module("hypernet.train")  # (the package's `train` is the function)
+    train_module = importlib.import_module("hypernet.training")  # (the package's `train` is the function)
     model = build_model(tmp_path / "m16", tied=True, dtype=torch.bfloat16)  # as the float32 test above
     real = train_module.load_source
     seen = {}

@@ -42,7 +42,7 @@ LAYERS: dict[str, int] = {
     "hypernet.data": 1,          # tokenizer sampling (uses core)
     "hypernet.registry": 2,      # known networks (uses io)
     "hypernet.source": 2,        # the frozen base model, loaded in its dtype (uses io)
-    "hypernet.train": 5,         # training and export
+    "hypernet.training": 5,         # training and export
     "hypernet.cli": 6,           # the `hypernet` command
     "hypernet": 6,               # hypernet/__init__: re-exports model and train
 }

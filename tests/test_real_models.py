@@ -179,7 +179,7 @@ def test_shipped_network_matches_its_packaged_model(name, request):
     import torch
 
     from hypernet.registry import find_network
-    from hypernet.train import load_source
+    from hypernet.training import load_source
 
     folder = request.getfixturevalue(name)[0]
     _, E_in, E_out, _ = load_source(str(folder))

@@ -11,7 +11,7 @@ rows are stored in the plan as dense rows, so `transplant apply` reuses them as 
 Example:
     A network for the tiny model, trained for two steps (seconds), then used:
 
-    >>> from hypernet.train import TrainConfig, train
+    >>> from hypernet.training import TrainConfig, train
     >>> from transplant import transplant
     >>> net = train(TrainConfig(model=model_dir, texts=[text_file], out="hn", stage1_steps=2, stage1_batch=32,
     ...                         width=16, layers=1))

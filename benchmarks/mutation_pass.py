@@ -133,7 +133,7 @@ MUTANTS = [
            "    if registry == Path(out).resolve() or registry in Path(out).resolve().parents:",
            "    if False:", ("tests/test_bad_inputs_commands.py",),
            "`hypernet export` never writes into the registry"),
-    Mutant("fingerprint-negative-ids", "hypernet/registry.py",
+    Mutant("fingerprint-negative-ids", "hypernet/model.py",
            "    keep = (ids >= 0) & (ids < E_in.shape[0])", "    keep = ids < E_in.shape[0]",
            ("tests/test_bad_inputs_commands.py",), "a registry entry with bad fingerprint ids is skipped"),
     Mutant("eval-config-check", "transplant/cli/eval_cmd.py",

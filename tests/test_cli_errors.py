@@ -200,3 +200,16 @@ def test_help_imports_neither_torch_nor_transformers(argv):
              "print(code, sorted(m for m in ('torch', 'transformers') if m in sys.modules), file=sys.stderr)\n")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert proc.stderr.strip().splitlines()[-1] == "0 []", proc.stderr
+
+
+@pytest.mark.parametrize("flag", ["--eval-text", "--calibrate-text"])
+def test_a_binary_text_is_refused_by_every_reader(flag, llama_bl, tok_dirs, tmp_path):
+    """NUL bytes were refused only by heal's reader: `run` scored or calibrated on a binary file."""
+    blob = tmp_path / "blob.txt"
+    blob.write_bytes(b"valid utf-8\x00but a binary file\n")
+    out = tmp_path / "out"
+    proc = run_cli("run", "--model", llama_bl, "--new-tok", tok_dirs["sp"], "--out", out, "--method", "fvt", flag, blob,
+                   cwd=tmp_path)
+    assert_clean_failure(proc, f"{blob} holds NUL bytes: a binary file, not text", out)
+    train = run_cli("tokenizer", "train", "--text", blob, "--vocab-size", "300", "--out", tmp_path / "tok", cwd=tmp_path)
+    assert_clean_failure(train, "holds NUL bytes", tmp_path / "tok")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from transplant.common.config_dict import text_section
 from transplant.core.plan import Plan
 from transplant.io.configs import remap_config, remap_generation_config
 from transplant.prepare import Prepared
@@ -63,7 +64,7 @@ def apply_in_place(model: torch.nn.Module, plan: Plan, prep: Prepared) -> list[s
         if "output_bias" in tensors:
             model.get_output_embeddings().bias.copy_(tensors["output_bias"])
     cfg, notes = remap_config(model.config.to_dict(), prep.ids, plan.new_size)
-    section = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
+    section = text_section(cfg)
     for key in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
         if key in section:
             setattr(text_cfg, key, section[key])

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transplant.common.config_dict import text_section
 from transplant.core.plan import OVERRIDE, PLAN_JSON, PLAN_WEIGHTS, Plan
 from transplant.core.vocab import TokenizerSource, Vocabulary, load_tokenizer, vocab_fingerprint
 from transplant.io.card import build_card, describe_tokenizer, source_card_metadata, stored_facts
@@ -120,7 +121,7 @@ def write_output(folder: Path, layout: EmbeddingLayout, prep: Prepared, new_src:
         gen, gen_notes = remap_generation_config(prep.old_generation, prep.ids)
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         copy_side_files(folder, tmp)
-        text_cfg = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+        text_cfg = text_section(config)
         # A plan made with the forced class allowed (its card says so) is re-applied the same way.
         allow_forced = allow_forced_class or bool(plan.meta.get("forced_tokenizer_class"))
         written = write_tokenizer(new_src, prep.new_vocab, tmp, prep.template, prep.ids, prep.prefix, prep.suffix,
@@ -161,8 +162,7 @@ def write_output(folder: Path, layout: EmbeddingLayout, prep: Prepared, new_src:
 def _set_untied(config: dict) -> None:
     """tie_word_embeddings=false wherever the config (or its text sub-config) declares it."""
     config["tie_word_embeddings"] = False
-    if isinstance(config.get("text_config"), dict):
-        config["text_config"]["tie_word_embeddings"] = False
+    text_section(config)["tie_word_embeddings"] = False
 
 
 def _describe_ids(ids: SpecialIds, vocab: Vocabulary) -> str:

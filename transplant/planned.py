@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from transplant.common.config_dict import text_section
 from transplant.common.errors import TransplantError
 from transplant.common.language import detect_language
 from transplant.common.progress import stage
@@ -158,7 +159,7 @@ class TransplantPlan:
         prep = self.prepared
         config, _ = remap_config(self.sources.config, prep.ids, self.plan.new_size)
         (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        text_cfg = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+        text_cfg = text_section(config)
         written = write_tokenizer(self.sources.new_src, prep.new_vocab, folder, prep.template, prep.ids, prep.prefix,
                                   prep.suffix, text_cfg.get("max_position_embeddings"),
                                   allow_forced_class=self.spec.allow_forced_tokenizer_class)

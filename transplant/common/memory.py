@@ -20,6 +20,7 @@ import os
 import re
 from pathlib import Path
 
+from transplant.common.config_dict import text_section
 from transplant.common.errors import TransplantError
 from transplant.common.progress import stage
 
@@ -161,7 +162,7 @@ def sharded_body_bytes(whole: int, embedding_bytes: int, config: dict, shards: i
         >>> sharded_body_bytes(10_000, 1_000, {"num_hidden_layers": 9}, 3)
         5000
     """
-    text = config.get("text_config") or config
+    text = text_section(config)
     layers = max(1, int(text.get("num_hidden_layers") or text.get("n_layer") or text.get("num_layers") or 1))
     body = max(0, whole - embedding_bytes)
     return embedding_bytes + body // shards + body // layers
@@ -173,7 +174,7 @@ def training_activation_bytes(config: dict, tokens: int, vocab: int, stored: int
     the float32 logits, their log-softmax and its gradient over `vocab` columns. `checkpointed`
     (layers recomputed in the backward pass): each layer keeps only its input, and one layer at a
     time its products."""
-    text = config.get("text_config") or config
+    text = text_section(config)
     width = int(text.get("hidden_size") or text.get("n_embd") or text.get("d_model") or 0)
     inner = int(text.get("intermediate_size") or text.get("n_inner") or text.get("ffn_dim") or 4 * width)
     layers = int(text.get("num_hidden_layers") or text.get("n_layer") or text.get("num_layers") or 0)

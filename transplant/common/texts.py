@@ -48,9 +48,17 @@ def read_text(path: str | Path, what: str = "text file", fix: str = "") -> str:
     if not path.is_file():
         raise TransplantError(f"{what} not found: {path}{fix}")
     try:
-        return path.read_text(encoding="utf-8")
+        return _refuse_binary(path.read_text(encoding="utf-8"), path, fix)
     except UnicodeDecodeError:
         raise TransplantError(f"{path} is not UTF-8 text (convert it, e.g. with iconv)") from None
+
+
+def _refuse_binary(text: str, path: Path, fix: str) -> str:
+    """`text`, unless it holds NUL bytes: valid UTF-8 but a binary file, which a tokenizer would
+    read as words (the one rule for every text the commands read)."""
+    if "\0" in text:
+        raise TransplantError(f"{path} holds NUL bytes: a binary file, not text{fix}")
+    return text
 
 
 # The most UTF-8 bytes a token of any tokenizer is taken to span, to bound what is read for a
@@ -78,7 +86,7 @@ def read_text_head(path: str | Path, max_bytes: int, what: str = "text file", fi
         text = codecs.getincrementaldecoder("utf-8")().decode(raw, final=False)
     except UnicodeDecodeError:
         raise TransplantError(f"{path} is not UTF-8 text (convert it, e.g. with iconv)") from None
-    return text.replace("\r\n", "\n").replace("\r", "\n")  # as `read_text` (universal newlines)
+    return _refuse_binary(text.replace("\r\n", "\n").replace("\r", "\n"), path, fix)  # as `read_text`
 
 
 def read_texts(paths, max_bytes: int | None = None, what: str = "text file", fix: str = "") -> list[str]:

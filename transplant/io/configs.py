@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from transplant.common.config_dict import text_section
 from transplant.common.errors import TransplantError
 from transplant.io.specials import SpecialIds
 
@@ -57,7 +58,7 @@ def _set_roles(section: dict, ids: SpecialIds, all_eos: bool, always: bool) -> N
 
 def check_required_roles(config: dict, ids: SpecialIds) -> None:
     """The model generates until eos: refuse a target tokenizer that cannot express it."""
-    eos = config.get("eos_token_id", (config.get("text_config") or {}).get("eos_token_id"))
+    eos = config.get("eos_token_id", text_section(config).get("eos_token_id"))
     if eos is None or eos == []:
         return
     if not ids.eos:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transplant.common.config_dict import text_section
 from transplant.common.errors import TransplantError
 from transplant.core.plan import Plan
 from transplant.io.specials import SpecialIds
@@ -42,7 +43,7 @@ def _ids(value) -> list[int]:
 
 
 def _section(cfg: dict) -> dict:
-    return cfg["text_config"] if isinstance(cfg.get("text_config"), dict) else cfg
+    return text_section(cfg)
 
 
 def _same_row(plan: Plan, a: int, b: int) -> bool:

@@ -401,10 +401,7 @@ def documents(texts: list[str]) -> list[str]:
         transplant.common.errors.TransplantError: blob.txt holds NUL bytes: a binary file, not text (pass UTF-8 text files with --text)
     """
     fix = " (pass UTF-8 text files with --text)"
-    read = read_texts(texts, what="healing text", fix=fix)
-    for path, text in zip(texts, read):
-        if "\0" in text:  # valid UTF-8 but no text: a tokenizer would read it as words
-            raise TransplantError(f"{path} holds NUL bytes: a binary file, not text{fix}")
+    read = read_texts(texts, what="healing text", fix=fix)  # refuses a binary file (NUL bytes) too
     docs = [doc for text in read for doc in split_documents(text)]
     if not docs:
         raise TransplantError(f"the healing text is empty{fix}")

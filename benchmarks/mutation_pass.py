@@ -137,7 +137,8 @@ MUTANTS = [
            "    keep = (ids >= 0) & (ids < E_in.shape[0])", "    keep = ids < E_in.shape[0]",
            ("tests/test_bad_inputs_commands.py",), "a registry entry with bad fingerprint ids is skipped"),
     Mutant("eval-config-check", "transplant/cli/eval_cmd.py",
-           "        check_model_config(resolve_model(spec), trust_remote_code)\n", "        pass\n",
+           "    for spec in [s for s in (compare, model) if s]:\n        check_model_config(resolve_model(spec), "
+           "trust_remote_code)\n", "    for spec in [s for s in (compare, model) if s]:\n        pass\n",
            ("tests/test_assist.py",), "eval refuses a config it cannot build before any load"),
     Mutant("assist-padded", "transplant/measure/assist.py",
            "    return same_vocab and draft_size == target_size", "    return same_vocab",

@@ -577,6 +577,33 @@ def test_hypernet_train_owns_its_run_folder(hn_run, tmp_path, monkeypatch, capsy
     assert {k: v for k, v in snapshot(run).items() if k != lock} == {k: v for k, v in before.items() if k != lock}
 
 
+def test_hypernet_train_holds_its_run_folder_while_it_trains(hn_run, tmp_path, monkeypatch, capsys):
+    """While a training runs, its folder is locked: another run asking for it mid-training is refused."""
+    import hypernet.training as training
+    from transplant.common.errors import TransplantError
+    from transplant.train.heal_config import RunFolder
+
+    run = tmp_path / "run"
+    shutil.copytree(hn_run.run, run)
+    real, seen = training.begin_step, []
+
+    def try_to_take_it(*args, **kwargs):
+        if not seen:
+            try:
+                with RunFolder.owned(run, command="hypernet train", create=False):
+                    seen.append("taken")
+            except TransplantError as exc:
+                seen.append(str(exc))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "begin_step", try_to_take_it)
+    proc = run_hn(["--quiet", "train", "--model", hn_run.model, "--text", hn_run.text, "--out", run, "--resume",
+                   "--stage1-steps", "3", "--stage1-batch", "32", "--width", "16", "--layers", "1",
+                   "--checkpoint-every", "1"], monkeypatch, capsys)
+    assert proc.returncode == 0, proc.stderr
+    assert seen and "in use by another hypernet train run" in seen[0], seen
+
+
 def test_extend_takes_the_flag_its_refusal_names(build_model, tmp_path, monkeypatch, capsys):
     """The forced-class refusal names --allow-forced-tokenizer-class; `extend` (which reaches that
     refusal through `transplant`) had no such flag. It now has, and passes it on."""

@@ -14,9 +14,16 @@ import sys
 import click
 
 from transplant.common.errors import TransplantError, disk_full_hint
-from transplant.cli.spec_options import as_fields, frozen_body_options, given_on_command_line, spec_options
+from transplant.cli.spec_options import (
+    as_fields,
+    dataclass_options,
+    frozen_body_options,
+    given_on_command_line,
+    spec_options,
+)
 from transplant.cli.tables import print_eval_table as _print_eval_table
 from transplant.runspec import RunSpec, cli_flags, parse_settings
+from transplant.train.heal_settings import HealConfig
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -197,41 +204,8 @@ def extend_cmd(model, texts, add, out, method, settings, pad_to_multiple_of, eva
 @click.option("--recipe", type=click.Path(exists=True, dir_okay=False), default=None,
               help="YAML file of healing settings (the fields of HealConfig: model, texts, out, minutes, lr, ...); "
                    "flags given here win.")
-@click.option("--model", default=None, help="A transplant output folder (from `transplant run` or `transplant extend`).")
-@click.option("--text", "texts", multiple=True,
-              help="Text in the new tokenizer's language or domain (repeatable; 2-5% of it is held out).")
-@click.option("--out", default=None, type=click.Path(file_okay=False), help="Output folder for the healed checkpoint.")
-@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Training budget in minutes of training time only: the steps and their held-out scores, not "
-                   "the setup (loading the models, the first score) nor writing checkpoints.")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Training budget in steps (instead of --minutes).")
-@click.option("--teacher", default=None, help="The model before the transplant (default: the plan's base model).")
-@click.option("--run", default=None, type=click.Path(file_okay=False),
-              help="Training folder: log, checkpoints (default: OUT.heal-run beside OUT).")
-@click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint (a larger budget trains longer).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-2, show_default=True,
-              help="Adam learning rate (offsets in units of the matrix's std).")
-@click.option("--optimizer", type=click.Choice(["adam", "row-adam"]), default="adam", show_default=True,
-              help="adam: torch's Adam (16 bytes per trained element); row-adam: a bfloat16 first moment and "
-                   "a second moment factored into rows and columns (10 bytes), for large models.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Windows per step and process.")
-@click.option("--seq-len", type=click.IntRange(min=8), default=256, show_default=True, help="Tokens per window.")
-@click.option("--lm-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
-              help="Weight of the next-token loss beside distillation: 1 pulls the student up to the original "
-                   "model's likelihood and never past it; 0 is symmetric distillation; above 1 fits the corpus "
-                   "(risks other genres).")
-@click.option("--anchor-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Weight of the L2 pull toward the initial rows.")
-@click.option("--patience", type=click.IntRange(min=0), default=4, show_default=True,
-              help="Held-out evaluations without improvement before stopping (0: never stop early).")
-@click.option("--eval-every", type=click.IntRange(min=1), default=25, show_default=True, help="Steps between held-out scores.")
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=25, show_default=True, help="Steps between checkpoints.")
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
-              help="Seed of the batch order (one per step and process).")
+@dataclass_options(HealConfig)
 @frozen_body_options("windows")
-@click.option("--overwrite", is_flag=True,
-              help="Replace an earlier output folder and start an earlier run folder afresh (with --resume: "
-                   "continue the run, replace the output).")
 def heal_cmd(recipe, **flags) -> None:
     """Train the rows a transplant made, distilling the original model, and write the healed checkpoint.
 
@@ -239,11 +213,11 @@ def heal_cmd(recipe, **flags) -> None:
     A run folder holds one run at a time: a second run on it is refused.
     """
     from transplant.common.specfile import config_values
-    from transplant.train.heal import HealConfig, heal
+    from transplant.train.heal import heal
 
     given = given_on_command_line(click.get_current_context(), flags)
     values = config_values(recipe, HealConfig, flags, given, lists=("texts",), flag_of={"texts": "--text"})
-    if values.get("steps") is None:  # no --steps (a given one is at least 1): HealConfig's "no step budget"
+    if values.get("steps") is None:  # a recipe's `steps: null`: HealConfig's "no step budget"
         values["steps"] = 0
     for name, flag in (("model", "--model"), ("texts", "--text"), ("out", "--out")):
         if not values.get(name):

@@ -20,18 +20,19 @@ import contextlib
 import errno
 import fcntl
 import json
-import math
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from transplant.common.errors import TransplantError
+from transplant.common.settings import check_declared
 from transplant.common.texts import read_texts, split_documents
 from transplant.core.plan import PLAN_JSON, Plan
 from transplant.io.outdir import OutputKind, check_output_path
 from transplant.io.sources import resolve_model
+from transplant.train.heal_settings import HealConfig
 from transplant.train.resume import check_same_inputs, check_same_settings, input_fingerprints, write_json
 from transplant.train.trainloop import any_process
 
@@ -52,56 +53,8 @@ HEAL_RUN = OutputKind("a healing run folder", f"no {CONFIG_FILE}",
                       lambda folder: (folder / CONFIG_FILE).is_file() or not _contents(folder))
 
 
-OPTIMIZERS = ("adam", "row-adam")
-
-
-@dataclass
-class HealConfig:
-    """Everything a healing run depends on (saved in the run folder as `heal_config.json`)."""
-
-    model: str  # a transplant output folder (it has transplant_plan.json)
-    texts: list[str]
-    out: str
-    run: str | None = None  # training folder; default: `<out>.heal-run` beside `out`
-    teacher: str | None = None  # default: the plan's base model
-    steps: int = 0
-    minutes: float | None = None  # training time only: steps and their held-out scores, not the setup
-    batch_size: int = 4  # windows per step and process
-    seq_len: int = 256  # student tokens per window
-    lr: float = 1e-2  # Adam, on offsets in units of the embedding matrix's std
-    optimizer: str = "adam"  # "adam" (torch's) or "row-adam" (a quarter of its state: `row_adam.RowAdam`)
-    warmup: int = 10
-    distill_weight: float = 1.0
-    lm_weight: float = 1.0  # 1: one-sided distillation (module docstring); 0: symmetric
-    anchor_weight: float = 0.0
-    min_count: int = 1  # a made row is trained when the training text uses it this often
-    held_out: float = 0.05
-    eval_every: int = 25
-    patience: int = 4  # evaluations without a better held-out score before stopping (0: never stop early)
-    checkpoint_every: int = 25
-    keep_checkpoints: int = 2
-    seed: int = 0
-    # Shard the frozen body's decoder layers over the run's processes (FSDP2): for a model one
-    # process cannot hold; with one process there is nothing to shard.
-    shard_body: bool = False
-    # Recompute the frozen body's layers in the backward pass instead of keeping their activations.
-    checkpoint_layers: bool = False
-    resume: bool = False
-    overwrite: bool = False
-
-    @property
-    def run_dir(self) -> Path:
-        out = Path(self.out)
-        return Path(self.run) if self.run else out.with_name(out.name + ".heal-run")
-
-
-# The whole-number settings and their least value; seeds stay below 2**32 (a step's seed,
-# `trainloop.step_seed`, must fit torch's 64-bit generator seed).
-_INTS = {"steps": 0, "batch_size": 1, "seq_len": 8, "warmup": 0, "min_count": 1, "eval_every": 1, "patience": 0,
-         "checkpoint_every": 1, "keep_checkpoints": 1, "seed": 0}
-_MAX_SEED = 2**32 - 1
-
-
+# The settings themselves are declared in `heal_settings` (torch-free: the CLI generates its flags
+# from them); re-exported here, where the run's other rules live.
 def check_settings(cfg: HealConfig) -> None:
     """Every number in its range, before anything is read or loaded: one line naming the flag.
 
@@ -114,36 +67,7 @@ def check_settings(cfg: HealConfig) -> None:
         ...
         transplant.common.errors.TransplantError: --lr must be a finite number above 0, not nan (see `transplant heal --help`)
     """
-    def refuse(name: str, value, want: str) -> None:
-        flag = "--" + name.replace("_", "-")
-        raise TransplantError(f"{flag} must be {want}, not {value!r} (see `transplant heal --help`)")
-
-    for name, least in _INTS.items():
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            refuse(name, value, f"a whole number >= {least}")
-    if cfg.seed > _MAX_SEED:
-        refuse("seed", cfg.seed, f"a whole number from 0 to {_MAX_SEED}")
-
-    def number(name: str, low: float, open_low: bool, high: float | None = None) -> None:
-        value = getattr(cfg, name)
-        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-              and (value > low if open_low else value >= low) and (high is None or value < high))
-        if not ok:
-            above = f"above {low:g}" if open_low else f">= {low:g}"
-            refuse(name, value, f"a finite number {above}" + (f" and below {high:g}" if high is not None else ""))
-
-    number("lr", 0, True)
-    for name in ("shard_body", "checkpoint_layers"):
-        if not isinstance(getattr(cfg, name), bool):
-            refuse(name, getattr(cfg, name), "true or false")
-    if cfg.optimizer not in OPTIMIZERS:
-        refuse("optimizer", cfg.optimizer, "one of " + ", ".join(OPTIMIZERS))
-    if cfg.minutes is not None:
-        number("minutes", 0, True)
-    for name in ("distill_weight", "lm_weight", "anchor_weight"):
-        number(name, 0, False)
-    number("held_out", 0, True, 1)
+    check_declared(cfg, "transplant heal")
     if cfg.distill_weight == 0 and cfg.lm_weight == 0:
         raise TransplantError("--distill-weight and --lm-weight are both 0: nothing pulls the rows anywhere "
                               "(keep distillation, the default, or a next-token weight above 0)")

@@ -13,7 +13,6 @@ import sys
 
 import click
 
-from transplant.common.errors import TransplantError, disk_full_hint
 from transplant.cli.spec_options import (
     as_fields,
     dataclass_options,
@@ -22,6 +21,7 @@ from transplant.cli.spec_options import (
     spec_options,
 )
 from transplant.cli.tables import print_eval_table as _print_eval_table
+from transplant.common.errors import TransplantError, disk_full_hint
 from transplant.runspec import RunSpec, cli_flags, parse_settings
 from transplant.train.heal_settings import HealConfig
 

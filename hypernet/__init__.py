@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
     from hypernet.model import HyperNet, HyperNetConfig  # noqa: F401
-    from hypernet.training import TrainConfig, train  # noqa: F401
+    from hypernet.settings import TrainConfig  # noqa: F401
+    from hypernet.training import train  # noqa: F401
 
-_PUBLIC = {"HyperNet": "hypernet.model", "HyperNetConfig": "hypernet.model", "TrainConfig": "hypernet.training",
+_PUBLIC = {"HyperNet": "hypernet.model", "HyperNetConfig": "hypernet.model", "TrainConfig": "hypernet.settings",
            "train": "hypernet.training"}
 
 __all__ = list(_PUBLIC)

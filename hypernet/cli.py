@@ -16,7 +16,8 @@ from pathlib import Path
 
 import click
 
-from transplant.cli.spec_options import frozen_body_options
+from hypernet.settings import TrainConfig
+from transplant.cli.spec_options import dataclass_options, frozen_body_options
 from transplant.common.errors import TransplantError, disk_full_hint
 
 
@@ -33,34 +34,8 @@ def cli(quiet: bool) -> None:
 @cli.command("train")
 @click.option("--recipe", type=click.Path(exists=True, dir_okay=False), default=None,
               help="YAML file of training settings (the option names below, with _ for -); flags given here win.")
-@click.option("--model", default=None, help="Base model: a folder, a .gguf file, a cached hub id or a packaged name.")
-@click.option("--text", "texts", multiple=True,
-              help="Training text file (repeatable; each file is one source: a language or a domain).")
-@click.option("--out", default=None, type=click.Path(file_okay=False), help="Output folder (network, log, checkpoints).")
-@click.option("--stage1-steps", type=click.IntRange(min=0), default=300, show_default=True,
-              help="Stage 1 steps (old tokens from their own pieces; no LM forward).")
-@click.option("--stage1-minutes", type=click.FloatRange(min=0), default=None, help="Stage 1 time budget instead of steps.")
-@click.option("--steps", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Stage 2 steps (LM loss under sampled tokenizers).")
-@click.option("--minutes", type=click.FloatRange(min=0), default=None, help="Stage 2 time budget instead of steps.")
-@click.option("--width", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Encoder width (0: the model's hidden size, as ZeTT).")
-@click.option("--layers", type=click.IntRange(min=1), default=3, show_default=True, help="Encoder layers.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Stage 2 text chunks per step and process.")
-@click.option("--seq-len", type=click.IntRange(min=8), default=256, show_default=True, help="Stage 2 tokens per chunk.")
-@click.option("--stage1-batch", type=click.IntRange(min=1), default=1024, show_default=True, help="Stage 1 tokens per step.")
-@click.option("--lr", type=float, default=3e-4, show_default=True, help="Stage 1 learning rate.")
-@click.option("--stage2-lr", type=float, default=1e-4, show_default=True, help="Stage 2 learning rate.")
-@click.option("--negatives", type=click.IntRange(min=0), default=1024, show_default=True,
-              help="Unused predicted tokens sampled into each stage-2 softmax.")
-@click.option("--aux-weight", type=float, default=0.5, show_default=True, help="Weight of the auxiliary stage-1 loss in stage 2.")
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True, help="Steps between checkpoints.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the initialization and of every drawn batch.")
+@dataclass_options(TrainConfig)
 @frozen_body_options("chunks")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@click.option("--overwrite", is_flag=True,
-              help="Start afresh in --out, replacing an earlier hypernetwork run or network there (nothing else).")
 def train_cmd(recipe, **flags) -> None:
     """Train a hypernetwork for MODEL on TEXT; the trained network lands in OUT."""
     from transplant.train.trainloop import disk_full_is_one_line
@@ -108,8 +83,6 @@ def config_from(recipe: str | None, flags: dict, given: set[str]):
     else from the current directory (the shipped recipes name files of the checkout).
     """
     from transplant.common.specfile import config_values
-
-    from .training import TrainConfig
 
     values = config_values(recipe, TrainConfig, flags, given, lists=("texts",), flag_of={"texts": "--text"})
     for need, flag in (("model", "--model"), ("out", "--out")):

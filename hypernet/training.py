@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from hypernet.data import TextPool, TokenizerSampler, withheld_decompositions
 from hypernet.model import HyperNet, pad_pieces, parameter_count
 from hypernet.registry import HYPERNET_OUTPUT, RUN_CONFIG, RUN_FORMAT, export_checkpoint, is_training_run
+from hypernet.settings import TrainConfig, check_settings  # noqa: F401  (re-exported)
 from hypernet.source import expected_peak, load_source
 from transplant.common.errors import TransplantError
 from transplant.common.memory import check_fits
@@ -69,109 +70,20 @@ from transplant.train.trainloop import (
     LOG_FILE,
     Checkpoints,
     any_process,
-    body_mesh,
     append_log,
     begin_step,
+    body_mesh,
     budget_spent,
     optimizer_step,
     training_accelerator,
     warm_up,
 )
 
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on (saved in the output folder as `train_config.json`)."""
-
-    model: str
-    texts: list[str]
-    out: str
-    stage1_steps: int = 300
-    stage1_minutes: float | None = None
-    steps: int = 0  # stage 2
-    minutes: float | None = None  # stage 2
-    stage1_batch: int = 1024  # old tokens per stage-1 step
-    batch_size: int = 4  # text chunks per stage-2 step (per process)
-    seq_len: int = 256
-    negatives: int = 1024
-    aux_batch: int = 256
-    aux_weight: float = 0.5
-    lr: float = 3e-4
-    stage2_lr: float = 1e-4
-    warmup: int = 20
-    width: int = 0  # 0 = the model's hidden size (ZeTT)
-    layers: int = 3
-    max_pieces: int = 8
-    min_vocab_share: float = 0.3
-    train_chars: int = 1_000_000  # per text, for the sampled tokenizers' seed vocabularies
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    seed: int = 0
-    shard_body: bool = False  # shard the frozen body's layers over the processes (`io.sharded_load`)
-    checkpoint_layers: bool = False  # recompute the body's layers in stage 2's backward pass
-    resume: bool = False
-    overwrite: bool = False  # start afresh in `out`, replacing an earlier hypernetwork run or network
-
-    def __post_init__(self) -> None:
-        # Paths from Python callers are kept as strings (the settings are saved as JSON).
-        self.model, self.out = (str(v) if isinstance(v, Path) else v for v in (self.model, self.out))
-        if isinstance(self.texts, (list, tuple)):
-            self.texts = [str(t) if isinstance(t, Path) else t for t in self.texts]
-        check_settings(self)
-
-
-# The smallest value of each numeric setting: the command line's ranges, which a recipe or a
-# Python caller must meet too (a negative width or a zero log interval fails deep in the run).
-_AT_LEAST = {"stage1_steps": 0, "stage1_minutes": 0, "steps": 0, "minutes": 0, "stage1_batch": 1, "batch_size": 1,
-             "seq_len": 8, "negatives": 0, "aux_batch": 1, "aux_weight": 0, "warmup": 0, "width": 0, "layers": 1,
-             "max_pieces": 1, "train_chars": 1, "checkpoint_every": 1, "keep_checkpoints": 1, "log_every": 1}
-_POSITIVE = ("lr", "stage2_lr", "min_vocab_share")
-# The largest value of a setting, where there is one: a seed is drawn from as numpy's are (each
-# step's seed is derived from it and must stay a 64-bit integer).
-_AT_MOST = {"seed": 2**32 - 1}
 # What a resumed run may change (the budget, where it checkpoints); `model` and `texts` are
 # compared by content instead of by path (see `check_resumable`).
 _MAY_CHANGE = {"stage1_steps", "stage1_minutes", "steps", "minutes", "out", "resume", "overwrite",
                "checkpoint_every", "keep_checkpoints", "log_every", "model", "texts", "format", "inputs", "shard_body",
                "checkpoint_layers"}
-
-
-def check_settings(cfg: TrainConfig) -> None:
-    """Types (the spec-file schema, strict) and ranges of every setting, each failure one line.
-
-    Example:
-        >>> TrainConfig(model="m", texts=["t.txt"], out="hn", width=-4)
-        Traceback (most recent call last):
-        ...
-        transplant.common.errors.TransplantError: width must be at least 0, not -4 (--width, or width in a recipe)
-    """
-    from pydantic import ValidationError
-
-    from transplant.common.specfile import dataclass_spec, explain
-
-    spec, values = dataclass_spec(TrainConfig), asdict(cfg)
-    try:
-        spec.model_validate(values, strict=True)
-    except ValidationError as exc:
-        raise TransplantError(explain(exc, spec, "hypernet train settings", values)) from None
-    for name, low in _AT_LEAST.items():
-        value = getattr(cfg, name)
-        if value is not None and not (math.isfinite(value) and value >= low):
-            raise TransplantError(f"{name} must be at least {low}, not {value!r} ({_where(name)})")
-    for name in _POSITIVE:
-        value, most = getattr(cfg, name), 1 if name == "min_vocab_share" else math.inf
-        if not (math.isfinite(value) and 0 < value <= most):
-            raise TransplantError(f"{name} must be positive and {'at most 1' if most == 1 else 'finite'}, not "
-                                  f"{value!r} ({_where(name)})")
-    for name, most in _AT_MOST.items():
-        value = getattr(cfg, name)
-        if not 0 <= value <= most:
-            raise TransplantError(f"{name} must be between 0 and {most}, not {value!r} ({_where(name)})")
-
-
-def _where(name: str) -> str:
-    return f"--{name.replace('_', '-')}, or {name} in a recipe"
 
 
 @dataclass

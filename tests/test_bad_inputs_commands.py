@@ -208,9 +208,9 @@ RECIPES = {
     "nested_too_deep": (f"model: {_deep(3000)}\n", "nests its values too deeply"),
     "steps_as_text": ("steps: '3'\n", "steps expects"),
     "resume_as_text": ("resume: 'yes'\n", "resume expects"),
-    "width_negative": ("width: -4\n", "width must be at least 0"),
-    "log_every_zero": ("log_every: 0\n", "log_every must be at least 1"),
-    "lr_nan": ("lr: .nan\n", "lr must be positive"),
+    "width_negative": ("width: -4\n", "--width must be a whole number >= 0"),
+    "log_every_zero": ("log_every: 0\n", "--log-every must be a whole number >= 1"),
+    "lr_nan": ("lr: .nan\n", "--lr must be a finite number above 0"),
 }
 
 

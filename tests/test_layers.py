@@ -39,7 +39,8 @@ LAYERS: dict[str, int] = {
     "transplant": 6,             # front ends: __init__, api, runspec, recipes, demo
     "transplant.cli": 6,         # main, tokenizer, vectors
     "hypernet.model": 1,         # the network itself (needs only common)
-    "hypernet.data": 1,          # tokenizer sampling (uses core)
+    "hypernet.data": 1,
+    "hypernet.settings": 1,      # the training settings, declared once (torch-free)          # tokenizer sampling (uses core)
     "hypernet.registry": 2,      # known networks (uses io)
     "hypernet.source": 2,        # the frozen base model, loaded in its dtype (uses io)
     "hypernet.training": 5,         # training and export

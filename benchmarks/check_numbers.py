@@ -938,9 +938,17 @@ def _quality_line() -> list[Cite]:
     return out
 
 
+def _extend_hypernet() -> list[Cite]:
+    """The extension table's `hypernet` column (the shipped network, re-measured)."""
+    E = "extend.json"
+    return [Cite(B, f"| {label} | ", E, [f"{n}-hypernet", "bpb"], lambda b, o: f"**{b:.4f} ({b / o:.3f})**",
+                 ([("original"), "bpb"],))
+            for n, label in (("1000", "1,000"), ("4000", "4,000"), ("16000", "10,260 (16,000 asked)"))]
+
+
 def citations() -> list[Cite]:
     return [*_harness(), *_default_vs_fvt(), *_defaults_split(), *_omp(), *_extend(), *_heal(), *_big_models(),
-            *_streaming(), *_calibration(), *_speed(), *_quality(), *_quality_line()]
+            *_streaming(), *_calibration(), *_speed(), *_quality(), *_quality_line(), *_extend_hypernet()]
 
 
 # --- the check ---------------------------------------------------------------------------------------

@@ -490,9 +490,19 @@ def test_validate_shard_accepts_real_checkpoints(llama_bl, build_model, tmp_path
         validate_shard(shard)
 
 
-def test_check_methods_accepts_the_complete_fallbacks():
-    from transplant.methods.planner import check_methods
+def test_check_methods_accepts_exactly_the_complete_fallbacks():
+    from transplant.common.errors import TransplantError
+    from transplant.methods.initializers import available, get_initializer
+    from transplant.methods.planner import FIXED_STEPS, check_methods
 
-    for fallback in ("mean", "multivariate", "random"):
-        check_methods("fvt", fallback)
-    check_methods(["fvt", "random"], "mean")
+    complete = [n for n in available() if n not in FIXED_STEPS and get_initializer(n).complete]
+    assert {"mean", "multivariate", "random"} <= set(complete)
+    for name in available():
+        if name in FIXED_STEPS:
+            continue
+        if name in complete:
+            assert check_methods("fvt", name) is None
+        else:
+            with pytest.raises(TransplantError, match="cannot make every token"):
+                check_methods("fvt", name)
+    assert check_methods(["fvt", "random"], "mean") is None

@@ -129,7 +129,7 @@ MUTANTS = [
            "            or target.is_symlink() or target.resolve().parent != root.resolve()):",
            "            and False):", ("tests/test_bad_inputs_commands.py",),
            "`hypernet unregister` deletes nothing outside the registry"),
-    Mutant("export-into-registry", "hypernet/registry.py",
+    Mutant("export-into-registry", "hypernet/export.py",
            "    if registry == Path(out).resolve() or registry in Path(out).resolve().parents:",
            "    if False:", ("tests/test_bad_inputs_commands.py",),
            "`hypernet export` never writes into the registry"),

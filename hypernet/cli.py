@@ -101,7 +101,7 @@ def config_from(recipe: str | None, flags: dict, given: set[str]):
 @click.option("--overwrite", is_flag=True, help="Replace an earlier hypernetwork folder at --out (nothing else).")
 def export_cmd(checkpoint, out, run, overwrite) -> None:
     """Write the network of a training CHECKPOINT (<run>/checkpoints/step-N) as a usable folder."""
-    from .registry import export_checkpoint
+    from .export import export_checkpoint
 
     path = export_checkpoint(checkpoint, out, run, overwrite=overwrite)
     click.echo(f"hypernet: {path}, registered as {_register(path).name!r} (`hypernet list`)")
@@ -141,8 +141,8 @@ def info_cmd(folder) -> None:
     import json
     from dataclasses import asdict
 
+    from .folders import open_network
     from .model import parameter_count
-    from .registry import open_network
 
     net = open_network(folder)
     click.echo(json.dumps({**asdict(net.config), "parameters": parameter_count(net)}, indent=2))

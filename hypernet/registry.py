@@ -1,4 +1,5 @@
-"""The networks this installation knows: shipped with the package, and registered by the user.
+"""The networks this installation knows: shipped with the package, and registered by the user
+(the store and the matching; what a network folder is: `hypernet.folders`; export: `hypernet.export`).
 
 Shipped networks live in `hypernet/networks/<name>/` (one per packaged model). `hypernet train`
 and `hypernet export` register their output by copying it (a few MB) into the user's registry,
@@ -41,155 +42,16 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
+from hypernet.folders import NETWORK_FILES, _json_object, check_network_folder
 from transplant.common.errors import TransplantError
-from transplant.common.safetensors_header import validate_shard
-from transplant.io.outdir import OutputKind
 
 log = logging.getLogger(__name__)
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "networks"
-# Files of a network folder that are copied into the registry (training checkpoints are not).
-NETWORK_FILES = ("config.json", "model.safetensors", "training.json")
 REGISTERED = "registered.json"
-# A training run's folder holds its settings from the moment it is created (`hypernet train`).
-RUN_CONFIG = "train_config.json"
-RUN_FORMAT = "tokentransplant-hypernet-run/1"
-# Settings a run folder written before RUN_FORMAT existed is recognised by.
-_RUN_KEYS = {"model", "texts", "out", "stage1_steps", "width"}
-# Smallest valid value of each integer field of a network's config.json (ffn_mult: positive).
-_CONFIG_MINIMUM = {"hidden_size": 1, "width": 0, "layers": 1, "heads": 0, "max_pieces": 1, "vocab_size": 0}
-
-
-def _json_object(path: Path) -> dict | None:
-    try:
-        value = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def is_training_run(folder: Path) -> bool:
-    """Whether `folder` is a `hypernet train` run folder (its settings file says so)."""
-    settings = _json_object(Path(folder) / RUN_CONFIG)
-    return settings is not None and (settings.get("format") == RUN_FORMAT or _RUN_KEYS <= settings.keys())
-
-
-def is_hypernet_output(folder: Path) -> bool:
-    """Whether `folder` was written by `hypernet train` or `hypernet export` (a run or a network),
-    so that `--overwrite` may replace it; a model folder's config.json has no hypernetwork format.
-
-    Example:
-        >>> is_hypernet_output(Path(model_dir))
-        False
-    """
-    from .model import FORMAT
-
-    config = _json_object(Path(folder) / "config.json")
-    return (config is not None and config.get("format") == FORMAT) or is_training_run(folder)
-
-
-# What `hypernet train` and `hypernet export` write: `--overwrite` replaces only this.
-HYPERNET_OUTPUT = OutputKind("a hypernetwork folder", f"no hypernetwork config.json or {RUN_CONFIG}",
-                             is_hypernet_output)
-
-
-def check_network_folder(folder: str | Path) -> dict:
-    """The config of a saved network, after checking it can be loaded: config.json (JSON, format,
-    known keys, types, ranges) and model.safetensors (header complete, tensors of the config's
-    shapes), each failure one line. No tensor data is read.
-
-    Example:
-        >>> _ = Path("broken").mkdir()
-        >>> _ = Path("broken/config.json").write_text('{"format": "tokentransplant-hypernet/1", "hidden": 3}')
-        >>> _ = Path("broken/model.safetensors").write_bytes(b"")
-        >>> check_network_folder("broken")
-        Traceback (most recent call last):
-        ...
-        transplant.common.errors.TransplantError: broken/config.json: unknown key 'hidden' (valid keys: ...)
-    """
-    from .model import FORMAT
-
-    folder = Path(folder)
-    cfg_path, weights = folder / "config.json", folder / "model.safetensors"
-    if not cfg_path.is_file() or not weights.is_file():
-        raise TransplantError(f"{folder} is not a hypernetwork folder (expected config.json and "
-                              "model.safetensors, as written by `hypernet train`)")
-    fix = "train the network again, or export it from a checkpoint with `hypernet export`"
-    raw = _json_object(cfg_path)
-    if raw is None:
-        raise TransplantError(f"{cfg_path} is not a JSON object ({fix})")
-    if raw.get("format") != FORMAT:
-        raise TransplantError(f"{cfg_path} is not a {FORMAT} config (train the network with this version)")
-    values = {k: v for k, v in raw.items() if k != "format"}
-    _check_config_values(values, cfg_path)
-    _check_weights(weights, values, fix)
-    return values
-
-
-def _check_config_values(values: dict, where: Path) -> None:
-    """Keys and types as `HyperNetConfig` declares them (the one spec schema), then the ranges."""
-    from pydantic import ValidationError
-
-    from transplant.common.specfile import dataclass_spec, explain
-
-    from .model import HyperNetConfig
-
-    spec = dataclass_spec(HyperNetConfig)
-    try:
-        spec.model_validate(values, strict=True)
-    except ValidationError as exc:
-        raise TransplantError(explain(exc, spec, str(where), values)) from None
-    known = {f.name for f in fields(HyperNetConfig)}
-    if "hidden_size" not in values:
-        raise TransplantError(f"{where}: no hidden_size (valid keys: {', '.join(sorted(known))})")
-    bad = [(key, f"at least {low}") for key, low in _CONFIG_MINIMUM.items() if key in values and values[key] < low]
-    if "ffn_mult" in values and not 0 < values["ffn_mult"] < float("inf"):
-        bad.append(("ffn_mult", "a positive number"))
-    if bad:
-        key, what = bad[0]
-        raise TransplantError(f"{where}: {key} must be {what}, not {values[key]!r} (train the network again)")
-
-
-def _check_weights(weights: Path, values: dict, fix: str, config: str = "its config.json") -> None:
-    """The weights file's header is complete and holds exactly the tensors the config describes."""
-    import torch
-
-    from .model import HyperNet, HyperNetConfig
-
-    header, _ = validate_shard(weights)
-    try:
-        with torch.device("meta"):  # shapes only: nothing is allocated
-            expected = {k: list(v.shape) for k, v in HyperNet(HyperNetConfig(**values)).state_dict().items()}
-    except (RuntimeError, ValueError, OverflowError) as exc:
-        raise TransplantError(f"{weights.parent / 'config.json'} describes a network that cannot be built "
-                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; {fix})") from None
-    found = {k: v.get("shape") for k, v in header.items() if k != "__metadata__"}
-    for name in sorted(set(expected) | set(found)):
-        if expected.get(name) != found.get(name):
-            there = "missing" if name not in found else f"of shape {found[name]}"
-            want = "no such tensor" if name not in expected else f"shape {expected[name]}"
-            raise TransplantError(f"{weights} does not match {config}: tensor {name} is {there} "
-                                  f"(the config gives {want}; {fix})")
-
-
-def open_network(folder: str | Path):
-    """`HyperNet.load` after `check_network_folder`: a damaged or mismatched network is one line.
-
-    Example:
-        >>> from hypernet.model import HyperNet
-        >>> from safetensors.torch import load_file
-        >>> E_in = load_file(f"{model_dir}/model.safetensors")["model.embed_tokens.weight"]
-        >>> _ = HyperNet.create(E_in, None, width=16, layers=1, heads=2).save("hn-open")
-        >>> open_network("hn-open").config.width
-        16
-    """
-    from .model import HyperNet
-
-    check_network_folder(folder)
-    return HyperNet.load(folder)
 
 
 def registry_dir() -> Path:
@@ -379,46 +241,6 @@ def ship(folder: str | Path, name: str, root: Path = SHIPPED_DIR) -> Path:
     return target
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path, run: str | Path | None = None, *,
-                      overwrite: bool = False) -> Path:
-    """A network folder from a training checkpoint (`<run>/checkpoints/step-N`), to use or score
-    the network as it was at that step. The run folder's `config.json` gives the shape (it is
-    written when training ends; pass `run` for a checkpoint copied elsewhere); the weights are
-    the checkpoint's safetensors, checked against that shape. `out` is written like every output
-    (staged, one rename); `overwrite` may replace an earlier hypernetwork folder, nothing else.
-
-    Example:
-        >>> from hypernet.training import TrainConfig, train
-        >>> run = train(TrainConfig(model=model_dir, texts=[text_file], out="hn", stage1_steps=2,
-        ...                         stage1_batch=32, width=16, layers=1, checkpoint_every=1))
-        >>> export_checkpoint(run / "checkpoints" / "step-000001", "hn-step1").name
-        'hn-step1'
-    """
-    from safetensors.torch import load_file
-
-    from transplant.io.outdir import check_output_path, staged_output
-
-    checkpoint = Path(checkpoint)
-    weights = checkpoint / "model.safetensors"
-    run = Path(run) if run is not None else checkpoint.parent.parent
-    if not weights.is_file():
-        raise TransplantError(f"{checkpoint} is not a training checkpoint (no model.safetensors)")
-    if not (run / "config.json").is_file():
-        raise TransplantError(f"{run} has no config.json yet (it is written when training ends; export after that)")
-    net = open_network(run)
-    registry = registry_dir().resolve()
-    if registry == Path(out).resolve() or registry in Path(out).resolve().parents:
-        raise TransplantError(f"--out {out} is inside the hypernetwork registry {registry}, which only `hypernet "
-                              "train` and `export` fill, each by registering its own output: pass --out elsewhere")
-    target = check_output_path(Path(out), [checkpoint, run], overwrite, HYPERNET_OUTPUT)
-    _check_weights(weights, check_network_folder(run), f"pass --run: the folder of the run {checkpoint} belongs to",
-                   f"the run's {run / 'config.json'}")
-    net.load_state_dict(load_file(str(weights)))
-    with staged_output(target, overwrite, HYPERNET_OUTPUT) as staged:
-        net.save(staged.path)
-    return Path(out)
-
-
 def _source_of(folder: Path) -> str | None:
     try:
         return json.loads((folder / REGISTERED).read_text(encoding="utf-8")).get("source")
@@ -427,5 +249,4 @@ def _source_of(folder: Path) -> str | None:
 
 
 __all__ = ["KnownNetwork", "known_networks", "find_network", "match_cosine", "register", "unregister", "ship",
-           "registry_dir", "SHIPPED_DIR", "HYPERNET_OUTPUT", "RUN_CONFIG", "RUN_FORMAT", "check_network_folder",
-           "is_hypernet_output", "is_training_run", "open_network", "export_checkpoint"]
+           "registry_dir", "SHIPPED_DIR", "REGISTERED"]

@@ -44,8 +44,9 @@ import torch
 import torch.nn.functional as F
 
 from hypernet.data import TextPool, TokenizerSampler, withheld_decompositions
+from hypernet.export import export_checkpoint
+from hypernet.folders import HYPERNET_OUTPUT, RUN_CONFIG, RUN_FORMAT, is_training_run
 from hypernet.model import HyperNet, pad_pieces, parameter_count
-from hypernet.registry import HYPERNET_OUTPUT, RUN_CONFIG, RUN_FORMAT, export_checkpoint, is_training_run
 from hypernet.settings import TrainConfig, check_settings  # noqa: F401  (re-exported)
 from hypernet.source import expected_peak, load_source
 from transplant.common.errors import TransplantError

@@ -39,11 +39,13 @@ LAYERS: dict[str, int] = {
     "transplant": 6,             # front ends: __init__, api, runspec, recipes, demo
     "transplant.cli": 6,         # main, tokenizer, vectors
     "hypernet.model": 1,         # the network itself (needs only common)
-    "hypernet.data": 1,
-    "hypernet.settings": 1,      # the training settings, declared once (torch-free)          # tokenizer sampling (uses core)
-    "hypernet.registry": 2,      # known networks (uses io)
+    "hypernet.data": 1,          # tokenizer sampling (uses core)
+    "hypernet.settings": 1,      # the training settings, declared once (torch-free)
+    "hypernet.folders": 2,       # what a network folder and a run folder are, and their checks
+    "hypernet.registry": 2,      # known networks: the store and the matching (uses io)
+    "hypernet.export": 2,        # a network folder from a training checkpoint
     "hypernet.source": 2,        # the frozen base model, loaded in its dtype (uses io)
-    "hypernet.training": 5,         # training and export
+    "hypernet.training": 5,      # training
     "hypernet.cli": 6,           # the `hypernet` command
     "hypernet": 6,               # hypernet/__init__: re-exports model and train
 }

@@ -53,7 +53,7 @@ class HyperNetInitializer(BaseInitializer):
 
     def assign(self, ctx: InitContext, todo: list[int]) -> Made:
         # On first use only: importing the hypernet package loads its training code too.
-        from hypernet.registry import open_network  # a damaged network is one line, not a traceback
+        from hypernet.folders import open_network  # a damaged network is one line, not a traceback
 
         opts = ctx.options_for(self.name)
         if not opts["path"]:

@@ -269,8 +269,9 @@ def _train(cfg: TrainConfig, accelerator, mesh, inputs: Inputs, latest: Path | N
         pool = inputs.pool
         stage("hypernet: seed vocabularies for sampled tokenizers")
         sampler = TokenizerSampler(old_tok, pool, min_share=cfg.min_vocab_share, train_chars=cfg.train_chars)
-        bos = start_token(old_vocab.roles)
-        frozen = FrozenLM(lm)  # the body's forward and the logit rule, as heal reads them
+        ctx = Stage2(cfg, pool, sampler, forward, withheld_loss, decomps, E_in, E_out,
+                     FrozenLM(lm),  # the body's forward and the logit rule, as heal reads them
+                     start_token(old_vocab.roles), device)
         s2_total = cfg.steps if cfg.minutes is None else None
         pbar = bar(total=s2_total, desc="hypernet stage 2", unit="step", initial=state["stage2_done"])
         while not should_stop(state["stage2_done"], cfg.steps, state["stage2_seconds"], cfg.minutes):
@@ -278,10 +279,8 @@ def _train(cfg: TrainConfig, accelerator, mesh, inputs: Inputs, latest: Path | N
             step, g = opened.number, opened.generator
             rng = random.Random(opened.seed)
             warm(cfg.stage2_lr, state["stage2_done"])
-            lm_loss, n_tok, made_share = _stage2_loss(
-                rng, g, cfg, pool, sampler, forward, E_in, E_out, frozen, bos, device,
-                aux_rows=[train_idx[i] for i in torch.randint(len(train_idx), (cfg.aux_batch,), generator=g).tolist()],
-                decomps=decomps, withheld_loss=withheld_loss)
+            aux_rows = [train_idx[i] for i in torch.randint(len(train_idx), (cfg.aux_batch,), generator=g).tolist()]
+            lm_loss, n_tok, made_share = _stage2_loss(ctx, rng, aux_rows)
             loss = lm_loss["total"]
             take_step(loss, "stage2", opened.started, pbar)
             log({"stage": 2, "step": step, "loss": round(float(loss.detach()), 6), "lm_loss": round(float(lm_loss["lm"]), 6),
@@ -304,9 +303,29 @@ def _train(cfg: TrainConfig, accelerator, mesh, inputs: Inputs, latest: Path | N
     return out
 
 
-def _stage2_loss(rng, g, cfg, pool, sampler, forward, E_in, E_out, frozen, bos, device,
-                 aux_rows, decomps, withheld_loss):
+@dataclass
+class Stage2:
+    """What every stage-2 step reads: the settings, the texts and the tokenizer sampler, the
+    network's forward and stage 1's loss, the frozen model (matrices, body, logit rule, start token)."""
+
+    cfg: TrainConfig
+    pool: TextPool
+    sampler: TokenizerSampler
+    forward: object  # pieces -> (input rows, output rows)
+    withheld_loss: object  # (rows, predicted in, predicted out) -> stage 1's loss
+    decomps: list
+    E_in: torch.Tensor
+    E_out: torch.Tensor | None
+    frozen: FrozenLM
+    bos: int | None
+    device: torch.device
+
+
+def _stage2_loss(ctx: Stage2, rng: random.Random, aux_rows: list[int]):
     """One stage-2 batch: LM loss over a drawn tokenizer, plus the auxiliary stage-1 loss."""
+    cfg, pool, sampler, forward, decomps, withheld_loss = (ctx.cfg, ctx.pool, ctx.sampler, ctx.forward, ctx.decomps,
+                                                           ctx.withheld_loss)
+    E_in, E_out, frozen, bos, device = ctx.E_in, ctx.E_out, ctx.frozen, ctx.bos, ctx.device
     source = rng.randrange(len(pool.texts))
     st = sampler.sample(rng, source)
     texts = pool.chunks(rng, source, cfg.batch_size, cfg.seq_len * 8)

@@ -29,8 +29,6 @@ import torch
 
 from transplant.common.errors import TransplantError
 from transplant.inmemory import transplant_model
-from transplant.io.outdir import check_output_path
-from transplant.io.tokenizer_out import check_target_reloads
 from transplant.output import apply_plan
 from transplant.planned import Sources, TransplantPlan, make_plan, plan_transplant
 from transplant.prepare import TransplantResult, prepare
@@ -166,9 +164,7 @@ def _run(spec: RunSpec, model: str | Path, new_tokenizer: str | Path, out: str |
     `new_tokenizer` and `out` as the caller gave them (recorded as given)."""
     sources = Sources.open(model, new_tokenizer, spec.old_tokenizer, spec.trust_remote_code)
     if out is not None:  # a bad output place or a target the output would reload differently: before the work
-        out = check_output_path(Path(out), sources.input_files(*(input_paths or [])), spec.overwrite)
-        sources.locate(spec.trust_remote_code)
-        check_target_reloads(sources.layout.config, sources.new_src, spec.allow_forced_tokenizer_class)
+        out = sources.check_output(out, spec, input_paths)
     planned = make_plan(sources, spec, str(model), str(new_tokenizer), calibrate_texts)
     log.info("plan: %s", planned.plan.counts())
     if out is None:

@@ -54,6 +54,7 @@ class Sources:
     folder: Path | None = None  # a checkpoint on disk
     layout: EmbeddingLayout | None = None
     model: torch.nn.Module | None = None  # a model in memory
+    checked_out: Path | None = None  # the output folder `check_output` passed
 
     @classmethod
     def open(cls, model: str | Path | torch.nn.Module, new_tokenizer: str | Path, old_tokenizer: str | Path | None,
@@ -61,8 +62,8 @@ class Sources:
         """Open the inputs and run their cheap checks (a bad one is one line, before any work)."""
         new_src = open_tokenizer(new_tokenizer)
         if isinstance(model, torch.nn.Module):
-            where = old_tokenizer or getattr(model, "name_or_path", None) or None
-            if not where or not (Path(str(where)).exists() or old_tokenizer):
+            where = old_tokenizer or getattr(model, "name_or_path", None)
+            if not where:
                 raise TransplantError("a model in memory needs its tokenizer: pass old_tokenizer= (the folder or "
                                       "tokenizer.json the model was trained with)")
             old_src = open_tokenizer(where)
@@ -74,6 +75,17 @@ class Sources:
         folder = resolve_model(model)
         old_src = open_tokenizer(old_tokenizer or folder)
         return cls(old_src, new_src, folder=folder)
+
+    def check_output(self, out: str | Path, spec: RunSpec, input_paths: list[str | Path] | None = None) -> Path:
+        """The output folder, checked before any work: a place that takes it (never over an input),
+        and a target tokenizer the output's model type reloads as written. Checked once per folder."""
+        out = Path(out)
+        if self.checked_out != out:
+            out = check_output_path(out, self.input_files(*(input_paths or [])), spec.overwrite)
+            self.locate(spec.trust_remote_code)
+            check_target_reloads(self.layout.config, self.new_src, spec.allow_forced_tokenizer_class)
+            self.checked_out = out
+        return out
 
     def locate(self, trust_remote_code: bool) -> None:
         """Find the embeddings of a checkpoint (reads its config and shard headers, no weights)."""
@@ -202,8 +214,7 @@ class TransplantPlan:
         if src.folder is None:
             raise TransplantError("this plan was made from a model in memory: use plan.apply_to(model) and the "
                                   "model's save_pretrained, or plan from its folder to write a checkpoint")
-        out = check_output_path(Path(out), src.input_files(*(input_paths or [])), overwrite)
-        check_target_reloads(src.layout.config, src.new_src, spec.allow_forced_tokenizer_class)
+        out = src.check_output(out, spec.model_copy(update={"overwrite": overwrite}), input_paths)
         check = None
         if not eval_texts and spec.quality_check:
             check = plan_quality_check(src.new_src, src.folder, spec.held_out_bytes,

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +51,6 @@ class RecordedText:
 def recorded_texts(new_src: TokenizerSource) -> tuple[list[RecordedText], str]:
     """The training texts recorded for this tokenizer, when every one is still there and
     unchanged; else ([], why not)."""
-    from transplant.common.fingerprint import file_fingerprint
-
     folder = new_src.folder or new_src.path.parent
     path = folder / TRAINING_SUMMARY
     try:
@@ -67,12 +66,26 @@ def recorded_texts(new_src: TokenizerSource) -> tuple[list[RecordedText], str]:
         p = Path(entry["path"])
         if not p.is_file():
             return [], f"its training text {p} is gone"
-        if file_fingerprint(p) != entry.get("sha256"):
+        if _fingerprint(str(p.resolve()), *_stamp(p)) != entry.get("sha256"):
             return [], f"its training text {p} changed since the tokenizer was trained"
         tail = entry.get("held_out_tail_bytes")
         ok_tail = isinstance(tail, int) and not isinstance(tail, bool) and 0 < tail <= p.stat().st_size
         found.append(RecordedText(p, tail if ok_tail else None))
     return found, ""
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint(path: str, size: int, mtime_ns: int) -> str:
+    """A text's content fingerprint, hashed once per version of the file in a process: `auto`
+    and the quality check both ask for it, and a 1 GB text takes seconds to hash."""
+    from transplant.common.fingerprint import file_fingerprint
+
+    return file_fingerprint(path)
 
 
 def held_out_text(texts: list[RecordedText], max_bytes: int) -> str:

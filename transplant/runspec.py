@@ -102,7 +102,7 @@ class RunSpec(_Section):
     eval_ctx: int = _field(1024, "Evaluation context length.", "--ctx", "an integer >= 1", ge=1)
     quality_check: bool = _field(
         True, "No quality line: without --eval-text a run scores original and transplant on the held-out tail of "
-        "the tokenizer's recorded training text (up to --held-out-bytes; skipped above 1.5 G parameters).",
+        "the tokenizer's recorded training text (up to --held-out-bytes; skipped above 0.5 G parameters).",
         "--no-eval", "true or false", negate=True)
     held_out_bytes: int = _field(2048, "Bytes of held-out text the quality line scores (whole lines).",
                                  "--held-out-bytes", "an integer >= 256", ge=256)

@@ -25,9 +25,9 @@ from transplant.common.memory import MARGIN, available_bytes, checkpoint_bytes, 
 from transplant.core.vocab import TokenizerSource
 from transplant.io.recorded_text import held_out_text, recorded_texts
 
-# Scoring loads each model whole in float32: above this (1.5 G parameters) a run does not do it
+# Scoring loads each model whole in float32: above this (0.5 G parameters) a run does not do it
 # by itself. SmolLM2-135M is 0.54 GB, Gemma-3-270M 1.07 GB, a 7B 28 GB.
-MAX_FLOAT32_BYTES = 6 * 10**9
+MAX_FLOAT32_BYTES = 2 * 10**9
 LOGITS_BYTES = 1 << 30  # `score` sizes its batches to keep the float32 logits near 1 GB
 HOW = "score the output with `transplant eval --model OUT --compare MODEL --text FILE`"
 

@@ -113,7 +113,9 @@ out = lm.base_model(inputs_embeds=x, use_cache=False).last_hidden_state
 after_forward = layer_bytes()
 ref = whole.base_model(inputs_embeds=x, use_cache=False).last_hidden_state
 out.sum().backward()
-print(held / full, after_forward / full, float((out - ref).abs().max()), float(x.grad.abs().sum() > 0))
+# One file per rank: two ranks printing to one stdout can interleave their lines.
+Path(sys.argv[2], f"rank{dist.get_rank()}.txt").write_text(
+    f"{held / full} {after_forward / full} {float((out - ref).abs().max())} {float(x.grad.abs().sum() > 0)}")
 """
 
 
@@ -129,10 +131,11 @@ def test_a_sharded_body_holds_half_of_its_layers_on_each_of_two_processes(arch, 
     probe = tmp_path / "probe.py"
     probe.write_text(SHARDED_PROBE)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(probe),
-                           str(tmp_path / "m")], capture_output=True, text=True, timeout=300,
+                           str(tmp_path / "m"), str(tmp_path)], capture_output=True, text=True, timeout=300,
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for line in [ln for ln in proc.stdout.splitlines() if ln.strip()]:
+    lines = [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)]
+    for line in lines:
         held, after_forward, diff, has_grad = map(float, line.split())
         assert held == pytest.approx(0.5, abs=0.05) and after_forward == pytest.approx(0.5, abs=0.05), line
         assert diff < 1e-5 and has_grad == 1.0

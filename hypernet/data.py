@@ -38,9 +38,9 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from transplant.core.align import shortest_segmentation
 from transplant.common.errors import TransplantError
 from transplant.common.texts import read_text
+from transplant.core.align import shortest_segmentation
 from transplant.core.vocab import NORMAL, Vocabulary
 
 MAX_PIECE_CHARS = 16  # ZeTT's longest substring
@@ -134,8 +134,8 @@ class TokenizerSampler:
                  noise: float = 1.0, train_chars: int = 2_000_000) -> None:
         from tokenizers import models, pre_tokenizers, trainers
 
-        from transplant.core.align import Alignment
         from transplant.common.progress import set_quiet
+        from transplant.core.align import Alignment
 
         self.spec = json.loads(old.to_str())
         self.min_share, self.noise = min_share, noise

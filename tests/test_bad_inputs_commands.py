@@ -579,7 +579,7 @@ def test_hypernet_train_owns_its_run_folder(hn_run, tmp_path, monkeypatch, capsy
 
 def test_hypernet_train_holds_its_run_folder_while_it_trains(hn_run, tmp_path, monkeypatch, capsys):
     """While a training runs, its folder is locked: another run asking for it mid-training is refused."""
-    import hypernet.training as training
+    import hypernet.loop as training
     from transplant.common.errors import TransplantError
     from transplant.train.heal_config import RunFolder
 

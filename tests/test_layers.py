@@ -45,7 +45,8 @@ LAYERS: dict[str, int] = {
     "hypernet.registry": 2,      # known networks: the store and the matching (uses io)
     "hypernet.export": 2,        # a network folder from a training checkpoint
     "hypernet.source": 2,        # the frozen base model, loaded in its dtype (uses io)
-    "hypernet.training": 5,      # training
+    "hypernet.loop": 5,          # the training loop: its state, stage 1 and stage 2 steps (uses train.trainloop)
+    "hypernet.training": 5,      # training: inputs, setup, publishing
     "hypernet.cli": 6,           # the `hypernet` command
     "hypernet": 6,               # hypernet/__init__: re-exports model and train
 }

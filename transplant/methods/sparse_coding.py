@@ -216,7 +216,6 @@ def _grouped(Y, D, k, M, P, explore, group_size, rule, tol, fit, seed, progress)
     group's centroid plus a random sample) and its Gram matrix; per target M candidates (its
     nearest in the pool plus the random sample). Small groups are pursued together in waves."""
     n, m = Y.shape[0], D.shape[0]
-    Dn = normalise(D)
     alive = (D * D).sum(1) > 0
     # At least MIN_GROUPS groups, so a few thousand targets still get tight groups (a group of
     # one target pools that target's own nearest atoms).
@@ -229,26 +228,81 @@ def _grouped(Y, D, k, M, P, explore, group_size, rule, tol, fit, seed, progress)
     order = torch.argsort(assign, stable=True)
     bounds = torch.searchsorted(assign[order], torch.arange(groups + 1)).tolist()
     R = 0 if whole else max(0, min(int(round(M * explore)), M - 1, int(alive.sum()) - P))
-    near = m if whole else P
-    size = near + R  # every pool has this many atoms
-    T = M - R  # nearest candidates per target
-    gen = torch.Generator().manual_seed(seed + 1)
-    idx_out = torch.zeros(n, k, dtype=torch.int64)
-    coef_out = torch.zeros(n, k, dtype=torch.float32)
-    # A wave: groups pursued in one batch (targets up to `wave_targets`, Grams up to ~64 MB).
-    wave_targets = max(1, (16 << 20) // (k * M))
-    wave_groups = max(1, (64 << 20) // (4 * size * size))
-    chunk = max(1, (64 << 20) // (4 * m))
-    nearest: dict[int, torch.Tensor] = {}
-    pbar = bar(total=n, desc="omp", unit="tok", unit_scale=True) if progress else None
-    wave: list[tuple[torch.Tensor, torch.Tensor]] = []  # (pool, members) per group
-    queued = 0
-    whole_gram = (D @ D.T).unsqueeze(0) if whole else None  # one pool of every atom, one Gram
+    waves = _Waves(Y, D, k, near=m if whole else P, explore=R, nearest=M - R, rule=rule, tol=tol, fit=fit,
+                   whole_gram=(D @ D.T).unsqueeze(0) if whole else None,
+                   pbar=bar(total=n, desc="omp", unit="tok", unit_scale=True) if progress else None)
+    pools = _GroupPools(D, alive, centroids, P, R, torch.Generator().manual_seed(seed + 1))
+    for g in range(groups):
+        lo, hi = bounds[g], bounds[g + 1]
+        if hi > lo:
+            waves.add(torch.arange(m) if whole else pools.pool(g), order[lo:hi])
+    return waves.finish()
 
-    def flush() -> None:
+
+class _GroupPools:
+    """Each group's pool of atoms: the P nearest to its centroid (found for a chunk of groups at a
+    time) and a random sample of the others (`explore` of them)."""
+
+    def __init__(self, D, alive, centroids, P, explore, gen) -> None:
+        self.Dn, self.alive, self.centroids, self.P, self.R, self.gen = normalise(D), alive, centroids, P, explore, gen
+        self.chunk = max(1, (64 << 20) // (4 * D.shape[0]))
+        self.nearest: dict[int, torch.Tensor] = {}
+
+    def pool(self, g: int) -> torch.Tensor:
+        if g not in self.nearest:
+            sims = (self.centroids[g:g + self.chunk] @ self.Dn.T).abs_()
+            sims[:, ~self.alive] = -1
+            top = sims.topk(self.P, dim=1).indices
+            self.nearest = {g + i: top[i] for i in range(len(top))}
+        pool = self.nearest.pop(g)
+        if self.R:
+            # Exact OMP's later atoms are spread over the whole dictionary, not near the
+            # target: a random sample shared by the group stands in for them.
+            weights = self.alive.to(torch.float32)
+            weights[pool] = 0
+            pool = torch.cat([pool, torch.multinomial(weights, self.R, generator=self.gen)])
+        return pool
+
+
+class _Waves:
+    """Groups pursued together: each added group (its pool of atoms, its targets) waits in a wave
+    until the wave holds `wave_targets` targets or its Grams ~64 MB, then the wave is pursued in
+    one batch (`flush`) and its codes written into the outputs."""
+
+    def __init__(self, Y, D, k, *, near, explore, nearest, rule, tol, fit, whole_gram, pbar) -> None:
+        self.Y, self.D, self.k, self.rule, self.tol, self.fit = Y, D, k, rule, tol, fit
+        self.near, self.R, self.T = near, explore, nearest
+        self.size = near + explore  # every pool has this many atoms
+        self.whole_gram, self.pbar = whole_gram, pbar
+        M = nearest + explore
+        self.wave_targets = max(1, (16 << 20) // (k * M))
+        self.wave_groups = max(1, (64 << 20) // (4 * self.size * self.size))
+        self.idx_out = torch.zeros(Y.shape[0], k, dtype=torch.int64)
+        self.coef_out = torch.zeros(Y.shape[0], k, dtype=torch.float32)
+        self.wave: list[tuple[torch.Tensor, torch.Tensor]] = []  # (pool, members) per group
+        self.queued = 0
+
+    def add(self, pool: torch.Tensor, members: torch.Tensor) -> None:
+        for s0 in range(0, len(members), self.wave_targets):  # a large group in slices
+            part = members[s0:s0 + self.wave_targets]
+            if self.wave and (self.queued + len(part) > self.wave_targets or len(self.wave) >= self.wave_groups):
+                self.flush()
+            self.wave.append((pool, part))
+            self.queued += len(part)
+
+    def finish(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.wave:
+            self.flush()
+        if self.pbar is not None:
+            self.pbar.close()
+        return self.idx_out, self.coef_out
+
+    def flush(self) -> None:
+        Y, D, wave, whole = self.Y, self.D, self.wave, self.whole_gram is not None
+        near, size, T, R = self.near, self.size, self.T, self.R
         pools = torch.stack([pool for pool, _ in wave])  # (W, size)
         Dp = D[pools]  # (W, size, d)
-        grams = whole_gram if whole else torch.bmm(Dp, Dp.transpose(1, 2))  # (W, size, size)
+        grams = self.whole_gram if whole else torch.bmm(Dp, Dp.transpose(1, 2))  # (W, size, size)
         flat = grams.reshape(-1)
         diag_p = grams.diagonal(dim1=1, dim2=2)  # (W, size)
         inv_norm = torch.where(diag_p > 0, diag_p.clamp_min(1e-30).rsqrt(), torch.zeros_like(diag_p))
@@ -270,47 +324,15 @@ def _grouped(Y, D, k, M, P, explore, group_size, rule, tol, fit, seed, progress)
         offset = (which * size * size).unsqueeze(1)
         base = offset + cand * size
         pos, valid = _pursue(alpha0, diag, lambda j: flat[base.gather(1, j.unsqueeze(1)) + cand],
-                             k, rule, tol, (y * y).sum(1))
+                             self.k, self.rule, self.tol, (y * y).sum(1))
         sel = cand.gather(1, pos)  # pool positions of the picked atoms
         gsel = flat[(offset + sel * size).unsqueeze(2) + sel.unsqueeze(1)]
-        coef_out[ids] = _refit(gsel, alpha0.gather(1, pos), valid, *fit)
-        idx_out[ids] = pools[which.unsqueeze(1), sel]
-        if pbar is not None:
-            pbar.update(b)
+        self.coef_out[ids] = _refit(gsel, alpha0.gather(1, pos), valid, *self.fit)
+        self.idx_out[ids] = pools[which.unsqueeze(1), sel]
+        if self.pbar is not None:
+            self.pbar.update(b)
         wave.clear()
-
-    for g in range(groups):
-        lo, hi = bounds[g], bounds[g + 1]
-        if hi == lo:
-            continue
-        if whole:
-            pool = torch.arange(m)
-        else:
-            if g not in nearest:
-                sims = (centroids[g:g + chunk] @ Dn.T).abs_()
-                sims[:, ~alive] = -1
-                top = sims.topk(P, dim=1).indices
-                nearest = {g + i: top[i] for i in range(len(top))}
-            pool = nearest.pop(g)
-            if R:
-                # Exact OMP's later atoms are spread over the whole dictionary, not near the
-                # target: a random sample shared by the group stands in for them.
-                weights = alive.to(torch.float32)
-                weights[pool] = 0
-                pool = torch.cat([pool, torch.multinomial(weights, R, generator=gen)])
-        members = order[lo:hi]
-        for s0 in range(0, len(members), wave_targets):  # a large group in slices
-            part = members[s0:s0 + wave_targets]
-            if wave and (queued + len(part) > wave_targets or len(wave) >= wave_groups):
-                flush()
-                queued = 0
-            wave.append((pool, part))
-            queued += len(part)
-    if wave:
-        flush()
-    if pbar is not None:
-        pbar.close()
-    return idx_out, coef_out
+        self.queued = 0
 
 
 def _steps(steps: range, progress: bool, desc: str):

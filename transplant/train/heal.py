@@ -63,16 +63,15 @@ from transplant.train.heal_config import (
     RunFolder,
     check_inputs,
     check_run_folder,
-    teacher_name,
     check_run_place,
     check_settings,
     documents,
     run_inputs,
+    teacher_name,
     write_run_config,
 )
 from transplant.train.heal_loop import HealLoop
-from transplant.train.heal_model import (FrozenLM, RowOffsets, expected_peak, load_models, load_tokenizers,
-                                         rows_to_heal)
+from transplant.train.heal_model import FrozenLM, RowOffsets, expected_peak, load_models, load_tokenizers, rows_to_heal
 from transplant.train.heal_windows import aligned_windows, chunk_logprobs, clean_cuts, split_held_out
 from transplant.train.heal_writer import write_healed
 from transplant.train.resume import checkpoint_tensors
@@ -114,15 +113,8 @@ def heal(cfg: HealConfig) -> HealResult:
     run = check_run_place(cfg, out, paths)
 
     # The text, before any folder is made or model loaded: a bad one fails in a second, leaving nothing.
-    docs = documents(cfg.texts)
-    stage(f"heal: aligning {sum(len(d) for d in docs):,} characters under both tokenizers")
-    s_tok, t_tok, s_start, t_start = load_tokenizers(folder, teacher_folder)
-    windows = aligned_windows(docs, s_tok, t_tok, cfg.seq_len - 1, 2 * cfg.seq_len - 1)
-    if len(windows) < 2:
-        raise TransplantError(f"the healing text gives {len(windows)} window(s) of --seq-len {cfg.seq_len}, "
-                              "fewer than the 2 a run needs (one held out; pass more text with --text)")
-    held_idx, train_idx = split_held_out(len(windows), cfg.held_out)
-    rows, made = rows_to_heal(plan, windows, train_idx, locate_embeddings(folder).rows, cfg.min_count)
+    text = HealText.read(cfg, folder, teacher_folder)
+    rows, made = rows_to_heal(plan, text.windows, text.train_idx, locate_embeddings(folder).rows, cfg.min_count)
     inputs = run_inputs(cfg, folder, teacher_folder)
     check_fits(expected_peak(cfg, folder, teacher_folder, len(rows), shards), "heal",
                "pass shorter windows or smaller batches with --seq-len/--batch-size or --optimizer row-adam, "
@@ -148,22 +140,16 @@ def heal(cfg: HealConfig) -> HealResult:
         net, opt = accelerator.prepare(offsets, opt)
         core: RowOffsets = accelerator.unwrap_model(net)
         stage(f"heal: training {len(rows):,} of {int(made.sum()):,} made rows ({'untied' if untied else 'tied'}), "
-              f"{len(train_idx):,} windows, {len(held_idx)} held out")
+              f"{len(text.train_idx):,} windows, {len(text.held_idx)} held out")
 
         if latest is not None:
             checkpoint_tensors(latest, core, "model or text")
-        loop = HealLoop(cfg=cfg, accelerator=accelerator, windows=windows, train_idx=train_idx, held_idx=held_idx,
-                        teacher=teacher, s_start=s_start, t_start=t_start, net=net, core=core, opt=opt,
-                        ckpts=ckpts, sharded=mesh is not None)
+        loop = HealLoop(cfg=cfg, accelerator=accelerator, windows=text.windows, train_idx=text.train_idx,
+                        held_idx=text.held_idx, teacher=teacher, s_start=text.s_start, t_start=text.t_start,
+                        net=net, core=core, opt=opt, ckpts=ckpts, sharded=mesh is not None)
         loop.resume_from(latest)
 
-        def resume_fix() -> str:
-            now = ckpts.latest()
-            since = f"its last checkpoint, {now.name}" if now is not None else "the start"
-            return (f"free space there, or pass --run on another disk, then rerun with --resume to continue "
-                    f"from {since}")
-
-        with disk_full_is_one_line(run, resume_fix):
+        with disk_full_is_one_line(run, lambda: _resume_fix(ckpts)):
             if accelerator.is_main_process:  # every check passed and the checkpoint loaded: the run folder is written
                 if afresh:
                     owner.start_afresh()
@@ -175,11 +161,9 @@ def heal(cfg: HealConfig) -> HealResult:
         summary = {**loop.state.as_dict(), "setup_seconds": round(setup_seconds, 2), "model": str(cfg.model),
                    "teacher": teacher_named, "teacher_folder": str(teacher_folder),
                    "texts": [str(t) for t in cfg.texts], "rows_trained": len(rows),
-                   "rows_made": int(made.sum()), "untied": untied, "windows": len(train_idx),
-                   "held_out_windows": len(held_idx), "processes": accelerator.num_processes,
-                   "body_shards": shards,
-                   "settings": {k: v for k, v in asdict(cfg).items()
-                                if k not in ("model", "texts", "out", "run", "resume", "overwrite")}}
+                   "rows_made": int(made.sum()), "untied": untied, "windows": len(text.train_idx),
+                   "held_out_windows": len(text.held_idx), "processes": accelerator.num_processes,
+                   "body_shards": shards, "settings": _settings(cfg)}
         # The models and the optimizer go before the healed matrices are made (the best offsets and
         # a copy of each matrix): at 7B widths the write was the run's peak, 0.8 GB above training's.
         del loop, net, opt, core, offsets, student, teacher, student_lm, teacher_lm
@@ -191,3 +175,39 @@ def heal(cfg: HealConfig) -> HealResult:
                 write_healed(folder, out, run, rows, summary, cfg.overwrite)
         accelerator.wait_for_everyone()
     return HealResult(out, run, summary)
+
+
+@dataclass
+class HealText:
+    """The healing text as windows both tokenizers cut alike, split into training and held-out
+    windows, and each tokenizer's start token."""
+
+    windows: list
+    train_idx: list[int]
+    held_idx: list[int]
+    s_start: int | None
+    t_start: int | None
+
+    @classmethod
+    def read(cls, cfg: HealConfig, folder: Path, teacher_folder: Path) -> HealText:
+        docs = documents(cfg.texts)
+        stage(f"heal: aligning {sum(len(d) for d in docs):,} characters under both tokenizers")
+        s_tok, t_tok, s_start, t_start = load_tokenizers(folder, teacher_folder)
+        windows = aligned_windows(docs, s_tok, t_tok, cfg.seq_len - 1, 2 * cfg.seq_len - 1)
+        if len(windows) < 2:
+            raise TransplantError(f"the healing text gives {len(windows)} window(s) of --seq-len {cfg.seq_len}, "
+                                  "fewer than the 2 a run needs (one held out; pass more text with --text)")
+        held_idx, train_idx = split_held_out(len(windows), cfg.held_out)
+        return cls(windows, train_idx, held_idx, s_start, t_start)
+
+
+def _resume_fix(ckpts: Checkpoints) -> str:
+    """How to go on after a full disk: from the run's last checkpoint."""
+    now = ckpts.latest()
+    since = f"its last checkpoint, {now.name}" if now is not None else "the start"
+    return f"free space there, or pass --run on another disk, then rerun with --resume to continue from {since}"
+
+
+def _settings(cfg: HealConfig) -> dict:
+    """The settings a summary records (what the run was, not where it read and wrote)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in ("model", "texts", "out", "run", "resume", "overwrite")}

@@ -17,7 +17,7 @@ from transplant.common.errors import TransplantError
 from transplant.train.tokenizer_train import train_tokenizer
 
 import builders as B
-from test_bad_inputs import run_inproc
+from cli_helpers import run_inproc
 
 TEXT = B.DATA / "bible_es.txt"
 

@@ -12,35 +12,15 @@ import json
 import shutil
 import struct
 import sys
-from types import SimpleNamespace
 
+import builders as B
 import numpy as np
 import pytest
 import torch
+from cli_helpers import assert_clean_failure, run_cli, run_inproc
+from conftest import ROLES
 from safetensors.numpy import load_file as load_np
 from safetensors.numpy import save_file as save_np
-
-import builders as B
-from conftest import ROLES
-from test_cli_errors import assert_clean_failure, run_cli
-
-from transplant.cli import main
-
-
-def run_inproc(args, monkeypatch, capsys, cwd=None, entry=None, prog="transplant"):
-    """`transplant ARGS` (or `prog` with its `entry` point) in this process; returns what a subprocess
-    run would (returncode, stdout, stderr)."""
-    if cwd is not None:
-        monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", [prog, *map(str, args)])
-    capsys.readouterr()
-    code = 0
-    try:
-        (entry or main)()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
 
 
 def _copy(src, dst):

@@ -21,7 +21,7 @@ from pathlib import Path
 import builders as B
 import pytest
 import torch
-from test_bad_inputs_commands import HN, TEXT, assert_refused, model, run_hn, run_tt, snapshot, text  # noqa: F401 (fixtures)
+from cli_helpers import HN, TEXT, assert_refused, model, run_hn, run_tt, snapshot, text  # noqa: F401 (fixtures)
 
 from transplant.common.errors import TransplantError
 

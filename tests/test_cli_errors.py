@@ -7,28 +7,11 @@ import shutil
 import subprocess
 import sys
 
+import builders as B
 import pytest
 import torch
+from cli_helpers import assert_clean_failure, run_cli
 from safetensors.torch import save_file
-
-import builders as B
-
-
-def run_cli(*args, cwd):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "transplant.cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=300)
-
-
-def assert_clean_failure(proc, phrase, out):
-    assert proc.returncode != 0, proc.stdout
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    assert phrase in lines[0], lines[0]
-    assert not out.exists()
-    assert not list(out.parent.glob(f".{out.name}.partial-*"))
 
 
 def _copy_model(src, dst):

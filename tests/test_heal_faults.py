@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import builders as B
 import pytest
-from test_bad_inputs_commands import assert_refused, run_tt, snapshot
+from cli_helpers import assert_refused, run_tt, snapshot
 
 from transplant.common.errors import TransplantError
 from transplant.train.heal import HealConfig, heal

@@ -318,6 +318,18 @@ def test_modules_are_short():
         f"{p} ({n})" for p, n in sorted(long.items(), key=lambda kv: -kv[1]))
 
 
+def test_test_files_never_import_one_another():
+    """What tests share lives in helper modules (builders, arch_builders, cli_helpers): a test file
+    imported by another runs its module-level setup twice and ties the two files' fates together."""
+    found = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            found += [f"{path.name}:{node.lineno} imports {n}" for n in names if n.split(".")[-1].startswith("test_")]
+    assert not found, found
+
+
 def _import_transplant_loads_torch() -> bool:
     probe = "import sys, transplant; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)

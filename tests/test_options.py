@@ -9,13 +9,18 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_bad_inputs import run_inproc
-from test_cli_errors import assert_clean_failure
+from cli_helpers import assert_clean_failure, run_inproc
 
 from transplant.common.errors import TransplantError
-from transplant.methods.initializers import InitContext, Option, declared_options, format_options, resolve_options
-from transplant.methods.initializers import registry
 from transplant.core.plan import MEAN, Made, Row
+from transplant.methods.initializers import (
+    InitContext,
+    Option,
+    declared_options,
+    format_options,
+    registry,
+    resolve_options,
+)
 from transplant.methods.planner import method_chain
 
 

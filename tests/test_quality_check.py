@@ -17,7 +17,7 @@ from transplant.methods.resources import Resources
 from transplant.train.tokenizer_train import train_tokenizer
 
 import builders as B
-from test_bad_inputs import run_inproc
+from cli_helpers import run_inproc
 
 
 def _numbered_text(lines: int = 600, crlf: bool = False) -> str:

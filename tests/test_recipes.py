@@ -10,8 +10,7 @@ from pathlib import Path
 
 import builders as B
 import pytest
-from test_bad_inputs import run_inproc
-from test_cli_errors import assert_clean_failure
+from cli_helpers import assert_clean_failure, run_inproc
 
 from transplant.core.plan import Plan
 from transplant.recipes import RecipeError, check_recipe, load_recipe, recipe_kwargs, shipped_recipes, variables

@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import json
 import random
+import string
 from pathlib import Path
 
 import torch
+from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 DATA = Path(__file__).resolve().parents[1] / "transplant" / "data"
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
+
+# Text hypothesis draws for round trips: letters, whitespace, accents, emoji (with a skin-tone
+# modifier, a variation selector and a flag) and punctuation.
+ACCENTED = "áéíóúñüçÁÉÑÜàèßøå"
+EMOJI = "😀🎉👍🏽❤️🇪🇸"
+MIXED = st.text(alphabet=st.sampled_from(list(string.ascii_letters + "  \n\t" + ACCENTED + EMOJI + ".,;!?'")),
+                max_size=80)
 
 def sample_text(lang: str = "en") -> str:
     return (DATA / f"bible_{lang}.txt").read_text()

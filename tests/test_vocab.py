@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import string
 
+import builders as B
 import pytest
+from builders import MIXED
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import builders as B
 from transplant.core.align import Alignment, shortest_segmentation
 from transplant.core.vocab import BYTE, NORMAL, SPECIAL, Vocabulary, detect_family, gpt2_byte_alphabet, load_tokenizer
 
-ACCENTED = "áéíóúñüçÁÉÑÜàèßøå"
-EMOJI = "😀🎉👍🏽❤️🇪🇸"  # includes a skin-tone modifier, a variation selector and a flag
-MIXED = st.text(alphabet=st.sampled_from(list(string.ascii_letters + "  \n\t" + ACCENTED + EMOJI + ".,;!?'")),
-                max_size=80)
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 

@@ -72,11 +72,23 @@ def model_label(spec: str) -> str:
               help="With --assist: the draft stops proposing when its top token's probability is below P "
                    "(assistant_confidence_threshold; 0 turns it off; default: the draft's generation config, "
                    "else transformers' 0.4). --draft-tokens 1 --draft-confidence 0 measures plain greedy agreement.")
+@click.option("--dynamic", is_flag=True,
+              help="Score dynamic tokenization: a continuation after a prefix read statically and with each batch's "
+                   "merges embedded by the model's hypernetwork (README: Dynamic tokenization).")
+@click.option("--merges", default="50,100,200,400", show_default=True, metavar="N,N,...",
+              help="With --dynamic: the merge budgets scored (merges per batch of 16 prefixes).")
+@click.option("--prefix-tokens", type=click.IntRange(min=8), default=256, show_default=True,
+              help="With --dynamic: base tokens of each prefix.")
+@click.option("--continuation-tokens", type=click.IntRange(min=1), default=64, show_default=True,
+              help="With --dynamic: base tokens of each scored continuation.")
+@click.option("--samples", type=click.IntRange(min=1), default=32, show_default=True,
+              help="With --dynamic: prefix and continuation pairs scored.")
 @click.option("--json", "as_json", is_flag=True,
               help='Print JSON: {"model": {...}, "compare": {...}, "ratio": ..., "excess": {...}}, each model with its '
                    '"name" and its "breakdown" (one row per kind of token).')
 def eval_cmd(model, tokenizer, texts, max_bytes, ctx, compare, top, plot, trust_remote_code, assist, prompts,
-             prompt_tokens, new_tokens, draft_tokens, draft_schedule, draft_confidence, as_json) -> None:
+             prompt_tokens, new_tokens, draft_tokens, draft_schedule, draft_confidence, dynamic, merges, prefix_tokens,
+             continuation_tokens, samples, as_json) -> None:
     """Bits per byte and bytes per token of MODEL on TEXT, and where the loss is.
 
     A transplanted MODEL's loss is split by where each token's row came from (copied exactly,
@@ -85,6 +97,21 @@ def eval_cmd(model, tokenizer, texts, max_bytes, ctx, compare, top, plot, trust_
     """
     from transplant.io.sources import check_model_config, resolve_model
 
+    ctx = click.get_current_context()
+    given = {name for name in ("merges", "prefix_tokens", "continuation_tokens", "samples", "max_bytes")
+             if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+    if dynamic:
+        if compare or assist or tokenizer:
+            raise TransplantError("--dynamic scores MODEL with its own tokenizer and hypernetwork: it takes no "
+                                  "--compare, --assist or --tokenizer")
+        from transplant.cli.dynamic_cmd import run_dynamic
+
+        # Without --max-bytes the samples take what they need (50 kB holds ~32 German prefixes).
+        return run_dynamic(model, model_label(model), texts, max_bytes if "max_bytes" in given else 0, plot, trust_remote_code,
+                           parse_budgets(merges), prefix_tokens, continuation_tokens, samples, as_json)
+    stray = sorted(given - {"max_bytes"})
+    if stray:
+        raise TransplantError(f"{', '.join('--' + s.replace('_', '-') for s in stray)}: only with --dynamic")
     if assist:
         if compare or plot or tokenizer:
             raise TransplantError("--assist measures MODEL as a draft: it takes no --compare, --plot or --tokenizer "
@@ -171,6 +198,23 @@ def _assist(draft: str, target: str, data: list[str], prompts: int, prompt_token
     click.echo(f"  wall time            {r.seconds_assisted:.1f} s assisted, {r.seconds_target:.1f} s target alone "
                f"(x{r.speedup:.2f})")
     click.echo(f"  identical to the target's greedy output: {r.identical} of {r.prompts} prompts")
+
+
+def parse_budgets(text: str) -> list[int]:
+    """`--merges 50,100,200` as numbers (each a whole number >= 1, at most 100,000).
+
+    Example:
+        >>> parse_budgets("50, 100,200")
+        [50, 100, 200]
+    """
+    try:
+        budgets = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        budgets = []
+    if not budgets or any(not 1 <= b <= 100_000 for b in budgets):
+        raise TransplantError(f"--merges {text!r}: give merge budgets as whole numbers from 1 to 100,000, separated "
+                              "by commas (e.g. --merges 50,100,200)")
+    return sorted(set(budgets))
 
 
 def _local(spec: str) -> list[Path]:

@@ -110,10 +110,38 @@ def plot_breakdown(kinds: list, path: str | Path, title: str = "") -> Path:
     losses.set_title("loss per token")
     if title:
         fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_dynamic(rows: list, path: str | Path, title: str = "") -> Path:
+    """Continuation bits per byte against prefix tokens saved (`DynamicRow`s of
+    `transplant.dynamic_eval`; the static prefix at 0), each point labelled with its merge budget."""
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    xs = [100 * r.tokens_saved for r in rows]
+    ys = [r.continuation_bits_per_byte for r in rows]
+    ax.plot(xs, ys, marker="o")
+    for r, x, y in zip(rows, xs, ys):
+        ax.annotate("static" if r.budget is None else str(r.budget), (x, y), textcoords="offset points",
+                    xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("prefix tokens saved (%)")
+    ax.set_ylabel("continuation bits per byte")
+    if title:
+        ax.set_title(title)
+    return save_figure(fig, Path(path))
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Write `fig` as the PNG `path`, drawn beside its name and renamed into place: a failed write
+    leaves no half PNG, and names the path to fix in one line."""
     import os
     import tempfile
 
-    # Drawn beside its name, then renamed into place: a failed write leaves no half PNG.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.resolve().parent)
     try:
         with os.fdopen(fd, "wb") as fh:

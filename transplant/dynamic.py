@@ -1,0 +1,313 @@
+"""Dynamic tokenization: shorter input sequences at run time, with no new vocabulary to train.
+
+A static transplant fixes one vocabulary. Dynamic tokenization (Feher, Vulić, Minixhofer,
+"Retrofitting (Large) Language Models with Dynamic Tokenization", ACL 2025) decides the token
+boundaries per batch of input: the base tokenizer's pieces, then the batch's most frequent
+adjacent pairs merged, BPE-style, never across a word boundary, and each merged token's input row
+predicted by the model's embedding hypernetwork (which reads any token as its base pieces). The
+model reads the shorter sequence through `inputs_embeds`; its output vocabulary stays the base
+one, so `generate` continues in base tokens from the prefill's KV cache as usual.
+
+- **Word boundaries** (one rule for every tokenizer family): between two tokens of different
+  pre-tokenizer words, before and after whitespace, and around special tokens (never merged).
+- **Budget**: `merges` (at most that many merges per batch) and/or `reduction` (stop once the batch
+  is that share shorter); merging stops when no pair occurs twice.
+- **Static tail**: the words of each text's last `static_tail` base tokens (64) are never merged:
+  the next tokens depend on them most. On SmolLM2 and German (`benchmarks/dynamic_tokens.py`)
+  this halved the continuation's extra bits per byte for a little less shortening.
+- **Rows**: a merged token whose text is a base token reads that token's row; the others are
+  predicted by the network (an LRU cache keeps them across batches), scaled as the model's
+  embedding module scales its rows (Gemma's sqrt(hidden)).
+
+Example:
+    >>> dyn = DynamicTokenizer.load("smollm2-135m-instruct")  # doctest: +SKIP
+    >>> units = dyn.tokenize(["Die Bundesregierung hat die Verordnung ..."], merges=100)  # doctest: +SKIP
+    >>> out = dyn.generate(["<|im_start|>user\\nHallo!<|im_end|>\\n"], merges=50, max_new_tokens=20)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from transplant.common.errors import TransplantError
+
+Unit = tuple[int, ...]  # a token of the dynamic sequence: the base ids it is made of
+
+# Base tokens at the end of each text left unmerged (`DynamicTokenizer.tokenize`).
+STATIC_TAIL = 64
+
+
+def word_units(encoding, text: str, specials: set[int]) -> list[list[Unit]]:
+    """The base tokens of one encoded text grouped into words (lists of one-id units): a word
+    ends where the pre-tokenizer's word changes, at whitespace on either side, and around every
+    special token.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> enc = NS(ids=[5, 6, 7, 8], offsets=[(0, 2), (2, 4), (4, 5), (5, 8)], word_ids=[0, 0, 1, 1])
+        >>> word_units(enc, "abcd efg", set())
+        [[(5,), (6,)], [(7,)], [(8,)]]
+    """
+    words: list[list[Unit]] = []
+    last_word, last_special = None, True
+    for tid, (start, _), word in zip(encoding.ids, encoding.offsets, encoding.word_ids):
+        special = tid in specials
+        joined = (not special and not last_special and word == last_word
+                  and not text[start:start + 1].isspace() and not text[start - 1:start].isspace())
+        if joined and words:
+            words[-1].append((tid,))
+        else:
+            words.append([(tid,)])
+        last_word, last_special = word, special
+    return words
+
+
+@dataclass
+class Merges:
+    """What `merge_batch` did: the merges in order and the batch's token counts before and after."""
+
+    pairs: list[tuple[Unit, Unit]]
+    tokens_before: int
+    tokens_after: int
+
+
+def merge_batch(texts_words: list[list[list[Unit]]], merges: int | None = None,
+                reduction: float | None = None, max_pieces: int | None = None) -> Merges:
+    """Merge, in place, the most frequent adjacent pair of units inside words across the whole
+    batch, again and again, until `merges` merges, a `reduction` share fewer tokens, or no pair
+    occurring twice (a pair seen once would cost a prediction to save one position).
+
+    Example:
+        >>> words = [[[(1,), (2,)], [(1,), (2,), (3,)]], [[(1,), (2,)]]]
+        >>> m = merge_batch(words, merges=5)
+        >>> m.pairs, words[0]
+        ([((1,), (2,))], [[(1, 2)], [(1, 2), (3,)]])
+    """
+    # BPE over word types (a word repeated in the batch counts once per occurrence), with pair
+    # counts kept up to date by each merge and a heap of (count, order) candidates.
+    types: dict[tuple[Unit, ...], int] = Counter(tuple(w) for words in texts_words for w in words)
+    forms = [list(t) for t in types]
+    freq = list(types.values())
+    before = sum(len(w) for words in texts_words for w in words)
+    counts: Counter = Counter()
+    where: dict[tuple[Unit, Unit], set[int]] = {}
+    order: dict[tuple[Unit, Unit], int] = {}
+    heap: list[tuple[int, int, tuple[Unit, Unit]]] = []
+
+    def add(pair, t, n) -> None:
+        if max_pieces is not None and len(pair[0]) + len(pair[1]) > max_pieces:
+            return  # a longer token than asked for: never a candidate
+        counts[pair] += n
+        where.setdefault(pair, set()).add(t)
+        order.setdefault(pair, len(order))
+        heapq.heappush(heap, (-counts[pair], order[pair], pair))
+
+    for t, form in enumerate(forms):
+        for pair in zip(form, form[1:]):
+            add(pair, t, freq[t])
+    done: list[tuple[Unit, Unit]] = []
+    tokens = before
+    goal = None if reduction is None else before * (1.0 - reduction)
+    while heap and (merges is None or len(done) < merges) and (goal is None or tokens > goal):
+        neg, _, pair = heapq.heappop(heap)
+        if -neg != counts.get(pair, 0):
+            continue  # a stale entry: the pair's count changed since it was pushed
+        if -neg < 2:
+            break
+        done.append(pair)
+        merged = pair[0] + pair[1]
+        for t in list(where.pop(pair, ())):
+            form, n = forms[t], freq[t]
+            for p in zip(form, form[1:]):
+                if p in counts:
+                    counts[p] -= n
+            new, i = [], 0
+            while i < len(form):
+                if i + 1 < len(form) and (form[i], form[i + 1]) == pair:
+                    new.append(merged)
+                    i += 2
+                    tokens -= n
+                else:
+                    new.append(form[i])
+                    i += 1
+            forms[t] = new
+            for p in zip(new, new[1:]):
+                add(p, t, n)
+        counts.pop(pair, None)
+    result = {t: forms[i] for i, t in enumerate(types)}
+    for words in texts_words:
+        for k, w in enumerate(words):
+            words[k] = list(result[tuple(w)])
+    return Merges(done, before, tokens)
+
+
+class DynamicTokenizer:
+    """A causal LM, its base tokenizer and its embedding hypernetwork, turning texts into shorter
+    input sequences (see the module docstring).
+
+    Args:
+        model: the `transformers` causal LM (any dtype and device).
+        tokenizer: its `tokenizers.Tokenizer`.
+        network: a `hypernet.model.HyperNet` trained for this model (checked by fingerprint).
+        cache_size: predicted rows kept between batches (least recently used dropped).
+    """
+
+    def __init__(self, model, tokenizer, network, *, cache_size: int = 100_000) -> None:
+        from transplant.measure.lm import embed_scale
+
+        self.model, self.tokenizer, self.network = model, tokenizer, network
+        self.embedding = model.get_input_embeddings()
+        head = model.get_output_embeddings()
+        tied = head is None or head.weight is self.embedding.weight
+        self.E_in = self.embedding.weight.detach()
+        self.E_out = None if tied else head.weight.detach()
+        network.check_source(self.E_in, self.E_out)
+        self.scale = embed_scale(model)
+        self.specials = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+        self.vocab = tokenizer.get_vocab()
+        self.cache_size = cache_size
+        self._rows: OrderedDict[Unit, torch.Tensor | int] = OrderedDict()
+        self.predicted = 0  # rows the network predicted (cache misses), for the curious
+
+    @classmethod
+    def load(cls, model: str | Path, *, network: str | Path | None = None, dtype: torch.dtype = torch.float32,
+             trust_remote_code: bool = False) -> DynamicTokenizer:
+        """Load `model` (a folder, packaged name or anything `transplant run` takes) and the
+        hypernetwork `auto` would pick for it (or `network`, a network folder).
+
+        Example:
+            >>> DynamicTokenizer.load(model_dir)
+            Traceback (most recent call last):
+            ...
+            transplant.common.errors.TransplantError: no hypernetwork is known for tiny-model: ...
+        """
+        from tokenizers import Tokenizer
+        from transformers import AutoModelForCausalLM
+
+        from hypernet.model import HyperNet
+        from transplant.io.sources import check_model_config, resolve_model
+
+        folder = resolve_model(str(model))
+        check_model_config(folder, trust_remote_code)
+        net_folder = Path(network) if network is not None else known_network(folder, str(model))
+        lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, trust_remote_code=trust_remote_code)
+        return cls(lm.eval().requires_grad_(False), Tokenizer.from_file(str(folder / "tokenizer.json")), HyperNet.load(net_folder))
+
+    # -- tokenizing -------------------------------------------------------------------------------
+    def tokenize(self, texts: list[str], *, merges: int | None = None, reduction: float | None = None,
+                 static_tail: int = STATIC_TAIL, add_special_tokens: bool = True) -> list[list[Unit]]:
+        """Each text as a list of units (tuples of base ids), after the batch's merges; the words
+        of each text's last `static_tail` base tokens stay base tokens (what the next tokens depend
+        on most: on German text this halves the loss dynamic tokens cost, module docstring)."""
+        check_budget(merges, reduction)
+        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
+        words = [word_units(e, t, self.specials) for e, t in zip(encodings, texts)]
+        if merges == 0 or (merges is None and reduction is None):
+            return [[u for w in ws for u in w] for ws in words]
+        heads, tails = zip(*(_split_tail(ws, static_tail) for ws in words))
+        merge_batch(list(heads), merges, reduction)
+        return [[u for w in (*head, *tail) for u in w] for head, tail in zip(heads, tails)]
+
+    # -- rows -------------------------------------------------------------------------------------
+    def _source(self, unit: Unit) -> torch.Tensor | int:
+        """A base id (one-id units, and merged units whose text is a base token) or a predicted row."""
+        if len(unit) == 1:
+            return unit[0]
+        if unit in self._rows:
+            self._rows.move_to_end(unit)
+        return self._rows[unit]
+
+    def _predict_missing(self, units: set[Unit]) -> None:
+        todo = [u for u in units if len(u) > 1 and u not in self._rows]
+        if not todo:
+            return
+        fresh = []
+        for u in todo:
+            text = "".join(self.tokenizer.id_to_token(i) for i in u)
+            same = self.vocab.get(text)
+            if same is not None and same not in self.specials:
+                self._rows[u] = same
+            else:
+                fresh.append(u)
+        if fresh:
+            rows, _ = self.network.predict([list(u) for u in fresh], self.E_in, self.E_out)
+            self.predicted += len(fresh)
+            for u, r in zip(fresh, rows):
+                self._rows[u] = r
+        while len(self._rows) > self.cache_size:
+            self._rows.popitem(last=False)
+
+    def embed(self, sequences: list[list[Unit]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs_embeds, attention_mask) for `sequences`, left-padded (what `generate` and a
+        prefill want), in the model's dtype and on its device."""
+        if not sequences or any(not s for s in sequences):
+            raise TransplantError("nothing to embed: every sequence needs at least one token")
+        self._predict_missing({u for s in sequences for u in s})
+        device, dtype = self.E_in.device, self.E_in.dtype
+        width = max(len(s) for s in sequences)
+        x = torch.zeros(len(sequences), width, self.E_in.shape[1], dtype=dtype, device=device)
+        mask = torch.zeros(len(sequences), width, dtype=torch.long, device=device)
+        for r, seq in enumerate(sequences):
+            sources = [self._source(u) for u in seq]
+            base = [k for k, s in enumerate(sources) if isinstance(s, int)]
+            made = [k for k, s in enumerate(sources) if not isinstance(s, int)]
+            row = x[r, width - len(seq):]
+            with torch.no_grad():
+                if base:  # the model's own embedding module: its scale and dtype
+                    row[base] = self.embedding(torch.tensor([sources[k] for k in base], device=device)).to(dtype)
+                if made:
+                    row[made] = (torch.stack([sources[k] for k in made]) * self.scale).to(device=device, dtype=dtype)
+            mask[r, width - len(seq):] = 1
+        return x, mask
+
+    # -- generating -------------------------------------------------------------------------------
+    def generate(self, texts: list[str], *, merges: int | None = None, reduction: float | None = None,
+                 add_special_tokens: bool = True, **generate_kwargs) -> torch.Tensor:
+        """`model.generate` after a dynamic prefill of `texts`; returns the new base-token ids
+        (batch, new), as `generate` returns them for `inputs_embeds` (the model's generation config:
+        its stop tokens and sampling settings, unless overridden)."""
+        units = self.tokenize(texts, merges=merges, reduction=reduction, add_special_tokens=add_special_tokens)
+        x, mask = self.embed(units)
+        with torch.no_grad():
+            return self.model.generate(inputs_embeds=x, attention_mask=mask, **generate_kwargs)
+
+
+def _split_tail(words: list[list[Unit]], tail: int) -> tuple[list[list[Unit]], list[list[Unit]]]:
+    """(the words before, the words holding the last `tail` base tokens): whole words."""
+    k, n = len(words), 0
+    while k > 0 and n < tail:
+        k -= 1
+        n += len(words[k])
+    return words[:k], words[k:]
+
+
+def check_budget(merges: int | None, reduction: float | None) -> None:
+    """A budget is merges >= 0 and/or a reduction in [0, 1)."""
+    if merges is not None and (isinstance(merges, bool) or not isinstance(merges, int) or merges < 0):
+        raise TransplantError(f"merges must be a whole number >= 0, not {merges!r}")
+    if reduction is not None and not (0.0 <= reduction < 1.0):
+        raise TransplantError(f"reduction must be a share in [0, 1), not {reduction!r}")
+
+
+def known_network(folder: Path, name: str) -> Path:
+    """The network `auto` would use for the model in `folder`, found before the model loads (the
+    match reads a few rows of the stored input matrix and whether the model has a head of its own)."""
+    from hypernet.registry import find_network
+    from transplant.io.checkpoint import locate_embeddings, read_embedding
+
+    layout = locate_embeddings(folder)
+    E_in = read_embedding(layout, layout.input_key)
+    found = find_network(E_in, None if layout.output_key is None else E_in)
+    if found is None:
+        raise TransplantError(f"no hypernetwork is known for {Path(name).name}: train one with `transplant hypernet "
+                              f"train --model {name} ...` and register it (`transplant hypernet register`), or pass "
+                              "a network folder")
+    return found[0].path
+
+
+__all__ = ["DynamicTokenizer", "Merges", "Unit", "check_budget", "known_network", "merge_batch", "word_units"]

@@ -5,19 +5,27 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import builders as B
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from transplant import Plan, apply_plan, transplant
-from transplant.methods.initializers import available
 from transplant.core.vocab import load_tokenizer
+from transplant.methods.initializers import available
 
 METHODS = [m for m in available() if m not in ("special", "exact")]
 COPIED = ("exact", "byte", "special")
 # Methods needing resources the tiny fixtures lack: method -> fixture giving {method: {target: options}}.
-SETTINGS = {"wechsel": "crosslingual_options", "focus": "crosslingual_options", "hypernet": "hypernet_options"}
+SETTINGS = {"wechsel": "crosslingual_options", "focus": "crosslingual_options", "hypernet": "hypernet_options",
+            "cw2v": "text_options"}
+
+
+@pytest.fixture(scope="session")
+def text_options():
+    """Methods that learn from target text: the repo's sample, briefly."""
+    return {"cw2v": {t: {"cw2v.text": str(B.DATA / "bible_en.txt"), "cw2v.steps": 30} for t in ("sp", "wp")}}
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import math
 
+import builders as B
 import pytest
 from builders import MIXED
 from hypothesis import given, settings
@@ -187,3 +188,35 @@ def test_shipped_network_matches_its_packaged_model(name, request):
                                                     "gemma": "gemma-3-270m"}[name]
     assert cos > 0.99
     assert find_network(torch.randn_like(E_in), E_out) is None
+
+
+@pytest.mark.parametrize("name", ["smollm2", "gemma"])
+def test_generation_after_a_dynamic_prefill_ends_as_a_static_run_does(name, request):
+    """A chat prompt read with dynamic tokens (its shipped network), then greedy `generate`: new base
+    tokens only, stopping on the model's own stop tokens as the static run does, and the reply is
+    text of the template's form (no special token but the stop token)."""
+    from transformers import AutoTokenizer
+
+    from transplant.dynamic import DynamicTokenizer
+
+    folder = request.getfixturevalue(name)[0]
+    dyn = DynamicTokenizer.load(folder)
+    hf = AutoTokenizer.from_pretrained(str(folder))
+    story = " ".join(B.lines("es")[:12])
+    prompt = hf.apply_chat_template([{"role": "user", "content": f"Resume en una frase: {story}"}], tokenize=False,
+                                    add_generation_prompt=True)
+    stops = dyn.model.generation_config.eos_token_id
+    stops = set(stops if isinstance(stops, list) else [stops])
+    outputs = {}
+    for merges in (0, 100):
+        units = dyn.tokenize([prompt], merges=merges, add_special_tokens=False)[0]
+        out = dyn.generate([prompt], merges=merges, add_special_tokens=False, max_new_tokens=48, do_sample=False)[0]
+        ids = out.tolist()
+        ended = [i for i in ids if i in stops]
+        if len(ids) < 48:  # it stopped: on a stop token, and only at the end
+            assert ended and ids.index(ended[0]) == len(ids) - 1, ids
+        specials = {i for i in ids if i in dyn.specials} - stops
+        assert not specials, hf.convert_ids_to_tokens(sorted(specials))
+        outputs[merges] = (len(units), hf.decode(ids, skip_special_tokens=True))
+    assert outputs[100][0] < outputs[0][0]  # the dynamic prompt was shorter
+    assert outputs[100][1].strip() and outputs[0][1].strip()

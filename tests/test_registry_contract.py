@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import math
 
+import builders as B
 import numpy as np
 import pytest
 
 from transplant.core.align import Alignment
-from transplant.methods.initializers import InitContext, available, get_initializer, resolve_options
 from transplant.core.plan import OVERRIDE, Made, Row, RowBlock
-from transplant.methods.resources import Resources
 from transplant.core.vocab import load_tokenizer
+from transplant.methods.initializers import InitContext, available, get_initializer, resolve_options
+from transplant.methods.resources import Resources
 
 METHODS = [m for m in available() if m not in ("special", "exact")]
 
@@ -26,7 +27,8 @@ METHODS = [m for m in available() if m not in ("special", "exact")]
 @pytest.fixture(scope="module")
 def resource_options(tok_dirs, tmp_path_factory, hypernet_dir):
     """Options pointing at fixture-built resources, for methods that need some to run at all."""
-    options = {"hypernet": {"hypernet.path": str(hypernet_dir)}}
+    options = {"hypernet": {"hypernet.path": str(hypernet_dir)},
+               "cw2v": {"cw2v.text": str(B.DATA / "bible_en.txt"), "cw2v.steps": 30}}
     try:
         from vector_fixtures import crosslingual_options
     except ImportError:  # no fastText fixtures (methods without them need none)

@@ -289,6 +289,7 @@ def make_plan(sources: Sources, spec: RunSpec, model_arg: str, new_tokenizer_arg
     old_rows = len(sources.old_src.vocabulary())
     resources = (Resources.from_checkpoint(sources.layout, old_rows) if sources.layout is not None
                  else Resources.from_model(sources.model, old_rows))
+    resources.new_source = sources.new_src  # its recorded training text, for methods that learn from text
     method, options = spec.method_arg, spec.options or None
     auto = None
     if is_auto(method):

@@ -70,6 +70,7 @@ class Resources:
     def __init__(self, read_input: Callable[[], torch.Tensor], read_output: Callable[[], torch.Tensor] | None,
                  old_rows: int) -> None:
         self._read_input, self._read_output = read_input, read_output
+        self.new_source = None  # the target tokenizer's TokenizerSource, when the run has one (recorded text)
         self.old_rows = old_rows
         self._cache: dict[str, Any] = {}
         self._prints: dict[str, str] = {}
@@ -175,6 +176,21 @@ class Resources:
         if key in self._cache:  # hashing a 200 MB file once per run is enough
             return self._cache[key]
         return self.cached(key, load, file_fingerprint(path))
+
+    def recorded_head(self, max_bytes: int) -> str:
+        """The new tokenizer's recorded training text (`transplant tokenizer train`), up to
+        `max_bytes` leading bytes and never into the held-out tail a run's quality line scores;
+        "" when none is recorded (or the run set no `new_source`). For methods that learn from text."""
+        from transplant.io.recorded_text import recorded_texts
+
+        if self.new_source is None:
+            return ""
+        texts, _ = recorded_texts(self.new_source)
+        parts = []
+        for t in texts:
+            with open(t.path, "rb") as fh:
+                parts.append(fh.read(t.head_limit(max(0, max_bytes - sum(map(len, parts))))))
+        return b"".join(parts).decode("utf-8", errors="ignore")
 
     def note(self, key: str, fingerprint: str) -> None:
         """Record a resource a method used (e.g. a dictionary file) and its fingerprint."""

@@ -38,6 +38,7 @@ _REGISTRY: dict[str, str | type] = {
     "focus": "focus:FOCUSInitializer",
     "omp": "omp:OMPInitializer",
     "hypernet": "hypernet:HyperNetInitializer",
+    "cw2v": "cw2v:CW2VInitializer",
 }
 
 

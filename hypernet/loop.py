@@ -236,9 +236,13 @@ class Stage2:
     sampler: TokenizerSampler
     frozen: FrozenLM
     bos: int | None
+    base_tokenizer: object = None  # tokenizers.Tokenizer of the model: dynamically merged batches
 
     def loss(self, rng: random.Random, aux_rows: list[int]) -> dict:
-        """One stage-2 batch: LM loss over a drawn tokenizer, plus the auxiliary stage-1 loss."""
+        """One stage-2 batch: LM loss over a drawn tokenizer (or, a `dynamic_share` of the steps,
+        over the base tokenization with the batch's merges), plus the auxiliary stage-1 loss."""
+        if self.loop.cfg.dynamic_share and rng.random() < self.loop.cfg.dynamic_share:
+            return self.dynamic_loss(rng, aux_rows)
         loop, cfg = self.loop, self.loop.cfg
         E_in, E_out, decomps, device = loop.E_in, loop.E_out, loop.examples.decomps, loop.device
         source = rng.randrange(len(self.pool.texts))
@@ -285,3 +289,44 @@ class Stage2:
         pieces = sum(len(st.pieces[i]) for i in predicted) + sum(len(decomps[r]) for r in aux_rows)
         return {"total": lm + cfg.aux_weight * aux, "lm": lm.detach(), "aux": aux.detach(), "tokens": n_tok,
                 "made_share": made_share, "predicted": n_pred + len(aux_rows), "pieces": pieces}
+
+    def dynamic_loss(self, rng: random.Random, aux_rows: list[int]) -> dict:
+        """The base tokenization of a batch, merged inside words until a random 10-40% fewer tokens
+        (`transplant.core.batch_merges`, as `transplant.dynamic` merges at run time); merged tokens
+        read predicted input rows, every position is labelled with the next unit's first base token
+        over the whole base vocabulary (the output side stays the model's own)."""
+        from transplant.core.batch_merges import merge_batch, word_units
+
+        loop, cfg = self.loop, self.loop.cfg
+        E_in, E_out, decomps, device = loop.E_in, loop.E_out, loop.examples.decomps, loop.device
+        source = rng.randrange(len(self.pool.texts))
+        texts = self.pool.chunks(rng, source, cfg.batch_size, cfg.seq_len * 8)
+        encodings = self.base_tokenizer.encode_batch(texts, add_special_tokens=False)
+        words = [word_units(e, t, set()) for e, t in zip(encodings, texts)]
+        merge_batch(words, reduction=rng.uniform(0.1, 0.4))
+        seqs = [[u for w in ws for u in w][:cfg.seq_len - 1] for ws in words]
+        made = sorted({u for s in seqs for u in s if len(u) > 1})
+        slot = {u: k for k, u in enumerate(made)}
+        a, b = loop.forward([list(u) for u in made] + [decomps[r] for r in aux_rows])
+        aux = loop.withheld_loss(aux_rows, a[len(made):], b[len(made):])
+        n_old = E_in.shape[0]
+        # Ids: a base token its own id, a merged one n_old + its slot; -2 the start token, -1 padding.
+        ids, mask = with_start_token([[u[0] if len(u) == 1 else n_old + slot[u] for u in s] for s in seqs], -2,
+                                     pad=-1)
+        first = with_start_token([[u[0] for u in s] for s in seqs], -2, pad=-1)[0]
+        ids, mask, first = ids.to(device), mask.bool().to(device), first.to(device)
+        base = E_in[ids.clamp(0, n_old - 1)].float()
+        x = torch.where((ids >= n_old).unsqueeze(2), a[(ids - n_old).clamp(0, max(0, len(made) - 1))], base) \
+            if made else base
+        if self.bos is not None:
+            x = torch.where((ids == -2).unsqueeze(2), E_in[self.bos].float().expand_as(x), x)
+        hidden = self.frozen.hidden(x, mask)
+        E_head = E_in if E_out is None else E_out
+        logits = self.frozen.rule(hidden[:, :-1].float() @ E_head.float().T)
+        labels = torch.where(mask[:, 1:], first[:, 1:], torch.full_like(first[:, 1:], -100))
+        lm = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        n_tok = int((labels >= 0).sum())
+        made_share = float(((ids[:, 1:] >= n_old) & mask[:, 1:]).sum()) / max(1, n_tok)
+        pieces = sum(len(u) for u in made) + sum(len(decomps[r]) for r in aux_rows)
+        return {"total": lm + cfg.aux_weight * aux, "lm": lm.detach(), "aux": aux.detach(), "tokens": n_tok,
+                "made_share": made_share, "predicted": len(made) + len(aux_rows), "pieces": pieces}

@@ -46,6 +46,12 @@ class TrainConfig:
     lr: float = setting(3e-4, "Stage 1 learning rate.", flag="--lr", gt=0)
     stage2_lr: float = setting(1e-4, "Stage 2 learning rate.", flag="--stage2-lr", gt=0)
     warmup: int = setting(20, "Steps of linear learning-rate warm-up.", ge=0)
+    dynamic_share: float = setting(
+        0.0, "Share of stage-2 steps that read the base tokenization with the batch's own merges (dynamic "
+        "tokenization: only merged tokens predicted, next base token as label) instead of a sampled tokenizer.",
+        flag="--dynamic-share", ge=0, le=1)
+    init: str = setting("", "Start from this network folder's weights (its width and layers) and fine-tune it; it "
+                        "must belong to --model.", flag="--init")
     width: int = setting(0, "Encoder width (0: the model's hidden size, as ZeTT).", flag="--width", ge=0)
     layers: int = setting(3, "Encoder layers.", flag="--layers", ge=1)
     max_pieces: int = setting(8, "Old pieces the encoder reads per token.", ge=1)

@@ -94,6 +94,9 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
 
     folder = resolve_model(cfg.model)
     refuse_custom_code(folder)
+    if cfg.init and not (Path(cfg.init) / "config.json").is_file():
+        raise TransplantError(f"--init {cfg.init}: not a hypernetwork folder (no config.json); pass a folder "
+                              "`hypernet train` or `hypernet export` wrote")
     source = load_tokenizer(folder)
     vocab = source.vocabulary()
     pool = TextPool.from_files(cfg.texts)
@@ -154,9 +157,13 @@ def _train(cfg: TrainConfig, accelerator, mesh, inputs: Inputs, latest: Path | N
     targets, decomps = withheld_decompositions(inputs.vocab)
     if not targets:
         raise TransplantError(f"{cfg.model}'s vocabulary has no token made of smaller tokens to learn from")
-    net = HyperNet.create(E_in.cpu(), None if E_out is None else E_out.cpu(), base_model=cfg.model, seed=cfg.seed,
-                          **({"width": cfg.width} if cfg.width else {}), layers=cfg.layers,
-                          max_pieces=cfg.max_pieces)
+    if cfg.init:  # fine-tune a network: its own shape, and it must be this model's
+        net = HyperNet.load(cfg.init)
+        net.check_source(E_in, E_out)
+    else:
+        net = HyperNet.create(E_in.cpu(), None if E_out is None else E_out.cpu(), base_model=cfg.model,
+                              seed=cfg.seed, **({"width": cfg.width} if cfg.width else {}), layers=cfg.layers,
+                              max_pieces=cfg.max_pieces)
     if latest is not None:
         check_resumable(cfg, out, latest, net, inputs.fingerprints)
     stage(f"hypernet: {parameter_count(net) / 1e6:.1f}M parameters, {len(targets)} stage-1 examples")
@@ -174,7 +181,8 @@ def _train(cfg: TrainConfig, accelerator, mesh, inputs: Inputs, latest: Path | N
         sampler = TokenizerSampler(inputs.tokenizer, inputs.pool, min_share=cfg.min_vocab_share,
                                    train_chars=cfg.train_chars)
         # FrozenLM: the body's forward and the logit rule, as heal reads them.
-        loop.run_stage2(Stage2(loop, inputs.pool, sampler, FrozenLM(lm), start_token(inputs.vocab.roles)))
+        loop.run_stage2(Stage2(loop, inputs.pool, sampler, FrozenLM(lm), start_token(inputs.vocab.roles),
+                               inputs.tokenizer))
     loop.finish({"base_model": cfg.model, "texts": cfg.texts, "parameters": parameter_count(loop.core),
                  "processes": accelerator.num_processes,
                  "body_shards": accelerator.num_processes if mesh is not None else 1})

@@ -233,7 +233,7 @@ class Stage2:
 
     loop: HyperNetLoop
     pool: TextPool
-    sampler: TokenizerSampler
+    sampler: TokenizerSampler | None  # None: every step dynamically merged (--dynamic-share 1)
     frozen: FrozenLM
     bos: int | None
     base_tokenizer: object = None  # tokenizers.Tokenizer of the model: dynamically merged batches

@@ -177,9 +177,11 @@ def _train(cfg: TrainConfig, accelerator, mesh, inputs: Inputs, latest: Path | N
 
     loop.run_stage1()
     if cfg.steps > 0 or cfg.minutes is not None:
-        stage("hypernet: seed vocabularies for sampled tokenizers")
-        sampler = TokenizerSampler(inputs.tokenizer, inputs.pool, min_share=cfg.min_vocab_share,
-                                   train_chars=cfg.train_chars)
+        sampler = None  # every step dynamically merged: no tokenizer is ever sampled
+        if cfg.dynamic_share < 1:
+            stage("hypernet: seed vocabularies for sampled tokenizers")
+            sampler = TokenizerSampler(inputs.tokenizer, inputs.pool, min_share=cfg.min_vocab_share,
+                                       train_chars=cfg.train_chars)
         # FrozenLM: the body's forward and the logit rule, as heal reads them.
         loop.run_stage2(Stage2(loop, inputs.pool, sampler, FrozenLM(lm), start_token(inputs.vocab.roles),
                                inputs.tokenizer))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import builders as B
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -19,8 +21,6 @@ from hypernet.training import load_source
 from transplant import transplant
 from transplant.common.errors import TransplantError
 from transplant.core.vocab import Vocabulary
-
-import builders as B
 
 TEXTS = [str(B.DATA / "bible_en.txt"), str(B.DATA / "bible_es.txt")]
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,9 +225,8 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(build_model, tmp_path)
 
 
 def test_trained_network_plugs_into_transplant_and_apply(build_model, tok_dirs, tmp_path):
-    from transplant.api import apply_plan
-
     from hypernet.training import export_checkpoint
+    from transplant.api import apply_plan
 
     model = build_model(tmp_path / "m", tied=True)
     out = train(_cfg(model, tmp_path / "hn", stage1_steps=10, steps=2))
@@ -399,3 +398,24 @@ def test_every_shipped_network_recipe_reads_as_a_training_config(recipe, monkeyp
     cfg = config_from(str(recipe), {}, set())
     assert cfg.model and cfg.texts and all(t.startswith("/corpora/") or "work" in t for t in cfg.texts)
     assert cfg.layers >= 1 and (cfg.steps or cfg.minutes)
+
+
+def test_fine_tuning_on_dynamically_merged_batches(build_model, tmp_path):
+    """--init starts from a network of this model (its shape, its weights), --dynamic-share 1 trains
+    every stage-2 step on the base tokenization with the batch's own merges: merged tokens are
+    predicted (made_share > 0), the loss is finite and the network moves."""
+    model = build_model(tmp_path / "m", tied=False)
+    first = train(_cfg(model, tmp_path / "first", steps=0))
+    tuned = train(_cfg(model, tmp_path / "tuned", stage1_steps=0, steps=3, init=str(first), dynamic_share=1.0,
+                       width=0, layers=3))
+    assert HyperNet.load(tuned).config.width == HyperNet.load(first).config.width == 16  # the init's shape
+    stage2 = [r for r in _log(tuned) if r["stage"] == 2]
+    assert len(stage2) == 3 and all(math.isfinite(r["lm_loss"]) for r in stage2)
+    assert any(r["made_share"] > 0 for r in stage2)
+    a, b = load_file(str(first / "model.safetensors")), load_file(str(tuned / "model.safetensors"))
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("encoder"))
+    with pytest.raises(TransplantError, match="--init"):
+        train(_cfg(model, tmp_path / "bad", init=str(tmp_path / "nowhere")))
+    other = build_model(tmp_path / "other", tied=False, seed=7)
+    with pytest.raises(TransplantError, match="belongs to"):
+        train(_cfg(other, tmp_path / "bad2", stage1_steps=0, steps=1, init=str(first)))

@@ -203,14 +203,18 @@ def test_generation_after_a_dynamic_prefill_ends_as_a_static_run_does(name, requ
     dyn = DynamicTokenizer.load(folder)
     hf = AutoTokenizer.from_pretrained(str(folder))
     story = " ".join(B.lines("es")[:12])
-    prompt = hf.apply_chat_template([{"role": "user", "content": f"Resume en una frase: {story}"}], tokenize=False,
-                                    add_generation_prompt=True)
+    # The chat template when the model has one (the packaged Gemma GGUF carries none: plain text, with
+    # the tokenizer's own start token).
+    chat = bool(hf.chat_template)
+    prompt = (hf.apply_chat_template([{"role": "user", "content": f"Resume en una frase: {story}"}], tokenize=False,
+                                     add_generation_prompt=True) if chat else story)
     stops = dyn.model.generation_config.eos_token_id
     stops = set(stops if isinstance(stops, list) else [stops])
     outputs = {}
     for merges in (0, 100):
-        units = dyn.tokenize([prompt], merges=merges, add_special_tokens=False)[0]
-        out = dyn.generate([prompt], merges=merges, add_special_tokens=False, max_new_tokens=48, do_sample=False)[0]
+        units = dyn.tokenize([prompt], merges=merges, add_special_tokens=not chat)[0]
+        out = dyn.generate([prompt], merges=merges, add_special_tokens=not chat, max_new_tokens=48,
+                           do_sample=False)[0]
         ids = out.tolist()
         ended = [i for i in ids if i in stops]
         if len(ids) < 48:  # it stopped: on a stop token, and only at the end

@@ -154,13 +154,26 @@ def find_network(E_in, E_out) -> tuple[KnownNetwork, float] | None:
     """The first known network (see `known_networks` for the order) trained for the model whose
     embeddings are `E_in` (and head `E_out`, None when tied), with its fingerprint cosine.
     Only a few rows of `E_in` are read (any dtype), and of `E_out` only whether it is None."""
+    found = find_networks(E_in, E_out)
+    return found[0] if found else None
+
+
+def find_networks(E_in, E_out) -> list[tuple[KnownNetwork, float]]:
+    """Every known network trained for this model, in `known_networks`' order, with its cosine."""
     from .model import SAME_BASE_COSINE
 
+    found = []
     for net in known_networks():
         cos = match_cosine(net, E_in, E_out)
         if cos is not None and cos >= SAME_BASE_COSINE:
-            return net, cos
-    return None
+            found.append((net, cos))
+    return found
+
+
+def trained_dynamic(net: KnownNetwork) -> bool:
+    """Whether stage 2 read dynamically merged batches (`hypernet train --dynamic-share`)."""
+    share = net.training.get("dynamic_share")
+    return isinstance(share, (int, float)) and not isinstance(share, bool) and share > 0
 
 
 def register(folder: str | Path, name: str | None = None) -> KnownNetwork:

@@ -186,6 +186,7 @@ def _train(cfg: TrainConfig, accelerator, mesh, inputs: Inputs, latest: Path | N
         loop.run_stage2(Stage2(loop, inputs.pool, sampler, FrozenLM(lm), start_token(inputs.vocab.roles),
                                inputs.tokenizer))
     loop.finish({"base_model": cfg.model, "texts": cfg.texts, "parameters": parameter_count(loop.core),
+                 "dynamic_share": cfg.dynamic_share, "init": cfg.init,
                  "processes": accelerator.num_processes,
                  "body_shards": accelerator.num_processes if mesh is not None else 1})
     return out

@@ -7,17 +7,16 @@ import json
 import shutil
 from pathlib import Path
 
+import builders as B
 import pytest
 import torch
+from cli_helpers import run_inproc
 from safetensors.torch import load_file, save_file
 
 from hypernet.registry import find_network, known_networks, register, registry_dir, unregister
 from transplant import transplant
 from transplant.common.errors import TransplantError
 from transplant.train.tokenizer_train import train_tokenizer
-
-import builders as B
-from cli_helpers import run_inproc
 
 TEXT = B.DATA / "bible_es.txt"
 
@@ -206,15 +205,20 @@ def test_shipped_networks_follow_registered_ones_and_keep_predictions(llama_bl, 
 
 def test_every_shipped_network_loads_and_names_a_packaged_model():
     from hypernet import HyperNet
-    from hypernet.registry import SHIPPED_DIR
+    from hypernet.registry import SHIPPED_DIR, trained_dynamic
     from transplant.io.sources import PACKAGED
 
     shipped = [n for n in known_networks() if n.origin == "shipped"]
     assert {n.name for n in shipped} == {p.name for p in SHIPPED_DIR.iterdir() if p.is_dir()}
     for n in shipped:
         net = HyperNet.load(n.path)
-        assert n.name in PACKAGED and net.config.base_model == n.name
+        # Named after its packaged model, or that name + "-dynamic" when fine-tuned for dynamic tokens.
+        assert net.config.base_model in PACKAGED
+        assert n.name == net.config.base_model or (n.name == f"{net.config.base_model}-dynamic" and trained_dynamic(n))
         assert n.training.get("stage2_done", 0) > 0  # trained through the LM, not stage 1 only
+    # auto (a static transplant) takes each model's own network, never the dynamic one.
+    names = [n.name for n in shipped]
+    assert all(names.index(n) < names.index(f"{n}-dynamic") for n in names if f"{n}-dynamic" in names)
 
 
 def test_a_model_with_fewer_rows_than_the_fingerprint_ids_still_matches(llama_bl, hypernet_dir):

@@ -5,6 +5,7 @@ tokens, the evaluation's JSON has its promised fields, and every bad input is on
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -151,3 +152,20 @@ def test_a_budget_out_of_range_is_refused(dyn):
     for bad in ({"merges": -1}, {"reduction": 1.0}, {"merges": 2.5}):
         with pytest.raises(TransplantError):
             dyn.tokenize(["a b"], **bad)
+
+
+def test_a_network_trained_on_dynamic_batches_is_preferred_for_dynamic_tokens(llama_bl, hypernet_dir, tmp_path):
+    """`auto` keeps the first network (static transplants); dynamic tokenization prefers one whose
+    training read dynamically merged batches (`training.json`'s `dynamic_share`)."""
+    from hypernet.registry import find_network
+    from transplant.dynamic import known_network
+    from transplant.io.checkpoint import locate_embeddings, read_embedding
+
+    static = register(hypernet_dir, "a-static")
+    tuned = shutil.copytree(hypernet_dir, tmp_path / "b-dynamic")
+    (tuned / "training.json").write_text(json.dumps({"stage2_done": 3, "dynamic_share": 1.0}))
+    dynamic = register(tuned, "b-dynamic")
+    layout = locate_embeddings(llama_bl)
+    E_in = read_embedding(layout, layout.input_key)
+    assert find_network(E_in, E_in)[0].name == static.name
+    assert known_network(llama_bl, str(llama_bl)) == dynamic.path

@@ -181,17 +181,20 @@ def check_budget(merges: int | None, reduction: float | None) -> None:
 def known_network(folder: Path, name: str) -> Path:
     """The network `auto` would use for the model in `folder`, found before the model loads (the
     match reads a few rows of the stored input matrix and whether the model has a head of its own)."""
-    from hypernet.registry import find_network
+    from hypernet.registry import find_networks, trained_dynamic
     from transplant.io.checkpoint import locate_embeddings, read_embedding
 
     layout = locate_embeddings(folder)
     E_in = read_embedding(layout, layout.input_key)
-    found = find_network(E_in, None if layout.output_key is None else E_in)
-    if found is None:
+    found = find_networks(E_in, None if layout.output_key is None else E_in)
+    # A network fine-tuned on dynamically merged batches first (`hypernet train --dynamic-share`):
+    # on German it halved the bits per byte dynamic tokens cost (README: Dynamic tokenization).
+    found = sorted(found, key=lambda hit: not trained_dynamic(hit[0]))
+    if not found:
         raise TransplantError(f"no hypernetwork is known for {Path(name).name}: train one with `transplant hypernet "
-                              f"train --model {name} ...` and register it (`transplant hypernet register`), or pass "
-                              "a network folder")
-    return found[0].path
+                              f"train --model {name} --text ... --out ...` (a trained network is registered), or pass "
+                              "a network folder to DynamicTokenizer.load")
+    return found[0][0].path
 
 
 __all__ = ["DynamicTokenizer", "Merges", "Unit", "check_budget", "known_network", "merge_batch", "word_units"]

@@ -97,9 +97,9 @@ def eval_cmd(model, tokenizer, texts, max_bytes, ctx, compare, top, plot, trust_
     """
     from transplant.io.sources import check_model_config, resolve_model
 
-    ctx = click.get_current_context()
+    source = click.get_current_context().get_parameter_source  # (`ctx` is the --ctx option here)
     given = {name for name in ("merges", "prefix_tokens", "continuation_tokens", "samples", "max_bytes")
-             if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+             if source(name) != click.core.ParameterSource.DEFAULT}
     if dynamic:
         if compare or assist or tokenizer:
             raise TransplantError("--dynamic scores MODEL with its own tokenizer and hypernetwork: it takes no "

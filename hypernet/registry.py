@@ -11,13 +11,15 @@ A network is matched to a model by the model's embeddings, as `HyperNet.check_so
 (the stored fingerprint rows against the same rows of the model: a fine-tune of the base
 matches, another model does not), never by its name. When several match, the choice is fixed by
 the registry, never by timing: networks the user registered before shipped ones (the user
-trained it on purpose, maybe on their own domain), then by name.
+trained it on purpose, maybe on their own domain), then by name; so a model's own network comes
+before its `-dynamic` one, which dynamic tokenization prefers (`trained_dynamic`).
 
 Example:
     >>> for net in known_networks():  # none registered yet: the shipped ones
     ...     print(net.name, net.origin, net.base_model)
     gemma-3-270m shipped gemma-3-270m
     smollm2-135m-instruct shipped smollm2-135m-instruct
+    smollm2-135m-instruct-dynamic shipped smollm2-135m-instruct
     >>> from safetensors.torch import load_file
     >>> from hypernet.model import HyperNet
     >>> weights = load_file(f"{model_dir}/model.safetensors")

@@ -169,3 +169,14 @@ def test_a_network_trained_on_dynamic_batches_is_preferred_for_dynamic_tokens(ll
     E_in = read_embedding(layout, layout.input_key)
     assert find_network(E_in, E_in)[0].name == static.name
     assert known_network(llama_bl, str(llama_bl)) == dynamic.path
+
+
+def test_whitespace_ends_a_word_where_the_tokenizer_has_no_pre_tokenizer_words():
+    """A SentencePiece-style tokenizer (Gemma) gives every token one word id: the boundary must come
+    from the text itself, whitespace on either side of a token."""
+    from types import SimpleNamespace
+
+    text = "ab cd\nef"
+    enc = SimpleNamespace(ids=[1, 2, 3, 4, 5, 6], offsets=[(0, 2), (2, 3), (3, 5), (5, 6), (6, 7), (7, 8)],
+                          word_ids=[0] * 6)
+    assert word_units(enc, text, set()) == [[(1,)], [(2,)], [(3,)], [(4,)], [(5,), (6,)]]

@@ -88,6 +88,13 @@ class DynamicTokenizer:
         folder = resolve_model(str(model))
         check_model_config(folder, trust_remote_code)
         net_folder = Path(network) if network is not None else known_network(folder, str(model))
+        # The whole model in `dtype`: said before it loads, refused in one line when it cannot fit.
+        from transplant.common.memory import check_fits, checkpoint_bytes
+        from transplant.io.checkpoint import locate_embeddings
+
+        stored = locate_embeddings(folder, trust_remote_code).dtype.itemsize
+        check_fits(checkpoint_bytes(folder) * dtype.itemsize // stored, "dynamic tokenization",
+                   "pass dtype=torch.bfloat16 to DynamicTokenizer.load, or use a machine with more memory")
         lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, trust_remote_code=trust_remote_code)
         return cls(lm.eval().requires_grad_(False), Tokenizer.from_file(str(folder / "tokenizer.json")), HyperNet.load(net_folder))
 

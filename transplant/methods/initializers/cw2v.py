@@ -178,7 +178,9 @@ def _centre_rows(E, centre, slot, fixed, cand, logits) -> torch.Tensor:
 
 def _cache_key(opts: dict, text: str, tokenizer: str, E: torch.Tensor, cand: torch.Tensor) -> str:
     h = hashlib.sha256(_FORMAT)
-    for part in (text.encode("utf-8"), tokenizer.encode("utf-8"), E.numpy().tobytes(), cand.numpy().tobytes(),
+    # The matrices through their buffers: no copy of a 262k-row matrix just to hash it.
+    for part in (text.encode("utf-8"), tokenizer.encode("utf-8"), E.contiguous().numpy().data,
+                 cand.contiguous().numpy().data,
                  repr(sorted((k, v) for k, v in opts.items() if k != "text")).encode()):
         h.update(hashlib.sha256(part).digest())
     return h.hexdigest()[:24]
